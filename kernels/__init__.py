@@ -1,0 +1,95 @@
+"""Public API of the joint-label kernels; other packages import only from here.
+
+Math and layout: ../shared/docs/methods.md (interleaved rows b·M+j, joint label y·M+j).
+`backend`: "torch" (composite reference), "cpu" (Numba), "cuda" (numba-cuda), "auto"
+(from the tensor's device).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from .families import FAMILIES, TransformFamily, check_family_fits, get_family
+
+BACKENDS = ("auto", "torch")
+
+
+def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    return "torch" if backend == "auto" else backend
+
+
+def check_joint_shapes(joint_logits: torch.Tensor, num_transforms: int, labels: torch.Tensor | None = None) -> None:
+    if joint_logits.dim() != 2:
+        raise ValueError(f"joint_logits must be 2-D [B·M, N·M]; got shape {tuple(joint_logits.shape)}")
+    rows, columns = joint_logits.shape
+    if num_transforms < 1 or rows % num_transforms or columns % num_transforms:
+        raise ValueError(
+            f"joint_logits shape {tuple(joint_logits.shape)} is not [B·M, N·M] for M={num_transforms}"
+        )
+    if labels is not None:
+        if labels.dim() != 1 or labels.shape[0] * num_transforms != rows:
+            raise ValueError(
+                f"labels shape {tuple(labels.shape)} does not match joint_logits {tuple(joint_logits.shape)} "
+                f"with M={num_transforms}: expected [{rows // num_transforms}]"
+            )
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int) -> None:
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
+        raise ValueError(f"label {bad} is outside [0, {num_classes}) for {num_classes} classes")
+
+
+def joint_cross_entropy(joint_logits, labels, num_transforms, *, reduction="mean", sum_over_transforms=False,
+                        backend="auto"):
+    """L_SLA over [B·M, N·M] joint logits; mean over rows or per-row (reduction="none")."""
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
+    check_joint_shapes(joint_logits, num_transforms, labels)
+    _resolve_backend(backend, joint_logits)
+    check_label_range(labels, joint_logits.shape[1] // num_transforms)
+    return reference.joint_cross_entropy(joint_logits, labels, num_transforms, reduction, sum_over_transforms)
+
+
+def aggregate_logits(joint_logits, num_transforms, *, backend="auto"):
+    """SLA+AG class scores [B, N]: the mean over views of each view's own-transform logits."""
+    check_joint_shapes(joint_logits, num_transforms)
+    _resolve_backend(backend, joint_logits)
+    return reference.aggregate_logits(joint_logits, num_transforms)
+
+
+def single_view_logits(joint_logits, num_transforms):
+    """SLA+SI class scores [B, N]: the identity view's identity-transform logits."""
+    check_joint_shapes(joint_logits, num_transforms)
+    return reference.single_view_logits(joint_logits, num_transforms)
+
+
+def distillation_kl(student_logits, teacher_logits, *, temperature=1.0, backend="auto"):
+    """τ²·KL(softmax(teacher/τ) ‖ softmax(student/τ)), batch-mean, no gradient into the teacher."""
+    if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
+            "must be 2-D and of the same shape"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive; got {temperature}")
+    _resolve_backend(backend, student_logits)
+    return reference.distillation_kl(student_logits, teacher_logits, temperature)
+
+
+def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels_last=True, backend="auto"):
+    """uint8 [B, H, W, C] → normalised views [B·M, C, H, W] in the interleaved layout."""
+    family = get_family(family) if isinstance(family, str) else family
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"images must be uint8 [B, H, W, C]; got {images.dtype} of shape {tuple(images.shape)}")
+    check_family_fits(family, images.shape[1], images.shape[2], images.shape[3])
+    _resolve_backend(backend, images)
+    return reference.expand_views(images, family, mean, std, out_dtype, channels_last)
+
+
+__all__ = [
+    "BACKENDS", "FAMILIES", "TransformFamily", "aggregate_logits", "check_family_fits", "distillation_kl",
+    "expand_views", "get_family", "joint_cross_entropy", "single_view_logits",
+]

@@ -1,0 +1,1 @@
+"""Bytes on disk → batches of M views on the training device."""

@@ -1,0 +1,308 @@
+"""Real image sources as uint8 arrays [n, H, W, 3] with int64 labels, and their splits.
+
+Sources: `digits` (scikit-learn's embedded handwritten digits), `cifar10`, `cifar100`
+(the python-pickle archives), `folder` (an ImageFolder-style tree of image files).
+Model selection uses the validation split, held out of train; the test split is only
+evaluated at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import shutil
+import tarfile
+import urllib.request
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("digits", "cifar10", "cifar100", "folder")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class DataError(ValueError):
+    """A dataset is missing, damaged or inconsistent; the message says which file and what to do."""
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # uint8 [n, H, W, 3]
+    labels: np.ndarray  # int64 [n], in [0, num_classes)
+    num_classes: int
+    class_names: list[str]
+    skipped_files: list[str] = field(default_factory=list)  # unreadable images passed over
+
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise DataError(f"images must be uint8 [n, H, W, C]; got {self.images.dtype} {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+        check_labels(self.labels, self.num_classes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> "ImageSet":
+        return replace(self, images=self.images[indices], labels=self.labels[indices])
+
+
+@dataclass
+class DatasetSplits:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    mean: tuple[float, float, float]  # per channel, on the [0, 1] scale
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+
+def check_labels(labels: np.ndarray, num_classes: int) -> None:
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise DataError(f"label {int(bad[0])} is outside [0, {num_classes}) for {num_classes} classes")
+
+
+# ---------------------------------------------------------------------------- digits
+def load_digits(image_size: int = 32) -> tuple[ImageSet, ImageSet]:
+    """scikit-learn's 1,797 8×8 digits (16 grey levels), upscaled bilinearly to RGB; fixed 80/20 split."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    grey = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0))[:, None]
+    upscaled = F.interpolate(grey, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    images = upscaled.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).repeat(1, 1, 1, 3).numpy()
+    labels = bunch.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0)
+    names = [str(d) for d in range(10)]
+    return (ImageSet(images[np.sort(train_idx)], labels[np.sort(train_idx)], 10, names),
+            ImageSet(images[np.sort(test_idx)], labels[np.sort(test_idx)], 10, names))
+
+
+# ---------------------------------------------------------------------------- CIFAR
+@dataclass(frozen=True)
+class CifarArchive:
+    folder: str
+    archive: str
+    md5: str
+    train_files: tuple[str, ...]
+    test_file: str
+    label_key: bytes
+    meta_file: str
+    names_key: bytes
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+CIFAR = {
+    "cifar10": CifarArchive("cifar-10-batches-py", "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                            tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels",
+                            "batches.meta", b"label_names", 10,
+                            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": CifarArchive("cifar-100-python", "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+                             ("train",), "test", b"fine_labels", "meta", b"fine_label_names", 100,
+                             (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch_cifar(root: Path, spec: CifarArchive) -> None:
+    archive = root / spec.archive
+    if not archive.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        partial = archive.with_suffix(".part")
+        try:
+            with urllib.request.urlopen(CIFAR_URL + spec.archive, timeout=30) as response, open(partial, "wb") as f:
+                shutil.copyfileobj(response, f, 1 << 20)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise DataError(
+                f"{spec.folder} not found under {root} and the download failed ({error}); put {spec.archive} "
+                f"(md5 {spec.md5}) or its extracted folder {spec.folder}/ in {root}"
+            ) from None
+        partial.rename(archive)
+    actual = _md5(archive)
+    if actual != spec.md5:
+        raise DataError(f"{archive} has md5 {actual}, expected {spec.md5}: the archive is damaged; delete it and retry")
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")
+
+
+def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    if not path.exists():
+        raise DataError(f"missing CIFAR file {path}: the extracted folder is incomplete")
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
+        raise DataError(f"corrupt CIFAR file {path}: {type(error).__name__}: {error}") from None
+    return np.ascontiguousarray(data), labels
+
+
+def load_cifar(name: str, data_root: str, download: bool = True) -> tuple[ImageSet, ImageSet]:
+    spec = CIFAR[name]
+    root = Path(data_root)
+    folder = root / spec.folder
+    if not folder.is_dir():
+        if not download and not (root / spec.archive).exists():
+            raise DataError(f"{folder} not found; put {spec.archive} (md5 {spec.md5}) or its extracted folder in {root}")
+        _fetch_cifar(root, spec)
+    parts = [_read_cifar_batch(folder / name_, spec.label_key) for name_ in spec.train_files]
+    train_images = np.concatenate([images for images, _ in parts])
+    train_labels = np.concatenate([labels for _, labels in parts])
+    test_images, test_labels = _read_cifar_batch(folder / spec.test_file, spec.label_key)
+    try:
+        with open(folder / spec.meta_file, "rb") as f:
+            names = [n.decode() for n in pickle.load(f, encoding="bytes")[spec.names_key]]
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError):
+        names = [str(c) for c in range(spec.num_classes)]
+    return (ImageSet(train_images, train_labels, spec.num_classes, names),
+            ImageSet(test_images, test_labels, spec.num_classes, names))
+
+
+# ---------------------------------------------------------------------------- folder
+def read_image(path: Path, image_size: int) -> np.ndarray:
+    """Decode any PIL-readable image to RGB (grey, palette and CMYK converted), shorter side
+    resized to image_size, centre-cropped square. Raises OSError/ValueError on damaged files."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()  # decode now so truncated files fail here, not later
+        rgb = image.convert("RGB")
+    width, height = rgb.size
+    scale = image_size / min(width, height)
+    resized = rgb.resize((max(image_size, round(width * scale)), max(image_size, round(height * scale))),
+                         Image.BILINEAR)
+    left = (resized.size[0] - image_size) // 2
+    top = (resized.size[1] - image_size) // 2
+    return np.asarray(resized.crop((left, top, left + image_size, top + image_size)), dtype=np.uint8)
+
+
+def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not class_dirs:
+        raise DataError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    samples = []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"class folder {class_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        samples.extend((path, label) for path in files)
+    return [p.name for p in class_dirs], samples
+
+
+def load_image_folder(root: Path, image_size: int, strict: bool = False) -> ImageSet:
+    class_names, samples = list_image_folder(root)
+    images, labels, skipped = [], [], []
+    for path, label in samples:
+        try:
+            images.append(read_image(path, image_size))
+            labels.append(label)
+        except (OSError, ValueError, SyntaxError) as error:
+            if strict:
+                raise DataError(f"unreadable image {path}: {error}") from None
+            warnings.warn(f"skipping unreadable image {path}: {error}", stacklevel=2)
+            skipped.append(str(path))
+    if not images:
+        raise DataError(f"no readable images under {root}")
+    return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), len(class_names), class_names, skipped)
+
+
+def load_folder(data_root: str, image_size: int, strict: bool) -> tuple[ImageSet, ImageSet]:
+    """`root/train` and `root/test` trees when present, else one tree split 80/20, stratified."""
+    root = Path(data_root)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train = load_image_folder(root / "train", image_size, strict)
+        test = load_image_folder(root / "test", image_size, strict)
+        if train.class_names != test.class_names:
+            raise DataError(f"{root}/train and {root}/test have different class folders")
+        return train, test
+    full = load_image_folder(root, image_size, strict)
+    test_idx = stratified_holdout(full.labels, 0.2, np.random.default_rng(0))
+    train_idx = np.setdiff1d(np.arange(len(full)), test_idx)
+    return full.subset(train_idx), full.subset(test_idx)
+
+
+# ---------------------------------------------------------------------------- subsets
+def stratified_holdout(labels: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a stratified hold-out: `amount` < 1 is a fraction, ≥ 1 a count of samples."""
+    total = len(labels)
+    count = int(round(amount * total)) if amount < 1 else int(amount)
+    if not 0 <= count < total:
+        raise DataError(f"validation split {amount} leaves no training data out of {total} samples")
+    held = []
+    classes, class_counts = np.unique(labels, return_counts=True)
+    shares = np.floor(class_counts * count / total).astype(int)
+    shares[np.argsort(-(class_counts * count / total - shares))[: count - shares.sum()]] += 1  # largest remainders
+    for cls, share in zip(classes, shares):
+        members = np.flatnonzero(labels == cls)
+        held.append(rng.permutation(members)[:share])
+    return np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+
+
+def limit_per_class(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices keeping at most `per_class` random samples of each class (limited-data setting)."""
+    kept = [rng.permutation(np.flatnonzero(labels == cls))[:per_class] for cls in np.unique(labels)]
+    return np.sort(np.concatenate(kept))
+
+
+def long_tail(labels: np.ndarray, num_classes: int, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of an exponential long-tailed profile: class c keeps n_max·ratio^(−c/(N−1))."""
+    if ratio < 1:
+        raise DataError(f"imbalance ratio must be ≥ 1 (largest over smallest class); got {ratio}")
+    n_max = np.bincount(labels, minlength=num_classes).max()
+    kept = []
+    for cls in range(num_classes):
+        keep = int(n_max * ratio ** (-cls / max(num_classes - 1, 1)))
+        kept.append(rng.permutation(np.flatnonzero(labels == cls))[: max(keep, 1)])
+    return np.sort(np.concatenate(kept))
+
+
+def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    return tuple(pixels.mean(0).round(4).tolist()), tuple(np.maximum(pixels.std(0), 1e-3).round(4).tolist())
+
+
+def build_splits(dataset: str, data_root: str, image_size: int, val_split: float, seed: int,
+                 samples_per_class: int = 0, imbalance_ratio: float = 1.0, strict_images: bool = False) -> DatasetSplits:
+    if dataset == "digits":
+        train_full, test = load_digits(image_size)
+    elif dataset in CIFAR:
+        train_full, test = load_cifar(dataset, data_root)
+    elif dataset == "folder":
+        train_full, test = load_folder(data_root, image_size, strict_images)
+    else:
+        raise DataError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    rng = np.random.default_rng(seed)
+    val_idx = stratified_holdout(train_full.labels, val_split, rng)
+    train = train_full.subset(np.setdiff1d(np.arange(len(train_full)), val_idx))
+    val = train_full.subset(val_idx)
+    if samples_per_class > 0:
+        train = train.subset(limit_per_class(train.labels, samples_per_class, rng))
+    if imbalance_ratio > 1:
+        train = train.subset(long_tail(train.labels, train.num_classes, imbalance_ratio, rng))
+    if dataset in CIFAR:
+        mean, std = CIFAR[dataset].mean, CIFAR[dataset].std
+    else:
+        mean, std = channel_statistics(train.images)
+    return DatasetSplits(train, val, test, mean, std)

@@ -1,0 +1,38 @@
+"""Which dataset indices each rank reads, per epoch; identical on every rank for the same seed and epoch."""
+from __future__ import annotations
+
+import torch
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers, so (seed, epoch, rank) streams never collide."""
+    generator = torch.Generator().manual_seed(0x5EED)
+    value = 0
+    for part in parts:
+        generator.manual_seed((value * 1_000_003 + int(part) + 1) % (2**63))
+        value = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return value
+
+
+def check_global_batch(global_batch: int, world_size: int, num_samples: int) -> int:
+    """Per-rank batch; a global batch must split evenly and fit the data at least once."""
+    if global_batch % world_size:
+        raise ValueError(f"global batch {global_batch} is not divisible by the world size {world_size}")
+    if num_samples < global_batch:
+        raise ValueError(f"the training set has {num_samples} images, fewer than one global batch of {global_batch}")
+    return global_batch // world_size
+
+
+def training_shard(num_samples: int, global_batch: int, rank: int, world_size: int, seed: int,
+                   epoch: int) -> torch.Tensor:
+    """This rank's indices for one epoch, in step order: of each global batch (a slice of one seeded
+    permutation shared by all ranks) the rank takes its own contiguous part; the ragged tail is dropped."""
+    per_rank = check_global_batch(global_batch, world_size, num_samples)
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(derived_seed(seed, epoch)))
+    steps = num_samples // global_batch
+    return order[: steps * global_batch].view(steps, world_size, per_rank)[:, rank].reshape(-1)
+
+
+def evaluation_shard(num_samples: int, rank: int, world_size: int) -> torch.Tensor:
+    """Every index once across ranks (strided), no padding: results are summed, not averaged."""
+    return torch.arange(rank, num_samples, world_size)

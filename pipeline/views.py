@@ -1,0 +1,26 @@
+"""The last stage of every loader: uint8 [B, H, W, C] on the device → M normalised views [B·M, C, H, W]."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import kernels
+
+
+@dataclass
+class ViewExpander:
+    family: kernels.TransformFamily
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    out_dtype: torch.dtype = torch.float32
+    channels_last: bool = True
+    backend: str = "auto"
+
+    @property
+    def views_per_image(self) -> int:
+        return self.family.num_transforms
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return kernels.expand_views(images, self.family, mean=self.mean, std=self.std, out_dtype=self.out_dtype,
+                                    channels_last=self.channels_last, backend=self.backend)

@@ -1,0 +1,106 @@
+"""Data sources, splits and their errors."""
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import datasets
+from pipeline.datasets import DataError
+
+
+def test_digits_are_real_rgb_and_split_stratified():
+    splits = datasets.build_splits("digits", "unused", 32, 0.1, seed=0)
+    assert splits.train.images.shape[1:] == (32, 32, 3) and splits.train.images.dtype == np.uint8
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 1797
+    assert len(splits.test) == 360
+    assert np.array_equal(np.bincount(splits.val.labels), np.full(10, 14)) or abs(len(splits.val) - 144) <= 1
+    assert splits.train.images.max() == 255 and splits.train.images.min() == 0
+    again = datasets.build_splits("digits", "unused", 32, 0.1, seed=0)
+    assert np.array_equal(again.val.labels, splits.val.labels)  # fixed, reproducible split
+
+
+def test_limited_and_long_tailed_subsets():
+    limited = datasets.build_splits("digits", "unused", 16, 0.1, seed=0, samples_per_class=7)
+    assert np.array_equal(np.bincount(limited.train.labels), np.full(10, 7))
+    tail = datasets.build_splits("digits", "unused", 16, 0.1, seed=0, imbalance_ratio=10)
+    counts = np.bincount(tail.train.labels)
+    assert counts[0] >= 9 * counts[-1] and all(np.diff(counts) <= 0)
+
+
+def write_cifar10(root, num_train=20, num_test=10, corrupt=None):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        n = num_test if name == "test_batch" else num_train
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        (folder / name).write_bytes(b"garbage" if name == corrupt else pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+    return folder
+
+
+def test_cifar_pickles_load_in_hwc_layout(tmp_path):
+    folder = write_cifar10(tmp_path)
+    train, test = datasets.load_cifar("cifar10", str(tmp_path))
+    assert train.images.shape == (100, 32, 32, 3) and test.images.shape == (10, 32, 32, 3)
+    raw = pickle.loads((folder / "data_batch_1").read_bytes())
+    assert np.array_equal(train.images[0, :, :, 1], raw[b"data"][0, 1024:2048].reshape(32, 32))
+    assert train.class_names[3] == "c3"
+
+
+def test_cifar_corrupt_and_missing_files_name_the_problem(tmp_path, monkeypatch):
+    write_cifar10(tmp_path / "bad", corrupt="data_batch_3")
+    with pytest.raises(DataError, match="corrupt CIFAR file .*data_batch_3"):
+        datasets.load_cifar("cifar10", str(tmp_path / "bad"))
+    monkeypatch.setattr(datasets, "CIFAR_URL", "http://127.0.0.1:9/")  # nothing listens: fails at once
+    with pytest.raises(DataError, match="cifar-100-python not found .*put cifar-100-python.tar.gz"):
+        datasets.load_cifar("cifar100", str(tmp_path / "empty"))
+
+
+def test_cifar_archive_checksum_is_verified(tmp_path):
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
+    with pytest.raises(DataError, match="md5 .* expected c58f30108f718f92721af3b95e74349a"):
+        datasets.load_cifar("cifar10", str(tmp_path))
+
+
+def make_image_folder(root, corrupt_one=True):
+    digits = datasets.build_splits("digits", "unused", 24, 0.1, seed=0).train
+    for label in range(3):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True)
+        for k, index in enumerate(np.flatnonzero(digits.labels == label)[:6]):
+            image = Image.fromarray(digits.images[index])
+            if k == 1:
+                image = image.convert("L")  # grayscale files are converted to RGB
+            if k == 2:
+                image = image.convert("CMYK")
+                image.save(folder / f"{k}.jpg")
+                continue
+            image.resize((24 + 8 * k, 24)).save(folder / f"{k}.{'png' if k % 2 else 'jpg'}")  # mixed sizes
+    if corrupt_one:
+        data = (root / "class_0" / "0.jpg").read_bytes()
+        (root / "class_0" / "0.jpg").write_bytes(data[: len(data) // 3])  # truncated JPEG
+    return root
+
+
+def test_image_folder_skips_corrupt_files_or_fails_when_strict(tmp_path):
+    root = make_image_folder(tmp_path / "images")
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        loaded = datasets.load_image_folder(root, 16)
+    assert loaded.images.shape == (17, 16, 16, 3) and len(loaded.skipped_files) == 1
+    with pytest.raises(DataError, match="unreadable image .*0.jpg"):
+        datasets.load_image_folder(root, 16, strict=True)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        datasets.load_image_folder(tmp_path / "nowhere", 16)
+    (tmp_path / "tree" / "cats").mkdir(parents=True)
+    with pytest.raises(DataError, match="holds no images"):
+        datasets.load_image_folder(tmp_path / "tree", 16)
+
+
+def test_out_of_range_labels_are_refused():
+    with pytest.raises(DataError, match=r"label 12 is outside \[0, 10\)"):
+        datasets.ImageSet(np.zeros((2, 4, 4, 3), np.uint8), np.array([1, 12]), 10, [])

@@ -1,0 +1,61 @@
+"""Bad input ends in one line naming the problem, exit status 2, no traceback."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, subprocess_env
+from train.main import main
+
+
+def run_main(capsys, *argv):
+    status = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return status, err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--method", "slaa"], "unknown method 'slaa'; valid: baseline, da, mt, sla, sla_sd"),
+    (["--model", "resnet21"], "unknown model 'resnet21'; valid: resnet8, resnet20"),
+    (["--transforms", "rotate"], "unknown transformation family 'rotate'; valid: none, rotation"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid: digits, cifar10, cifar100, folder"),
+    (["--preset", "nope"], "unknown preset 'nope'; valid: sla-cifar10-resnet110"),
+    (["--loader", "magic"], "unknown loader 'magic'"),
+    (["--precision", "fp8"], "unknown precision 'fp8'"),
+    (["--schedule", "linear"], "unknown schedule 'linear'"),
+    (["--batch-size", "5000"], "fewer than one global batch of 5000"),
+])
+def test_unknown_names_and_impossible_settings(capsys, tmp_path, argv, message):
+    status, err = run_main(capsys, *argv, "--image-size", "16", "--out-dir", str(tmp_path))
+    assert status == 2
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_missing_dataset_and_resume_paths(capsys, tmp_path, monkeypatch):
+    from pipeline import datasets
+
+    monkeypatch.setattr(datasets, "CIFAR_URL", "http://127.0.0.1:9/")
+    status, err = run_main(capsys, "--dataset", "cifar10", "--data-root", str(tmp_path / "nothing"))
+    assert status == 2 and "cifar-10-batches-py not found" in err and "cifar-10-python.tar.gz" in err
+    status, err = run_main(capsys, "--resume", str(tmp_path / "missing.pt"), "--image-size", "16")
+    assert status == 2 and f"--resume checkpoint {tmp_path / 'missing.pt'} does not exist" in err
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    status, err = run_main(capsys, "--resume", str(tmp_path / "broken.pt"), "--image-size", "16")
+    assert status == 2 and "cannot be read" in err
+
+
+def test_resume_with_an_incompatible_config_is_refused(capsys, tiny_config, tmp_path):
+    from train.main import train
+
+    train(tiny_config(method="sla", epochs=1, samples_per_class=10, run_name="first"))
+    checkpoint = tmp_path / "runs" / "first" / "last.pt"
+    status, err = run_main(capsys, "--resume", str(checkpoint), "--method", "sla", "--model", "resnet20",
+                           "--image-size", "16", "--samples-per-class", "10", "--batch-size", "64")
+    assert status == 2 and "was made with model='resnet8', but this run has model='resnet20'" in err
+
+
+def test_no_traceback_reaches_the_terminal(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "train" / "main.py"), "--method", "nope"],
+                            capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: unknown method 'nope'; valid: baseline, da, mt, sla, sla_sd"]

@@ -1,0 +1,35 @@
+"""Each method trains a tiny model on digits: the loss falls and the accuracies beat chance."""
+import json
+
+import pytest
+
+from train.main import train
+from train.methods import METHODS
+
+
+def read_records(run_dir, kind):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_trains_and_reports_its_scores(method, tiny_config, tmp_path):
+    epochs = 10 if method in ("sla", "sla_sd") else 4
+    summary = train(tiny_config(method=method, epochs=epochs, run_name=method))
+    run_dir = tmp_path / "runs" / method
+    steps = read_records(run_dir, "step")
+    assert steps[-1]["loss"] < 0.8 * steps[0]["loss"], (steps[0]["loss"], steps[-1]["loss"])
+    expected_scores = {"baseline": {"SI"}, "da": {"SI", "AG"}, "mt": {"SI", "AG"}, "sla": {"SI", "AG"},
+                       "sla_sd": {"SD", "SI", "AG"}}[method]
+    assert expected_scores <= set(summary["test"]) and "SD" not in set(summary["test"]) - expected_scores
+    assert len(summary["test_per_class"]) == 10
+    if method in ("sla", "sla_sd"):
+        assert summary["test"]["AG"] > 60.0  # chance is 10%
+    else:
+        assert summary["test"]["SI"] > 25.0
+    manifest = json.loads((run_dir / "config.json").read_text())
+    assert manifest["method"] == method and (run_dir / "git_revision.txt").exists()
+    assert (run_dir / "command.txt").exists() and (run_dir / "last.pt").exists()
+    assert {"images_per_s", "data_time_s", "compute_time_s", "lr"} <= set(steps[0])
+    if method == "sla_sd":
+        assert {"sla", "distill", "sd_ce"} <= set(steps[0])

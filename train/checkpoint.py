@@ -1,0 +1,80 @@
+"""Atomic checkpoints (temporary file, flush, fsync, rename) and exact resumption."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RESUME_MUST_MATCH, TrainConfig
+
+
+def atomic_save(payload: dict, path: Path) -> None:
+    """A reader sees the old file or the new one, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load_checkpoint(path: str, config: TrainConfig) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--resume checkpoint {file} does not exist")
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise ValueError(f"--resume checkpoint {file} cannot be read ({type(error).__name__}: {error})") from None
+    saved = payload.get("config", {})
+    for name in RESUME_MUST_MATCH:
+        if saved.get(name) != getattr(config, name):
+            raise ValueError(f"--resume checkpoint {file} was made with {name}={saved.get(name)!r}, "
+                             f"but this run has {name}={getattr(config, name)!r}")
+    return payload
+
+
+def checkpoint_payload(config: TrainConfig, model, optimizer, scheduler, scaler, ema, epoch: int, step: int,
+                       best_score: float) -> dict:
+    return {
+        "config": dataclasses.asdict(config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "epoch": epoch,  # epochs completed
+        "step": step,  # optimizer steps completed
+        "best_score": best_score,
+        "rng": rng_states(),
+    }

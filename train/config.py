@@ -1,0 +1,159 @@
+"""One typed configuration for a run, filled by defaults < preset < YAML file < command line."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    # --- run
+    preset: str = field(default="", metadata={"help": "a named paper recipe, see --list-presets"})
+    config_file: str = field(default="", metadata={"help": "YAML file of field: value pairs"})
+    out_dir: str = field(default="runs", metadata={"help": "parent folder of run directories"})
+    run_name: str = field(default="", metadata={"help": "run directory name (default: a timestamp)"})
+    seed: int = 0
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
+    resume: str = field(default="", metadata={"help": "checkpoint to continue from (e.g. runs/x/last.pt)"})
+    stop_after_epochs: int = field(default=0, metadata={"help": "end this process after N epochs (checkpointed), "
+                                                               "for time-sliced jobs; 0 runs to the end"})
+    # --- data
+    dataset: str = field(default="digits", metadata={"help": "digits, cifar10, cifar100, folder"})
+    data_root: str = field(default="data", metadata={"help": "where CIFAR archives or the image folder live"})
+    image_size: int = field(default=32, metadata={"help": "pixels per side for digits and folder images"})
+    val_split: float = field(default=0.1, metadata={"help": "held out of train: a fraction (<1) or a count"})
+    samples_per_class: int = field(default=0, metadata={"help": "limited-data setting; 0 keeps all"})
+    imbalance_ratio: float = field(default=1.0, metadata={"help": "long-tailed profile, largest/smallest class"})
+    strict_images: bool = field(default=False, metadata={"help": "fail on an unreadable image instead of skipping"})
+    loader: str = field(default="resident", metadata={"help": "resident"})
+    crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop"})
+    # --- method
+    method: str = field(default="sla_sd", metadata={"help": "see --list-methods"})
+    transforms: str = field(default="rotation", metadata={"help": "transformation family of methods.md"})
+    temperature: float = field(default=1.0, metadata={"help": "SLA+SD distillation temperature T"})
+    sd_weight: float = field(default=1.0, metadata={"help": "SLA+SD weight β of CE(c, y)"})
+    sum_over_transforms: bool = field(default=False, metadata={"help": "multiply L_SLA by M (paper's large loss)"})
+    kernels: str = field(default="auto", metadata={"help": "loss/view kernel backend: auto, torch"})
+    # --- model
+    model: str = field(default="resnet20", metadata={"help": "backbone name"})
+    channels_last: bool = True
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    # --- optimisation
+    batch_size: int = field(default=64, metadata={"help": "global batch in source images (views = ×M)"})
+    epochs: int = 15
+    iterations: int = field(default=0, metadata={"help": "total optimizer steps; overrides --epochs when > 0"})
+    lr: float = field(default=0.1, metadata={"help": "peak learning rate for the global batch"})
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = field(default="cosine", metadata={"help": "multistep or cosine"})
+    lr_milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata={"help": "multistep: fractions of training"})
+    lr_gamma: float = 0.1
+    warmup_iterations: int = field(default=0, metadata={"help": "linear warm-up from 0, in optimizer steps"})
+    grad_clip_norm: float = field(default=0.0, metadata={"help": "clip the global gradient norm; 0 is off"})
+    ema_decay: float = field(default=0.0, metadata={"help": "EMA of weights per step, evaluated when > 0"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on capable GPUs, fp32 on CPU), fp32, bf16, fp16"})
+    optimizer_impl: str = field(default="torch", metadata={"help": "torch (fused on CUDA) or apex (FusedSGD)"})
+    # --- logging and checkpoints
+    log_every: int = field(default=10, metadata={"help": "optimizer steps between progress lines"})
+    eval_every: int = field(default=1, metadata={"help": "epochs between validation passes"})
+    checkpoint_every: int = field(default=1, metadata={"help": "epochs between checkpoints"})
+    eval_batch_size: int = 256
+
+
+# Settings that change what a checkpoint means; a resume must match them.
+RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "method",
+                     "transforms", "model", "batch_size", "seed")
+
+PRESETS: dict[str, dict[str, typing.Any]] = {
+    # SLA paper recipe (Lee et al. 2020): batch 128, lr 0.1, wd 1e-4, 80k iterations, ×0.1 at 50% and 75%, 45k/5k.
+    f"sla-{dataset}-{model}": dict(dataset=dataset, model=model, method="sla_sd", transforms="rotation",
+                                   batch_size=128, lr=0.1, weight_decay=1e-4, iterations=80_000,
+                                   schedule="multistep", lr_milestones=(0.5, 0.75), lr_gamma=0.1, val_split=5000,
+                                   momentum=0.9, eval_every=5, checkpoint_every=5, log_every=100)
+    for dataset in ("cifar10", "cifar100")
+    for model in ("resnet32", "resnet110", "wrn16_2", "wrn28_10", "resnet18_cifar")
+}
+
+
+def _parse_value(kind, text: str):
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    if typing.get_origin(kind) is tuple:
+        return tuple(float(part) for part in str(text).split(",") if part.strip())
+    return kind(text)
+
+
+def _field_types() -> dict[str, type]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train/main.py", description="Self-supervised label augmentation trainer (torchrun entry point).",
+        argument_default=argparse.SUPPRESS)
+    for f in dataclasses.fields(TrainConfig):
+        kind = _field_types()[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})".strip()
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, type=lambda text, kind=kind: _parse_value(kind, text), help=help_text)
+    parser.add_argument("--list-presets", action="store_true", default=False, help="print the preset names and exit")
+    parser.add_argument("--list-methods", action="store_true", default=False, help="print the method names and exit")
+    return parser
+
+
+def _coerce(values: dict, source: str) -> dict:
+    types = _field_types()
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)} in {source}; valid: {', '.join(types)}")
+    coerced = {}
+    for name, value in values.items():
+        kind = types[name]
+        if typing.get_origin(kind) is tuple:
+            coerced[name] = tuple(float(v) for v in (value if isinstance(value, (list, tuple)) else str(value).split(",")))
+        elif kind is bool and isinstance(value, str):
+            coerced[name] = _parse_value(bool, value)
+        else:
+            coerced[name] = kind(value)
+    return coerced
+
+
+def resolve_config(command_line: dict) -> TrainConfig:
+    """defaults < preset < YAML file < explicit command-line values."""
+    values: dict = {}
+    preset = command_line.get("preset", "")
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(sorted(PRESETS))}")
+        values.update(PRESETS[preset])
+    config_file = command_line.get("config_file", "")
+    if config_file:
+        import yaml
+
+        path = Path(config_file)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping of setting: value")
+        values.update(_coerce(loaded, str(path)))
+    values.update(command_line)
+    return TrainConfig(**values)
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    namespace = build_parser().parse_args(argv)
+    given = {k: v for k, v in vars(namespace).items() if k not in ("list_presets", "list_methods")}
+    return resolve_config(given), namespace

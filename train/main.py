@@ -1,0 +1,261 @@
+"""Train a self-supervised label augmentation (SLA) model; the torchrun entry point.
+
+    one process (CPU or one GPU):  torchrun --standalone --nproc_per_node=1 train/main.py
+    one node, 8 GPUs:              torchrun --standalone --nproc_per_node=8 train/main.py --preset sla-cifar100-resnet32
+    several nodes:                 torchrun --nnodes=2 --node_rank=R --rdzv_endpoint=HOST:PORT --nproc_per_node=8 train/main.py ...
+    plain python works too:        python train/main.py --method sla --epochs 5
+
+Every setting is a field of train/config.py:TrainConfig (`--help` lists them).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `torchrun train/main.py` finds the packages
+
+import numpy as np
+import torch
+
+import kernels
+from models import MultiHeadNetwork, build_backbone
+from pipeline.datasets import DataError, build_splits
+from pipeline.resident import ResidentLoader
+from pipeline.views import ViewExpander
+from train.checkpoint import atomic_save, checkpoint_payload, load_checkpoint, restore_rng_states
+from train.config import PRESETS, TrainConfig, config_from_args
+from train.distributed import barrier, init_distributed, shutdown
+from train.evaluate import evaluate
+from train.methods import METHODS, MethodOptions, build_method
+from train.optim import autocast, build_ema, build_optimizer, build_scaler, build_scheduler, resolve_precision
+from train.run_log import RunLog, accuracy_line, format_duration, summary_table
+
+LOADERS = ("resident",)
+
+
+def run_directory(config: TrainConfig) -> Path:
+    if config.resume:
+        return Path(config.resume).resolve().parent  # a resumed run continues in its own directory
+    name = config.run_name or time.strftime(f"%Y%m%d-%H%M%S-{config.method}-{config.dataset}")
+    return Path(config.out_dir) / name
+
+
+def train(config: TrainConfig) -> dict:
+    context = init_distributed(config.device)
+    device = context.device
+    run_log = RunLog(run_directory(config), enabled=context.is_main)
+
+    # ---- data: uint8 images stay whole; views are made on the device, per batch
+    splits = build_splits(config.dataset, config.data_root, config.image_size, config.val_split, config.seed,
+                          config.samples_per_class, config.imbalance_ratio, config.strict_images)
+    num_classes = splits.num_classes
+    method = build_method(config.method, MethodOptions(config.temperature, config.sd_weight,
+                                                       config.sum_over_transforms, config.kernels))
+    family = kernels.get_family(config.transforms if method.uses_transforms else "none")
+    kernels.check_family_fits(family, *splits.train.images.shape[1:])
+    num_transforms = family.num_transforms
+    precision = resolve_precision(config, device)
+    input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if config.loader not in LOADERS:
+        raise ValueError(f"unknown loader {config.loader!r}; valid: {', '.join(LOADERS)}")
+    expander = ViewExpander(family, splits.mean, splits.std, input_dtype if device.type == "cuda" else torch.float32,
+                            config.channels_last, config.kernels)
+    shard = dict(rank=context.rank, world_size=context.world_size, seed=config.seed)
+    train_loader = ResidentLoader(splits.train.images, splits.train.labels, expander, device,
+                                  global_batch=config.batch_size, train=True, crop_padding=config.crop_padding,
+                                  **shard)
+    val_loader, test_loader = (ResidentLoader(split.images, split.labels, expander, device, train=False,
+                                              global_batch=config.eval_batch_size * context.world_size, **shard)
+                               for split in (splits.val, splits.test))
+
+    # ---- model, identical on every rank (DDP also broadcasts rank 0's weights)
+    torch.manual_seed(config.seed)
+    model = MultiHeadNetwork(build_backbone(config.model), method.head_specs(num_classes, num_transforms),
+                             num_transforms).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = len(train_loader)
+    total_steps = config.iterations or config.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    optimizer = build_optimizer(config, model, device)
+    scheduler = build_scheduler(config, optimizer, total_steps)
+    scaler = build_scaler(precision, device)
+    ema = build_ema(config, model)
+
+    # ---- resume: every state that decides the next step comes back
+    start_epoch, step, best_score, best_state = 0, 0, -math.inf, None
+    if config.resume:
+        payload = load_checkpoint(config.resume, config)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        if scaler is not None and payload["scaler"]:
+            scaler.load_state_dict(payload["scaler"])
+        if ema is not None and payload["ema"]:
+            ema.load_state_dict(payload["ema"])
+        start_epoch, step, best_score = payload["epoch"], payload["step"], payload["best_score"]
+        restore_rng_states(payload["rng"])
+        best_file = run_log.run_dir / "best.pt"
+        if best_file.exists():
+            best_state = torch.load(best_file, map_location="cpu", weights_only=True)["model"]
+    else:
+        torch.manual_seed(config.seed + context.rank)  # per-rank streams for anything random in the step
+        np.random.seed((config.seed + context.rank) % 2**32)
+
+    train_model = model
+    if context.world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if config.compile:
+        train_model = torch.compile(train_model)
+    eval_model = ema.module if ema is not None else model
+    step_context = lambda: autocast(precision, device)  # noqa: E731
+
+    run_log.write_manifest(config, {"world_size": context.world_size, "device": str(device), "precision": precision,
+                                    "num_classes": num_classes, "num_transforms": num_transforms,
+                                    "train_images": len(splits.train), "val_images": len(splits.val),
+                                    "test_images": len(splits.test), "total_steps": total_steps})
+    run_log.print(f"{config.method} on {config.dataset} ({len(splits.train)} train / {len(splits.val)} val / "
+                  f"{len(splits.test)} test, {num_classes} classes), {config.transforms if method.uses_transforms else 'none'} "
+                  f"M={num_transforms}, {config.model}, {precision} on {device} ×{context.world_size}, "
+                  f"{total_steps} steps, run dir {run_log.run_dir}")
+
+    # ---- training
+    images_per_step = config.batch_size  # source images, all ranks together
+    run_start = time.perf_counter()
+    steps_this_run = 0
+    last_val: dict = {}
+    for epoch in range(start_epoch, epochs):
+        train_loader.set_epoch(epoch)
+        model.train()
+        loss_sums: dict[str, torch.Tensor] = {}
+        interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
+        batches = iter(train_loader)
+        while step < total_steps:
+            fetch_start = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            data_time += time.perf_counter() - fetch_start
+
+            with step_context():
+                outputs = train_model(batch.views)
+                losses = method.losses(outputs, batch.labels, num_transforms)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(losses["loss"]).backward()
+                scaler.unscale_(optimizer)
+            else:
+                losses["loss"].backward()
+            if config.grad_clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            step += 1
+            steps_this_run += 1
+            interval_steps += 1
+            for name, value in losses.items():  # summed on the device: no host sync per step
+                loss_sums[name] = loss_sums.get(name, 0.0) + value.detach().float()
+
+            if step % config.log_every == 0 or step == total_steps:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # honest interval timing
+                elapsed = time.perf_counter() - interval_start
+                means = {name: round(float(total) / interval_steps, 5) for name, total in loss_sums.items()}
+                images_per_second = interval_steps * images_per_step / elapsed
+                eta = (time.perf_counter() - run_start) / steps_this_run * (total_steps - step)
+                lr = scheduler.get_last_lr()[0]
+                run_log.record("step", epoch=epoch, step=step, lr=lr, images_per_s=round(images_per_second, 2),
+                               views_per_s=round(images_per_second * num_transforms, 2),
+                               data_time_s=round(data_time, 4), compute_time_s=round(elapsed - data_time, 4),
+                               **means)
+                parts = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
+                run_log.print(f"epoch {epoch + 1}/{epochs} step {step}/{total_steps} loss {means['loss']:.4f}"
+                              f"{' (' + parts + ')' if parts else ''} lr {lr:.4g} {images_per_second:,.0f} img/s "
+                              f"data {100 * data_time / elapsed:.0f}% ETA {format_duration(eta)}")
+                loss_sums, interval_start, data_time, interval_steps = {}, time.perf_counter(), 0.0, 0
+
+        finished = step >= total_steps
+        stopping = finished or epoch + 1 - start_epoch == config.stop_after_epochs
+        if (epoch + 1) % config.eval_every == 0 or finished:
+            last_val = evaluate(eval_model, method, val_loader, num_classes, num_transforms, context, step_context)
+            score = last_val[method.primary_score]
+            improved = score > best_score
+            if improved:
+                best_score = score
+                best_state = copy.deepcopy(eval_model.state_dict())
+                if context.is_main:
+                    atomic_save({"model": best_state, "epoch": epoch + 1, "score": score}, run_log.run_dir / "best.pt")
+            run_log.record("epoch", epoch=epoch + 1, step=step, split="val", **last_val)
+            run_log.print(f"epoch {epoch + 1}/{epochs} val {accuracy_line(last_val)}{'  (best)' if improved else ''}")
+        if context.is_main and ((epoch + 1) % config.checkpoint_every == 0 or stopping):
+            atomic_save(checkpoint_payload(config, model, optimizer, scheduler, scaler, ema, epoch + 1, step,
+                                           best_score), run_log.run_dir / "last.pt")
+        if stopping:
+            break
+    barrier(context)
+    wall_time = time.perf_counter() - run_start
+    if step < total_steps:  # --stop-after-epochs: the test split waits for the end of training
+        run_log.record("paused", epoch=epoch + 1, step=step, wall_time_s=round(wall_time, 2))
+        run_log.print(f"stopped after epoch {epoch + 1} at step {step}/{total_steps}; continue with "
+                      f"--resume {run_log.run_dir / 'last.pt'}")
+        shutdown(context)
+        return {"completed": False, "step": step, "run_dir": str(run_log.run_dir)}
+
+    # ---- test, once, with the weights that scored best on validation
+    if best_state is not None:
+        eval_model.load_state_dict(best_state)
+    test = evaluate(eval_model, method, test_loader, num_classes, num_transforms, context, step_context)
+    run_log.record("test", split="test", **test)
+    summary = {"completed": True, "method": config.method, "dataset": config.dataset, "model": config.model,
+               "transforms": family.name, "num_transforms": num_transforms, "steps": step,
+               "wall_time_s": round(wall_time, 2),
+               "images_per_s": round(steps_this_run * images_per_step / max(wall_time, 1e-9), 2),
+               "best_val": best_score, "primary_score": method.primary_score,
+               "val": {k: v for k, v in last_val.items() if "per_class" not in k},
+               "test": {k: v for k, v in test.items() if "per_class" not in k},
+               "test_per_class": test.get(f"{method.primary_score}_per_class"), "run_dir": str(run_log.run_dir)}
+    run_log.record("summary", **summary)
+    rows = [("method / model", f"{config.method} / {config.model}, {family.name} (M={num_transforms})"),
+            ("data", f"{config.dataset}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test"),
+            ("steps", f"{step} ({format_duration(wall_time)} this run, {summary['images_per_s']:,.0f} img/s)"),
+            (f"best val {method.primary_score}", f"{best_score:.2f}%")]
+    rows += [(f"test {score}", f"{test[score]:.2f}%  (per-class mean {np.mean(test[score + '_per_class']):.2f}%)")
+             for score in ("SD", "SI", "AG") if score in test]
+    rows.append(("run directory", str(run_log.run_dir)))
+    run_log.print(summary_table(rows))
+    shutdown(context)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config, namespace = config_from_args(argv)
+        if namespace.list_presets:
+            print("\n".join(sorted(PRESETS)))
+            return 0
+        if namespace.list_methods:
+            print("\n".join(METHODS))
+            return 0
+        train(config)
+        return 0
+    except (ValueError, DataError, FileNotFoundError) as error:
+        # A bad setting or bad data is the user's to fix: one line naming it, no traceback.
+        if "--debug-errors" in sys.argv:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

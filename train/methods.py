@@ -1,0 +1,149 @@
+"""Training methods as registry entries: which heads they need, their losses, their class scores.
+
+Each `losses` returns {"loss": total, part: value, ...}; each `class_scores` returns
+{evaluation name: [B, N] logits}. The math is methods.md's, equation by equation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+from models import ALL_VIEWS, IDENTITY_VIEW, HeadSpec
+
+
+@dataclass
+class MethodOptions:
+    temperature: float = 1.0  # SLA+SD T
+    sd_weight: float = 1.0  # SLA+SD β
+    sum_over_transforms: bool = False  # L_SLA × M
+    kernel_backend: str = "auto"
+
+
+def per_view_labels(labels: torch.Tensor, num_transforms: int) -> torch.Tensor:
+    """Class label of every row b·M+j: y[b]."""
+    return labels.repeat_interleave(num_transforms)
+
+
+def transform_labels(batch: int, num_transforms: int, device) -> torch.Tensor:
+    """Transform label of every row b·M+j: j."""
+    return torch.arange(num_transforms, device=device).repeat(batch)
+
+
+def views_mean(class_logits: torch.Tensor, num_transforms: int) -> torch.Tensor:
+    """[B·M, N] → [B, N]: the mean of an N-way head's logits over an image's views."""
+    return class_logits.float().reshape(-1, num_transforms, class_logits.shape[1]).mean(dim=1)
+
+
+class Method:
+    name = ""
+    uses_transforms = True  # False: trains on the identity view alone (M = 1)
+    primary_score = "SI"  # the score used for model selection
+
+    def __init__(self, options: MethodOptions):
+        self.options = options
+
+    def head_specs(self, num_classes: int, num_transforms: int) -> list[HeadSpec]:
+        raise NotImplementedError
+
+    def losses(self, outputs, labels, num_transforms) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def class_scores(self, outputs, num_transforms) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class Baseline(Method):
+    """Plain CE on the identity view with an N-way head."""
+    name, uses_transforms = "baseline", False
+
+    def head_specs(self, num_classes, num_transforms):
+        return [HeadSpec("class", num_classes, IDENTITY_VIEW)]
+
+    def losses(self, outputs, labels, num_transforms):
+        return {"loss": F.cross_entropy(outputs["class"].float(), labels)}
+
+    def class_scores(self, outputs, num_transforms):
+        return {"SI": outputs["class"]}
+
+
+class TransformsAsAugmentation(Method):
+    """`da`: every view labelled with its class, N-way head."""
+    name, primary_score = "da", "AG"
+
+    def head_specs(self, num_classes, num_transforms):
+        return [HeadSpec("class", num_classes, ALL_VIEWS)]
+
+    def losses(self, outputs, labels, num_transforms):
+        return {"loss": F.cross_entropy(outputs["class"].float(), per_view_labels(labels, num_transforms))}
+
+    def class_scores(self, outputs, num_transforms):
+        return {"SI": outputs["class"][::num_transforms], "AG": views_mean(outputs["class"], num_transforms)}
+
+
+class MultiTask(TransformsAsAugmentation):
+    """`mt`: N-way class head plus an M-way transform head on every view."""
+    name = "mt"
+
+    def head_specs(self, num_classes, num_transforms):
+        return [HeadSpec("class", num_classes, ALL_VIEWS), HeadSpec("transform", num_transforms, ALL_VIEWS)]
+
+    def losses(self, outputs, labels, num_transforms):
+        class_ce = F.cross_entropy(outputs["class"].float(), per_view_labels(labels, num_transforms))
+        targets = transform_labels(labels.shape[0], num_transforms, labels.device)
+        transform_ce = F.cross_entropy(outputs["transform"].float(), targets)
+        return {"loss": class_ce + transform_ce, "class_ce": class_ce, "transform_ce": transform_ce}
+
+
+class SLA(Method):
+    """Joint N·M head trained on the joint labels y·M + j."""
+    name, primary_score = "sla", "AG"
+
+    def head_specs(self, num_classes, num_transforms):
+        return [HeadSpec("joint", num_classes * num_transforms, ALL_VIEWS)]
+
+    def sla_loss(self, outputs, labels, num_transforms):
+        return kernels.joint_cross_entropy(outputs["joint"], labels, num_transforms,
+                                           sum_over_transforms=self.options.sum_over_transforms,
+                                           backend=self.options.kernel_backend)
+
+    def losses(self, outputs, labels, num_transforms):
+        return {"loss": self.sla_loss(outputs, labels, num_transforms)}
+
+    def class_scores(self, outputs, num_transforms):
+        joint = outputs["joint"]
+        return {"SI": kernels.single_view_logits(joint, num_transforms),
+                "AG": kernels.aggregate_logits(joint, num_transforms, backend=self.options.kernel_backend)}
+
+
+class SLASelfDistillation(SLA):
+    """SLA+SD: L_SLA + T²·KL(softmax(s/T).detach() ‖ softmax(c/T)) + β·CE(c, y)."""
+    name, primary_score = "sla_sd", "SD"
+
+    def head_specs(self, num_classes, num_transforms):
+        return super().head_specs(num_classes, num_transforms) + [HeadSpec("sd", num_classes, IDENTITY_VIEW)]
+
+    def losses(self, outputs, labels, num_transforms):
+        sla = self.sla_loss(outputs, labels, num_transforms)
+        aggregated = kernels.aggregate_logits(outputs["joint"].detach(), num_transforms,
+                                              backend=self.options.kernel_backend)
+        distill = kernels.distillation_kl(outputs["sd"], aggregated, temperature=self.options.temperature,
+                                          backend=self.options.kernel_backend)
+        sd_ce = F.cross_entropy(outputs["sd"].float(), labels)
+        return {"loss": sla + distill + self.options.sd_weight * sd_ce, "sla": sla, "distill": distill,
+                "sd_ce": sd_ce}
+
+    def class_scores(self, outputs, num_transforms):
+        return {"SD": outputs["sd"], **super().class_scores(outputs, num_transforms)}
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Baseline, TransformsAsAugmentation, MultiTask, SLA,
+                                                         SLASelfDistillation)}
+
+
+def build_method(name: str, options: MethodOptions) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
+    return METHODS[name](options)

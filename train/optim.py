@@ -1,0 +1,75 @@
+"""Optimizer, learning-rate schedule, precision and EMA choices."""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+
+from .config import TrainConfig
+
+
+def build_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    # No weight decay on BN parameters and biases, as the reference ResNet recipes do.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer_impl == "apex":
+        try:
+            from apex.optimizers import FusedSGD  # NVIDIA apex, optional; never the PyPI package of that name
+        except ImportError:
+            raise ValueError("--optimizer-impl apex needs NVIDIA apex built from source; it is not importable") from None
+        return FusedSGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    if config.optimizer_impl != "torch":
+        raise ValueError(f"unknown optimizer implementation {config.optimizer_impl!r}; valid: torch, apex")
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                           fused=device.type == "cuda" or None)
+
+
+def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warm-up, then the schedule."""
+    if step < config.warmup_iterations:
+        return (step + 1) / config.warmup_iterations
+    if config.schedule == "cosine":
+        progress = (step - config.warmup_iterations) / max(1, total_steps - config.warmup_iterations)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    passed = sum(step >= round(fraction * total_steps) for fraction in config.lr_milestones)
+    return config.lr_gamma ** passed
+
+
+def build_scheduler(config: TrainConfig, optimizer, total_steps: int):
+    if config.schedule not in ("cosine", "multistep"):
+        raise ValueError(f"unknown schedule {config.schedule!r}; valid: cosine, multistep")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, config))
+
+
+def resolve_precision(config: TrainConfig, device: torch.device) -> str:
+    precision = config.precision
+    if precision == "auto":
+        bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = "bf16" if bf16_ok else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {precision!r}; valid: auto, fp32, bf16, fp16")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_scaler(precision: str, device: torch.device):
+    """fp16 needs loss scaling; bf16 and fp32 do not."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def build_ema(config: TrainConfig, model: torch.nn.Module):
+    if config.ema_decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
