@@ -64,4 +64,5 @@ def barrier(context: DistributedContext) -> None:
 
 def shutdown(context: DistributedContext) -> None:
     if context.initialised:
+        dist.barrier()  # gloo aborts a rank that tears down while its peer still talks to it
         dist.destroy_process_group()
