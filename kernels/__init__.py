@@ -6,18 +6,38 @@ Math and layout: ../shared/docs/methods.md (interleaved rows b·M+j, joint label
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from . import reference
+from . import ops, reference
 from .families import FAMILIES, TransformFamily, check_family_fits, get_family
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "cuda", "cpu", "torch")
 
 
 def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+    """auto → cuda for CUDA tensors, cpu otherwise; cuda also takes CPU tensors under Numba's simulator."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    return "torch" if backend == "auto" else backend
+    if backend == "auto":
+        return "cuda" if tensor.is_cuda else "cpu"
+    if backend == "cpu" and tensor.is_cuda:
+        raise ValueError("kernel backend 'cpu' needs CPU tensors; got a CUDA tensor (use 'cuda' or 'auto')")
+    if backend == "cuda" and not tensor.is_cuda:
+        from .ops import simulator_enabled
+
+        if not simulator_enabled():
+            raise ValueError("kernel backend 'cuda' needs CUDA tensors (or NUMBA_ENABLE_CUDASIM=1); got a CPU tensor")
+    return backend
+
+
+def raise_pending_label_error() -> None:
+    """Raise if a CUDA kernel met a label outside [0, N) since the last call (one host sync)."""
+    from .ops import _label_error_flags, raise_pending_label_error as check
+
+    if _label_error_flags:
+        check()
 
 
 def check_joint_shapes(joint_logits: torch.Tensor, num_transforms: int, labels: torch.Tensor | None = None) -> None:
@@ -48,16 +68,24 @@ def joint_cross_entropy(joint_logits, labels, num_transforms, *, reduction="mean
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
     check_joint_shapes(joint_logits, num_transforms, labels)
-    _resolve_backend(backend, joint_logits)
-    check_label_range(labels, joint_logits.shape[1] // num_transforms)
-    return reference.joint_cross_entropy(joint_logits, labels, num_transforms, reduction, sum_over_transforms)
+    backend = _resolve_backend(backend, joint_logits)
+    if not labels.is_cuda:  # free on the host; CUDA kernels raise a device flag instead of syncing
+        check_label_range(labels, joint_logits.shape[1] // num_transforms)
+    if backend == "torch":
+        return reference.joint_cross_entropy(joint_logits, labels, num_transforms, reduction, sum_over_transforms)
+    per_row, _ = ops.joint_ce_forward(joint_logits, labels, num_transforms, backend)
+    if sum_over_transforms:
+        per_row = per_row * num_transforms
+    return per_row.mean() if reduction == "mean" else per_row
 
 
 def aggregate_logits(joint_logits, num_transforms, *, backend="auto"):
     """SLA+AG class scores [B, N]: the mean over views of each view's own-transform logits."""
     check_joint_shapes(joint_logits, num_transforms)
-    _resolve_backend(backend, joint_logits)
-    return reference.aggregate_logits(joint_logits, num_transforms)
+    backend = _resolve_backend(backend, joint_logits)
+    if backend == "torch":
+        return reference.aggregate_logits(joint_logits, num_transforms)
+    return ops.aggregate_forward(joint_logits, num_transforms, backend)
 
 
 def single_view_logits(joint_logits, num_transforms):
@@ -75,8 +103,11 @@ def distillation_kl(student_logits, teacher_logits, *, temperature=1.0, backend=
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be positive; got {temperature}")
-    _resolve_backend(backend, student_logits)
-    return reference.distillation_kl(student_logits, teacher_logits, temperature)
+    backend = _resolve_backend(backend, student_logits)
+    if backend == "torch":
+        return reference.distillation_kl(student_logits, teacher_logits, temperature)
+    row_kl, _, _ = ops.kl_forward(student_logits, teacher_logits.detach(), float(temperature), backend)
+    return row_kl.mean() * temperature**2
 
 
 def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels_last=True, backend="auto"):
@@ -85,11 +116,24 @@ def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"images must be uint8 [B, H, W, C]; got {images.dtype} of shape {tuple(images.shape)}")
     check_family_fits(family, images.shape[1], images.shape[2], images.shape[3])
-    _resolve_backend(backend, images)
-    return reference.expand_views(images, family, mean, std, out_dtype, channels_last)
+    backend = _resolve_backend(backend, images)
+    if backend == "torch":
+        return reference.expand_views(images, family, mean, std, out_dtype, channels_last)
+    turns, orders, scale, shift = _family_tensors(family, tuple(mean), tuple(std), images.device)
+    views = ops.expand_views(images, turns, orders, scale, shift, channels_last, backend)
+    return views if out_dtype == torch.float32 else views.to(out_dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _family_tensors(family: TransformFamily, mean: tuple, std: tuple, device: torch.device):
+    """The small per-family tables the view kernel reads, made once per device."""
+    turns = torch.tensor(family.quarter_turns, dtype=torch.int32, device=device)
+    orders = torch.tensor(family.channel_orders, dtype=torch.int32, device=device)
+    scale, shift = reference.normalisation_affine(mean, std, device)
+    return turns, orders, scale, shift
 
 
 __all__ = [
     "BACKENDS", "FAMILIES", "TransformFamily", "aggregate_logits", "check_family_fits", "distillation_kl",
-    "expand_views", "get_family", "joint_cross_entropy", "single_view_logits",
+    "expand_views", "get_family", "joint_cross_entropy", "raise_pending_label_error", "single_view_logits",
 ]

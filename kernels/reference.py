@@ -11,6 +11,11 @@ import torch.nn.functional as F
 from .families import TransformFamily
 
 
+def upcast(tensor: torch.Tensor) -> torch.Tensor:
+    """Arithmetic in float32, or float64 where the input already is."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
 def joint_targets(labels: torch.Tensor, num_transforms: int) -> torch.Tensor:
     """Joint label of row b·M+j is labels[b]·M + j (class-major, methods.md)."""
     transform_ids = torch.arange(num_transforms, device=labels.device)
@@ -19,7 +24,7 @@ def joint_targets(labels: torch.Tensor, num_transforms: int) -> torch.Tensor:
 
 def joint_cross_entropy(joint_logits, labels, num_transforms, reduction="mean", sum_over_transforms=False):
     """L_SLA: mean over the B·M rows of −log softmax(L[r])[y[b]·M + j]."""
-    per_row = F.cross_entropy(joint_logits.float(), joint_targets(labels, num_transforms), reduction="none")
+    per_row = F.cross_entropy(upcast(joint_logits), joint_targets(labels, num_transforms), reduction="none")
     if sum_over_transforms:
         per_row = per_row * num_transforms
     return per_row.mean() if reduction == "mean" else per_row
@@ -28,7 +33,7 @@ def joint_cross_entropy(joint_logits, labels, num_transforms, reduction="mean", 
 def aggregate_logits(joint_logits: torch.Tensor, num_transforms: int) -> torch.Tensor:
     """SLA+AG: s[b, i] = (1/M) Σ_j L[b·M + j, i·M + j]."""
     rows, columns = joint_logits.shape
-    grid = joint_logits.float().reshape(rows // num_transforms, num_transforms, columns // num_transforms, num_transforms)
+    grid = upcast(joint_logits).reshape(rows // num_transforms, num_transforms, columns // num_transforms, num_transforms)
     return torch.diagonal(grid, dim1=1, dim2=3).mean(dim=-1)
 
 
@@ -39,8 +44,8 @@ def single_view_logits(joint_logits: torch.Tensor, num_transforms: int) -> torch
 
 def distillation_kl(student_logits, teacher_logits, temperature=1.0):
     """τ²·KL(softmax(teacher/τ) ‖ softmax(student/τ)), averaged over rows, no gradient into the teacher."""
-    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=1)
-    teacher_log_probs = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    student_log_probs = F.log_softmax(upcast(student_logits) / temperature, dim=1)
+    teacher_log_probs = F.log_softmax(upcast(teacher_logits.detach()).to(upcast(student_logits).dtype) / temperature, dim=1)
     kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
     return kl * temperature**2
 

@@ -36,7 +36,8 @@ class TrainConfig:
     temperature: float = field(default=1.0, metadata={"help": "SLA+SD distillation temperature T"})
     sd_weight: float = field(default=1.0, metadata={"help": "SLA+SD weight β of CE(c, y)"})
     sum_over_transforms: bool = field(default=False, metadata={"help": "multiply L_SLA by M (paper's large loss)"})
-    kernels: str = field(default="auto", metadata={"help": "loss/view kernel backend: auto, torch"})
+    kernels: str = field(default="auto", metadata={"help": "loss/view kernels: auto (Numba CUDA or CPU by "
+                                                                "device), cuda, cpu, torch (composite reference)"})
     # --- model
     model: str = field(default="resnet20", metadata={"help": "backbone name"})
     channels_last: bool = True

@@ -170,6 +170,7 @@ def train(config: TrainConfig) -> dict:
             if step % config.log_every == 0 or step == total_steps:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # honest interval timing
+                    kernels.raise_pending_label_error()  # the CUDA loss kernels flag bad labels, checked here
                 elapsed = time.perf_counter() - interval_start
                 means = {name: round(float(total) / interval_steps, 5) for name, total in loss_sums.items()}
                 images_per_second = interval_steps * images_per_step / elapsed

@@ -1,0 +1,175 @@
+"""CUDA kernels (numba-cuda). One block per row for the reductions, one thread per element for
+the gradients and views. Launched on torch's current stream; under NUMBA_ENABLE_CUDASIM=1 the
+same kernels run in Numba's simulator on host arrays (small sizes only: it is slow).
+
+Out-of-range labels never touch memory out of bounds: the kernel writes NaN for that row and
+raises a device flag that `raise_pending_label_error` checks without a sync in the hot path.
+"""
+from __future__ import annotations
+
+import math
+
+from numba import config, cuda, float32
+
+# Threads per row-reduction block (a power of two) and per element-wise block. The simulator runs
+# every thread as a Python thread, so it gets small blocks: the same code paths, far fewer threads.
+THREADS = 8 if config.ENABLE_CUDASIM else 128
+ELEMENT_THREADS = 16 if config.ENABLE_CUDASIM else 256
+
+
+@cuda.jit(device=True)
+def _block_max(shared, value):
+    tid = cuda.threadIdx.x
+    shared[tid] = value
+    cuda.syncthreads()
+    stride = THREADS // 2
+    while stride > 0:
+        if tid < stride:
+            shared[tid] = max(shared[tid], shared[tid + stride])
+        cuda.syncthreads()
+        stride //= 2
+    result = shared[0]
+    cuda.syncthreads()
+    return result
+
+
+@cuda.jit(device=True)
+def _block_sum(shared, value):
+    tid = cuda.threadIdx.x
+    shared[tid] = value
+    cuda.syncthreads()
+    stride = THREADS // 2
+    while stride > 0:
+        if tid < stride:
+            shared[tid] += shared[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    result = shared[0]
+    cuda.syncthreads()
+    return result
+
+
+@cuda.jit
+def joint_ce_forward(logits, labels, num_transforms, row_loss, row_stats, error_flag):
+    r = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    columns = logits.shape[1]
+    shared = cuda.shared.array(THREADS, float32)
+    peak = -math.inf
+    for k in range(tid, columns, THREADS):
+        peak = max(peak, float32(logits[r, k]))
+    peak = _block_max(shared, peak)
+    total = float32(0.0)
+    for k in range(tid, columns, THREADS):
+        total += math.exp(float32(logits[r, k]) - peak)
+    total = _block_sum(shared, total)
+    if tid == 0:
+        log_total = math.log(total)
+        target = labels[r // num_transforms] * num_transforms + r % num_transforms
+        row_stats[r, 0] = peak  # max and log-sum kept apart: see kernels/cpu.py
+        row_stats[r, 1] = log_total
+        if 0 <= target < columns:
+            row_loss[r] = (peak - float32(logits[r, target])) + log_total
+        else:
+            row_loss[r] = math.nan
+            error_flag[0] = 1
+
+
+@cuda.jit
+def joint_ce_backward(logits, labels, num_transforms, row_stats, row_grad, grad):
+    r = cuda.blockIdx.y
+    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    columns = logits.shape[1]
+    if k < columns:
+        target = labels[r // num_transforms] * num_transforms + r % num_transforms
+        value = math.exp((float32(logits[r, k]) - row_stats[r, 0]) - row_stats[r, 1])
+        if k == target:
+            value -= float32(1.0)
+        grad[r, k] = value * row_grad[r]
+
+
+@cuda.jit
+def aggregate_forward(logits, num_transforms, scores):
+    b, i = cuda.grid(2)
+    if b < scores.shape[0] and i < scores.shape[1]:
+        total = float32(0.0)
+        for j in range(num_transforms):
+            total += float32(logits[b * num_transforms + j, i * num_transforms + j])
+        scores[b, i] = total / num_transforms
+
+
+@cuda.jit
+def aggregate_backward(grad_scores, num_transforms, grad):
+    r = cuda.blockIdx.y
+    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if k < grad.shape[1]:
+        if k % num_transforms == r % num_transforms:
+            grad[r, k] = grad_scores[r // num_transforms, k // num_transforms] / num_transforms
+        else:
+            grad[r, k] = 0.0
+
+
+@cuda.jit
+def kl_forward(student, teacher, inverse_temperature, row_kl, stats_student, stats_teacher):
+    r = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    columns = student.shape[1]
+    shared = cuda.shared.array(THREADS, float32)
+    peak_s, peak_t = -math.inf, -math.inf
+    for k in range(tid, columns, THREADS):
+        peak_s = max(peak_s, float32(student[r, k]) * inverse_temperature)
+        peak_t = max(peak_t, float32(teacher[r, k]) * inverse_temperature)
+    peak_s = _block_max(shared, peak_s)
+    peak_t = _block_max(shared, peak_t)
+    total_s, total_t = float32(0.0), float32(0.0)
+    for k in range(tid, columns, THREADS):
+        total_s += math.exp(float32(student[r, k]) * inverse_temperature - peak_s)
+        total_t += math.exp(float32(teacher[r, k]) * inverse_temperature - peak_t)
+    log_total_s = math.log(_block_sum(shared, total_s))
+    log_total_t = math.log(_block_sum(shared, total_t))
+    kl = float32(0.0)
+    for k in range(tid, columns, THREADS):
+        log_p = (float32(teacher[r, k]) * inverse_temperature - peak_t) - log_total_t
+        log_q = (float32(student[r, k]) * inverse_temperature - peak_s) - log_total_s
+        kl += math.exp(log_p) * (log_p - log_q)
+    kl = _block_sum(shared, kl)
+    if tid == 0:
+        row_kl[r] = kl
+        stats_student[r, 0], stats_student[r, 1] = peak_s, log_total_s
+        stats_teacher[r, 0], stats_teacher[r, 1] = peak_t, log_total_t
+
+
+@cuda.jit
+def kl_backward(student, teacher, inverse_temperature, stats_student, stats_teacher, row_grad, grad):
+    r = cuda.blockIdx.y
+    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    if k < student.shape[1]:
+        q = math.exp((float32(student[r, k]) * inverse_temperature - stats_student[r, 0]) - stats_student[r, 1])
+        p = math.exp((float32(teacher[r, k]) * inverse_temperature - stats_teacher[r, 0]) - stats_teacher[r, 1])
+        grad[r, k] = (q - p) * (row_grad[r] * inverse_temperature)
+
+
+@cuda.jit
+def expand_views(images, quarter_turns, channel_orders, scale, shift, out_hwc):
+    """One thread per output element of the [B·M, H, W, C] view; see kernels/cpu.py for the index map."""
+    index = cuda.grid(1)
+    rows, height, width, channels = out_hwc.shape
+    if index >= rows * height * width * channels:
+        return
+    c = index % channels
+    w = (index // channels) % width
+    h = (index // (channels * width)) % height
+    row = index // (channels * width * height)
+    num_views = quarter_turns.shape[0]
+    b, j = row // num_views, row % num_views
+    turns = quarter_turns[j]
+    if turns == 0:
+        sh, sw = h, w
+    elif turns == 1:
+        sh, sw = w, width - 1 - h
+    elif turns == 2:
+        sh, sw = height - 1 - h, width - 1 - w
+    else:
+        sh, sw = height - 1 - w, h
+    source = channel_orders[j, c]
+    out_hwc[row, h, w, c] = float32(images[b, sh, sw, source]) * scale[source] + shift[source]

@@ -1,0 +1,288 @@
+"""torch.library custom ops around the Numba kernels: autograd, and a fake implementation so a
+torch.compile'd step keeps its graph across them. `backend` is "cpu" or "cuda" here.
+
+Tensors reach Numba without copies: `.numpy()` on the CPU, `__cuda_array_interface__` on the
+GPU, launched on torch's current stream. fp16/bf16 inputs are upcast to float32 first (Numba's
+CPU target has no half type), results are float32 and gradients come back in the input dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import cpu as cpu_kernels
+
+_label_error_flags: dict[int, object] = {}  # CUDA device index → device int32 flag
+
+
+def simulator_enabled() -> bool:
+    from numba import config
+
+    return bool(config.ENABLE_CUDASIM)
+
+
+def _cuda_kernels():
+    from . import cuda as cuda_kernels  # imported on first use: numba.cuda costs a second to load
+
+    return cuda_kernels
+
+
+def _compute_dtype(tensor: Tensor) -> torch.dtype:
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def _kernel_input(tensor: Tensor) -> Tensor:
+    """Float32/float64 contiguous tensors go through as they are; halves are upcast."""
+    return tensor.detach().to(_compute_dtype(tensor)).contiguous()
+
+
+def _array(tensor: Tensor):
+    if tensor.is_cuda:
+        from numba import cuda
+
+        return cuda.as_cuda_array(tensor.detach())
+    return tensor.detach().numpy()
+
+
+def _launch(kernel, grid, block, tensor: Tensor, *args):
+    if tensor.is_cuda:
+        from numba import cuda
+
+        stream = cuda.external_stream(torch.cuda.current_stream(tensor.device).cuda_stream)
+        kernel[grid, block, stream](*args)
+    else:  # Numba's CUDA simulator on host arrays
+        kernel[grid, block](*args)
+
+
+def _error_flag(tensor: Tensor):
+    if not tensor.is_cuda:
+        return np.zeros(1, dtype=np.int32)
+    from numba import cuda
+
+    index = tensor.device.index
+    if index not in _label_error_flags:
+        _label_error_flags[index] = cuda.to_device(np.zeros(1, dtype=np.int32))
+    return _label_error_flags[index]
+
+
+def raise_pending_label_error() -> None:
+    """Checks the CUDA kernels' out-of-range-label flags (one host sync); call at logging steps."""
+    for index, flag in _label_error_flags.items():
+        if int(flag.copy_to_host()[0]):
+            flag.copy_to_device(np.zeros(1, dtype=np.int32))
+            raise ValueError(f"a label outside [0, N) reached the joint cross-entropy on cuda:{index}; "
+                             "the rows concerned got a NaN loss")
+
+
+def _row_grid(rows: int, columns: int):
+    threads = _cuda_kernels().ELEMENT_THREADS
+    return (math.ceil(columns / threads), rows), threads
+
+
+# ------------------------------------------------------------------ joint cross-entropy (L_SLA)
+@torch.library.custom_op("sla_kernels::joint_ce_forward", mutates_args=())
+def joint_ce_forward(logits: Tensor, labels: Tensor, num_transforms: int, backend: str) -> tuple[Tensor, Tensor]:
+    """Per-row loss and per-row (max, log-sum-exp-shifted), in the compute dtype."""
+    values = _kernel_input(logits)
+    labels = labels.contiguous()
+    row_loss = torch.empty(values.shape[0], dtype=values.dtype, device=values.device)
+    row_lse = torch.empty(values.shape[0], 2, dtype=values.dtype, device=values.device)
+    if backend == "cpu":
+        cpu_kernels.joint_ce_forward(_array(values), _array(labels), num_transforms, _array(row_loss), _array(row_lse))
+    else:
+        kernels = _cuda_kernels()
+        _launch(kernels.joint_ce_forward, values.shape[0], kernels.THREADS, values, _array(values), _array(labels),
+                num_transforms, _array(row_loss), _array(row_lse), _error_flag(values))
+    return row_loss, row_lse
+
+
+@joint_ce_forward.register_fake
+def _(logits, labels, num_transforms, backend):
+    dtype = _compute_dtype(logits)
+    rows = logits.shape[0]
+    return logits.new_empty(rows, dtype=dtype), logits.new_empty(rows, 2, dtype=dtype)
+
+
+@torch.library.custom_op("sla_kernels::joint_ce_backward", mutates_args=())
+def joint_ce_backward(logits: Tensor, labels: Tensor, num_transforms: int, row_lse: Tensor, row_grad: Tensor,
+                      backend: str) -> Tensor:
+    values = _kernel_input(logits)
+    grad = torch.empty_like(values)
+    row_grad = row_grad.to(values.dtype).contiguous()
+    if backend == "cpu":
+        cpu_kernels.joint_ce_backward(_array(values), _array(labels.contiguous()), num_transforms, _array(row_lse),
+                                      _array(row_grad), _array(grad))
+    else:
+        _launch(_cuda_kernels().joint_ce_backward, *_row_grid(*values.shape), values, _array(values),
+                _array(labels.contiguous()), num_transforms, _array(row_lse), _array(row_grad), _array(grad))
+    return grad.to(logits.dtype)
+
+
+@joint_ce_backward.register_fake
+def _(logits, labels, num_transforms, row_lse, row_grad, backend):
+    return torch.empty_like(logits)
+
+
+def _joint_ce_setup(ctx, inputs, output):
+    logits, labels, num_transforms, backend = inputs
+    ctx.save_for_backward(logits, labels, output[1])
+    ctx.num_transforms, ctx.backend = num_transforms, backend
+
+
+def _joint_ce_grad(ctx, grad_row_loss, grad_row_lse):
+    logits, labels, row_lse = ctx.saved_tensors
+    if grad_row_loss is None:
+        grad_row_loss = torch.zeros_like(row_lse)
+    grad = joint_ce_backward(logits, labels, ctx.num_transforms, row_lse, grad_row_loss, ctx.backend)
+    return grad, None, None, None
+
+
+joint_ce_forward.register_autograd(_joint_ce_grad, setup_context=_joint_ce_setup)
+
+
+# ------------------------------------------------------------------ aggregated logits (SLA+AG)
+@torch.library.custom_op("sla_kernels::aggregate_forward", mutates_args=())
+def aggregate_forward(logits: Tensor, num_transforms: int, backend: str) -> Tensor:
+    values = _kernel_input(logits)
+    rows, columns = values.shape
+    scores = torch.empty(rows // num_transforms, columns // num_transforms, dtype=values.dtype, device=values.device)
+    if backend == "cpu":
+        cpu_kernels.aggregate_forward(_array(values), num_transforms, _array(scores))
+    else:
+        blocks = (math.ceil(scores.shape[0] / 16), math.ceil(scores.shape[1] / 16))
+        _launch(_cuda_kernels().aggregate_forward, blocks, (16, 16), values, _array(values), num_transforms,
+                _array(scores))
+    return scores
+
+
+@aggregate_forward.register_fake
+def _(logits, num_transforms, backend):
+    rows, columns = logits.shape
+    return logits.new_empty(rows // num_transforms, columns // num_transforms, dtype=_compute_dtype(logits))
+
+
+@torch.library.custom_op("sla_kernels::aggregate_backward", mutates_args=())
+def aggregate_backward(logits: Tensor, grad_scores: Tensor, num_transforms: int, backend: str) -> Tensor:
+    grad = torch.empty(logits.shape, dtype=_compute_dtype(logits), device=logits.device)
+    grad_scores = grad_scores.to(grad.dtype).contiguous()
+    if backend == "cpu":
+        cpu_kernels.aggregate_backward(_array(grad_scores), num_transforms, _array(grad))
+    else:
+        _launch(_cuda_kernels().aggregate_backward, *_row_grid(*grad.shape), grad, _array(grad_scores),
+                num_transforms, _array(grad))
+    return grad.to(logits.dtype)
+
+
+@aggregate_backward.register_fake
+def _(logits, grad_scores, num_transforms, backend):
+    return torch.empty_like(logits)
+
+
+def _aggregate_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.num_transforms, ctx.backend = inputs[1], inputs[2]
+
+
+def _aggregate_grad(ctx, grad_scores):
+    (logits,) = ctx.saved_tensors
+    return aggregate_backward(logits, grad_scores, ctx.num_transforms, ctx.backend), None, None
+
+
+aggregate_forward.register_autograd(_aggregate_grad, setup_context=_aggregate_setup)
+
+
+# ------------------------------------------------------------------ distillation KL (SLA+SD, HSAKD)
+@torch.library.custom_op("sla_kernels::kl_forward", mutates_args=())
+def kl_forward(student: Tensor, teacher: Tensor, temperature: float, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row KL(softmax(teacher/τ) ‖ softmax(student/τ)) and each side's per-row (max, log-sum)."""
+    s_values, t_values = _kernel_input(student), _kernel_input(teacher).to(_compute_dtype(student))
+    rows = s_values.shape[0]
+    row_kl = torch.empty(rows, dtype=s_values.dtype, device=s_values.device)
+    lse_s, lse_t = (torch.empty(rows, 2, dtype=s_values.dtype, device=s_values.device) for _ in range(2))
+    if backend == "cpu":
+        cpu_kernels.kl_forward(_array(s_values), _array(t_values), 1.0 / temperature, _array(row_kl), _array(lse_s),
+                               _array(lse_t))
+    else:
+        kernels = _cuda_kernels()
+        _launch(kernels.kl_forward, rows, kernels.THREADS, s_values, _array(s_values), _array(t_values),
+                np.float32(1.0 / temperature), _array(row_kl), _array(lse_s), _array(lse_t))
+    return row_kl, lse_s, lse_t
+
+
+@kl_forward.register_fake
+def _(student, teacher, temperature, backend):
+    rows, dtype = student.shape[0], _compute_dtype(student)
+    return student.new_empty(rows, dtype=dtype), student.new_empty(rows, 2, dtype=dtype), \
+        student.new_empty(rows, 2, dtype=dtype)
+
+
+@torch.library.custom_op("sla_kernels::kl_backward", mutates_args=())
+def kl_backward(student: Tensor, teacher: Tensor, temperature: float, lse_s: Tensor, lse_t: Tensor,
+                row_grad: Tensor, backend: str) -> Tensor:
+    s_values, t_values = _kernel_input(student), _kernel_input(teacher).to(_compute_dtype(student))
+    grad = torch.empty_like(s_values)
+    row_grad = row_grad.to(s_values.dtype).contiguous()
+    if backend == "cpu":
+        cpu_kernels.kl_backward(_array(s_values), _array(t_values), 1.0 / temperature, _array(lse_s), _array(lse_t),
+                                _array(row_grad), _array(grad))
+    else:
+        _launch(_cuda_kernels().kl_backward, *_row_grid(*s_values.shape), s_values, _array(s_values),
+                _array(t_values), np.float32(1.0 / temperature), _array(lse_s), _array(lse_t), _array(row_grad),
+                _array(grad))
+    return grad.to(student.dtype)
+
+
+@kl_backward.register_fake
+def _(student, teacher, temperature, lse_s, lse_t, row_grad, backend):
+    return torch.empty_like(student)
+
+
+def _kl_setup(ctx, inputs, output):
+    student, teacher, temperature, backend = inputs
+    ctx.save_for_backward(student, teacher, output[1], output[2])
+    ctx.temperature, ctx.backend = temperature, backend
+
+
+def _kl_grad(ctx, grad_row_kl, grad_lse_s, grad_lse_t):
+    student, teacher, lse_s, lse_t = ctx.saved_tensors
+    grad = kl_backward(student, teacher, ctx.temperature, lse_s, lse_t, grad_row_kl, ctx.backend)
+    return grad, None, None, None  # no gradient into the teacher
+
+
+kl_forward.register_autograd(_kl_grad, setup_context=_kl_setup)
+
+
+# ------------------------------------------------------------------ view expansion
+@torch.library.custom_op("sla_kernels::expand_views", mutates_args=())
+def expand_views(images: Tensor, quarter_turns: Tensor, channel_orders: Tensor, scale: Tensor, shift: Tensor,
+                 channels_last: bool, backend: str) -> Tensor:
+    """uint8 [B, H, W, C] → float32 [B·M, C, H, W], read once and written once."""
+    batch, height, width, channels = images.shape
+    rows = batch * quarter_turns.shape[0]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(rows, channels, height, width, dtype=torch.float32, device=images.device,
+                      memory_format=memory_format)
+    out_hwc = out.permute(0, 2, 3, 1)  # the same storage indexed [row, h, w, c]
+    args = [images.contiguous(), quarter_turns, channel_orders, scale, shift]
+    if backend == "cpu":
+        cpu_kernels.expand_views(*map(_array, args), _array(out_hwc))
+    else:
+        kernels = _cuda_kernels()
+        blocks = math.ceil(out.numel() / kernels.ELEMENT_THREADS)
+        # The simulator moves only contiguous host buffers; a real GPU writes the strided view directly.
+        target = out_hwc if images.is_cuda or out_hwc.is_contiguous() else torch.empty_like(out_hwc.contiguous())
+        _launch(kernels.expand_views, blocks, kernels.ELEMENT_THREADS, images, *map(_array, args), _array(target))
+        if target is not out_hwc:
+            out_hwc.copy_(target)
+    return out
+
+
+@expand_views.register_fake
+def _(images, quarter_turns, channel_orders, scale, shift, channels_last, backend):
+    batch, height, width, channels = images.shape
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(batch * quarter_turns.shape[0], channels, height, width, dtype=torch.float32,
+                       device=images.device, memory_format=memory_format)

@@ -1,0 +1,227 @@
+"""Every kernel backend against float64 references on fresh random inputs of awkward shapes.
+
+Under NUMBA_ENABLE_CUDASIM=1 (tests/test_kernels_simulator.py runs this module that way) the
+`cuda` backend runs in Numba's simulator at small sizes; on a machine with a GPU it runs for real.
+"""
+import itertools
+import os
+
+import pytest
+import torch
+
+import kernels
+
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+if SIMULATOR:
+    BACKENDS = ["cuda"]
+    SHAPES = [(1, 1, 1), (3, 3, 2), (1, 5, 3), (1, 3, 6)]
+elif torch.cuda.is_available():
+    BACKENDS = ["torch", "cpu", "cuda"]
+    SHAPES = list(itertools.product((1, 3, 33), (1, 3, 10, 100), (1, 2, 3, 4, 6, 24)))
+else:
+    BACKENDS = ["torch", "cpu"]
+    SHAPES = list(itertools.product((1, 3, 33), (1, 3, 10, 100), (1, 2, 3, 4, 6, 24)))
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FP32_TOLERANCE = dict(rtol=2e-5, atol=2e-6)
+
+
+def device_for(backend):
+    return torch.device("cuda" if backend == "cuda" and not SIMULATOR else "cpu")
+
+
+def reference_joint_ce(logits64, labels, num_transforms):
+    """Per-row −log softmax(L[r])[y·M + j], written directly in float64."""
+    rows = logits64.shape[0]
+    targets = torch.tensor([int(labels[r // num_transforms]) * num_transforms + r % num_transforms
+                            for r in range(rows)], dtype=torch.long)
+    return torch.logsumexp(logits64, dim=1) - logits64[torch.arange(rows), targets]
+
+
+def reference_aggregate(logits64, num_transforms):
+    rows, columns = logits64.shape
+    batch, classes = rows // num_transforms, columns // num_transforms
+    out = torch.zeros(batch, classes, dtype=torch.float64)
+    for j in range(num_transforms):
+        out += logits64[j::num_transforms, j::num_transforms]
+    return out / num_transforms
+
+
+def reference_kl(student64, teacher64, temperature):
+    log_p = torch.log_softmax(teacher64 / temperature, dim=1)
+    log_q = torch.log_softmax(student64 / temperature, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(1).mean() * temperature**2
+
+
+def random_logits(rows, columns, scale=3.0, seed=None):
+    generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+    return torch.randn(rows, columns, generator=generator, dtype=torch.float64) * scale
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch,classes,num_transforms", SHAPES)
+def test_joint_cross_entropy_forward_and_gradient(backend, batch, classes, num_transforms):
+    device = device_for(backend)
+    logits64 = random_logits(batch * num_transforms, classes * num_transforms)
+    labels = torch.randint(0, classes, (batch,))
+    logits = logits64.float().to(device).requires_grad_()
+    loss = kernels.joint_cross_entropy(logits, labels.to(device), num_transforms, backend=backend)
+    upstream = torch.rand(()) + 0.5
+    (loss * upstream).backward()
+    reference_input = logits64.float().double().requires_grad_()
+    expected = reference_joint_ce(reference_input, labels, num_transforms).mean()
+    (expected * upstream.double()).backward()
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double().cpu(), expected.detach(), **FP32_TOLERANCE)
+    assert logits.grad.dtype == torch.float32
+    torch.testing.assert_close(logits.grad.double().cpu(), reference_input.grad, **FP32_TOLERANCE)
+    per_row = kernels.joint_cross_entropy(logits.detach(), labels.to(device), num_transforms, reduction="none",
+                                          sum_over_transforms=True, backend=backend)
+    torch.testing.assert_close(per_row.double().cpu(), num_transforms * reference_joint_ce(
+        logits64.float().double(), labels, num_transforms), **FP32_TOLERANCE)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch,classes,num_transforms", SHAPES)
+def test_aggregate_logits_forward_and_gradient(backend, batch, classes, num_transforms):
+    device = device_for(backend)
+    logits64 = random_logits(batch * num_transforms, classes * num_transforms)
+    logits = logits64.float().to(device).requires_grad_()
+    scores = kernels.aggregate_logits(logits, num_transforms, backend=backend)
+    upstream = torch.randn(batch, classes, dtype=torch.float64)
+    (scores * upstream.float().to(device)).sum().backward()
+    reference_input = logits64.float().double().requires_grad_()
+    expected = reference_aggregate(reference_input, num_transforms)
+    (expected * upstream.float().double()).sum().backward()
+    torch.testing.assert_close(scores.double().cpu(), expected.detach(), **FP32_TOLERANCE)
+    torch.testing.assert_close(logits.grad.double().cpu(), reference_input.grad, **FP32_TOLERANCE)
+    single = kernels.single_view_logits(logits.detach(), num_transforms)
+    assert torch.equal(single.cpu(), logits.detach().cpu()[::num_transforms, ::num_transforms])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rows,classes", [(1, 1), (3, 11)] if SIMULATOR else [(1, 1), (3, 7), (33, 10), (17, 100),
+                                                                              (5, 2400)])
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_distillation_kl_forward_and_gradient(backend, rows, classes, temperature):
+    device = device_for(backend)
+    student64, teacher64 = random_logits(rows, classes), random_logits(rows, classes)
+    student = student64.float().to(device).requires_grad_()
+    teacher = teacher64.float().to(device).requires_grad_()
+    loss = kernels.distillation_kl(student, teacher, temperature=temperature, backend=backend)
+    loss.backward()
+    reference_student = student64.float().double().requires_grad_()
+    expected = reference_kl(reference_student, teacher64.float().double(), temperature)
+    expected.backward()
+    torch.testing.assert_close(loss.double().cpu(), expected.detach(), rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(student.grad.double().cpu(), reference_student.grad, **FP32_TOLERANCE)
+    assert teacher.grad is None  # no gradient into the teacher
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+@pytest.mark.skipif(SIMULATOR, reason="hundreds of launches: minutes in the simulator; runs on CPU and real GPUs")
+def test_float64_path_passes_gradcheck(backend):
+    """The CPU kernels keep float64 end to end; the CUDA kernels compute in float32, hence looser bounds."""
+    device = device_for(backend)
+    tolerance = {} if backend == "cpu" else dict(eps=1e-3, atol=2e-3, rtol=2e-2)
+    logits = random_logits(6, 9, scale=1.0).to(device).requires_grad_()
+    labels = torch.tensor([0, 2]).to(device)
+    check = torch.autograd.gradcheck
+    assert check(lambda x: kernels.joint_cross_entropy(x, labels, 3, backend=backend), (logits,), **tolerance)
+    assert check(lambda x: kernels.aggregate_logits(x, 3, backend=backend), (logits,), **tolerance)
+    teacher = random_logits(6, 9).to(device)
+    assert check(lambda x: kernels.distillation_kl(x, teacher, temperature=2.0, backend=backend), (logits,),
+                 **tolerance)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_logits_stay_finite(backend):
+    device = device_for(backend)
+    batch, classes, num_transforms = 3, 5, 4
+    logits64 = random_logits(batch * num_transforms, classes * num_transforms).sign() * 1e4
+    logits64[0, :] = 1e4  # a row of ties
+    labels = torch.randint(0, classes, (batch,))
+    logits = logits64.float().to(device).requires_grad_()
+    loss = kernels.joint_cross_entropy(logits, labels.to(device), num_transforms, backend=backend)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    reference_input = logits64.clone().requires_grad_()
+    expected = reference_joint_ce(reference_input, labels, num_transforms).mean()
+    expected.backward()
+    torch.testing.assert_close(loss.double().cpu(), expected.detach(), rtol=1e-6, atol=1e-3)
+    torch.testing.assert_close(logits.grad.double().cpu(), reference_input.grad, rtol=1e-5, atol=1e-6)
+    student = logits.detach().clone().requires_grad_()
+    kl = kernels.distillation_kl(student, -logits.detach(), temperature=3.0, backend=backend)
+    kl.backward()
+    assert torch.isfinite(kl) and torch.isfinite(student.grad).all()
+
+
+# Half-precision logits: arithmetic in fp32, loss in fp32, gradient in the input dtype (rounded once).
+HALF_TOLERANCE = {torch.float16: dict(rtol=2e-3, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-4)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits(backend, dtype):
+    device = device_for(backend)
+    batch, classes, num_transforms = 3, 10, 4
+    logits = random_logits(batch * num_transforms, classes * num_transforms).to(dtype).to(device).requires_grad_()
+    labels = torch.randint(0, classes, (batch,))
+    loss = kernels.joint_cross_entropy(logits, labels.to(device), num_transforms, backend=backend)
+    loss.backward()
+    reference_input = logits.detach().double().cpu().requires_grad_()
+    expected = reference_joint_ce(reference_input, labels, num_transforms).mean()
+    expected.backward()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == dtype
+    torch.testing.assert_close(loss.double().cpu(), expected.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits.grad.double().cpu(), reference_input.grad, **HALF_TOLERANCE[dtype])
+    scores = kernels.aggregate_logits(logits.detach(), num_transforms, backend=backend)
+    torch.testing.assert_close(scores.double().cpu(), reference_aggregate(logits.detach().double().cpu(),
+                                                                          num_transforms), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", ["rotation", "rot_color_perm6", "color_perm"] if SIMULATOR
+                         else sorted(kernels.FAMILIES))
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_expand_views_equals_the_direct_transforms(backend, family, channels_last):
+    device = device_for(backend)
+    batch, size = (1, 3) if SIMULATOR else (3, 7)
+    images = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8).to(device)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    views = kernels.expand_views(images, family, mean=mean, std=std, channels_last=channels_last, backend=backend)
+    spec = kernels.get_family(family)
+    scale, shift = kernels.reference.normalisation_affine(mean, std, "cpu")
+    normalised = (images.cpu().float() * scale + shift).permute(0, 3, 1, 2)
+    expected = torch.stack([torch.rot90(normalised, k, dims=(-2, -1))[:, list(order)]
+                            for k, order in zip(spec.quarter_turns, spec.channel_orders)], dim=1)
+    assert torch.equal(views.cpu(), expected.reshape(batch * spec.num_transforms, 3, size, size))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    assert views.is_contiguous(memory_format=memory_format)
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="unknown kernel backend 'gpu'"):
+        kernels.aggregate_logits(torch.zeros(4, 4), 2, backend="gpu")
+    with pytest.raises(ValueError, match=r"not \[B·M, N·M\] for M=3"):
+        kernels.aggregate_logits(torch.zeros(4, 6), 3)
+    with pytest.raises(ValueError, match="same shape"):
+        kernels.distillation_kl(torch.zeros(2, 3), torch.zeros(2, 4))
+    if not SIMULATOR:
+        for backend in ("cpu", "torch"):
+            with pytest.raises(ValueError, match=r"label -1 is outside \[0, 2\)"):
+                kernels.joint_cross_entropy(torch.zeros(4, 4), torch.tensor([0, -1]), 2, backend=backend)
+
+
+@pytest.mark.skipif(not SIMULATOR and not torch.cuda.is_available(), reason="needs the CUDA kernels")
+def test_cuda_flags_out_of_range_labels_without_corrupting_memory():
+    from kernels import ops
+
+    device = device_for("cuda")
+    logits = torch.zeros(4, 6, device=device)
+    labels = torch.tensor([1, 7], device=device)  # 7 is outside [0, 3)
+    row_loss, _ = ops.joint_ce_forward(logits, labels, 2, "cuda")  # bypasses the host-side check
+    assert torch.isnan(row_loss[2:]).all() and torch.isfinite(row_loss[:2]).all()
+    if SIMULATOR:
+        return  # the host-array flag of the simulator is per call; the device flag is for real GPUs
+    with pytest.raises(ValueError, match="outside"):
+        kernels.raise_pending_label_error()
