@@ -16,12 +16,19 @@ from .families import FAMILIES, TransformFamily, check_family_fits, get_family
 BACKENDS = ("auto", "cuda", "cpu", "torch")
 
 
-def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    """auto → cuda for CUDA tensors, cpu otherwise; cuda also takes CPU tensors under Numba's simulator."""
+# On a CPU, `auto` takes the torch composite for the losses: llvmlite's PyPI build has no SVML, so
+# Numba's exp stays scalar and its fused loss kernels measured 3-7x slower than torch's vectorised
+# ones (`python train/bench.py kernels`, BENCHMARKS.md). The view kernel is faster and is kept.
+AUTO_CPU_LOSS_BACKEND = "torch"
+
+
+def _resolve_backend(backend: str, tensor: torch.Tensor, loss: bool = True) -> str:
+    """auto → cuda for CUDA tensors, else the faster CPU path; cuda also takes CPU tensors under
+    Numba's simulator."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "cuda" if tensor.is_cuda else "cpu"
+        return "cuda" if tensor.is_cuda else (AUTO_CPU_LOSS_BACKEND if loss else "cpu")
     if backend == "cpu" and tensor.is_cuda:
         raise ValueError("kernel backend 'cpu' needs CPU tensors; got a CUDA tensor (use 'cuda' or 'auto')")
     if backend == "cuda" and not tensor.is_cuda:
@@ -116,7 +123,7 @@ def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"images must be uint8 [B, H, W, C]; got {images.dtype} of shape {tuple(images.shape)}")
     check_family_fits(family, images.shape[1], images.shape[2], images.shape[3])
-    backend = _resolve_backend(backend, images)
+    backend = _resolve_backend(backend, images, loss=False)
     if backend == "torch":
         return reference.expand_views(images, family, mean, std, out_dtype, channels_last)
     turns, orders, scale, shift = _family_tensors(family, tuple(mean), tuple(std), images.device)

@@ -1,0 +1,102 @@
+"""`python train/bench.py kernels`: forward+backward medians of each kernel and backend, against the
+eager torch composite measured in the same run (and a torch.compile'd composite on a GPU)."""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import torch
+
+import kernels
+from kernels import reference
+
+
+def median_seconds(function, device: torch.device, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):  # compilation and caches stay out of the numbers
+        function()
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            function()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+        else:
+            begin = time.perf_counter()
+            function()
+            samples.append(time.perf_counter() - begin)
+    return statistics.median(samples)
+
+
+def kernel_cases(batch: int, classes: int, num_transforms: int, device: torch.device):
+    """name → (function of backend, fewest bytes a fused forward+backward must move)."""
+    rows, columns = batch * num_transforms, classes * num_transforms
+    logits = torch.randn(rows, columns, device=device, requires_grad=True)
+    labels = torch.randint(0, classes, (batch,), device=device)
+    student = torch.randn(rows, columns, device=device, requires_grad=True)
+    teacher = torch.randn(rows, columns, device=device)
+    images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, device=device)
+    matrix_bytes = rows * columns * 4
+    stats = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+    def joint_ce(backend):
+        loss = (reference.joint_cross_entropy(logits, labels, num_transforms) if backend == "torch"
+                else kernels.joint_cross_entropy(logits, labels, num_transforms, backend=backend))
+        (grad,) = torch.autograd.grad(loss, logits)
+        return grad
+
+    def aggregate(backend):
+        scores = (reference.aggregate_logits(logits, num_transforms) if backend == "torch"
+                  else kernels.aggregate_logits(logits, num_transforms, backend=backend))
+        (grad,) = torch.autograd.grad(scores.sum(), logits)
+        return grad
+
+    def distill(backend):
+        loss = (reference.distillation_kl(student, teacher, 3.0) if backend == "torch"
+                else kernels.distillation_kl(student, teacher, temperature=3.0, backend=backend))
+        (grad,) = torch.autograd.grad(loss, student)
+        return grad
+
+    def views(backend):
+        return kernels.expand_views(images, "rotation", backend=backend, **stats)
+
+    view_bytes = images.numel() * (1 + 4 * num_transforms)
+    return {"joint_cross_entropy": (joint_ce, 2 * matrix_bytes),  # read logits, write gradient
+            "aggregate_logits": (aggregate, matrix_bytes + rows * classes * 4),  # read the M diagonals, write gradient
+            "distillation_kl": (distill, 3 * matrix_bytes),  # read student and teacher, write gradient
+            "expand_views(rotation)": (views, view_bytes)}  # read uint8 once, write M float32 views
+
+
+def run(batches=(128, 256, 512), classes_list=(10, 100, 1000), num_transforms=4, repeats=20,
+        output: str | None = None) -> list[dict]:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backends = ["torch", "cuda"] if device.type == "cuda" else ["torch", "cpu"]
+    print(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+          f"torch threads {torch.get_num_threads()}, M={num_transforms}, median of {repeats} forward+backward")
+    header = f"{'kernel':<24}{'B':>5}{'N':>6}{'backend':>10}{'ms':>10}{'GB/s':>9}{'vs eager':>10}"
+    print(header)
+    print("-" * len(header))
+    records = []
+    for classes in classes_list:
+        for batch in batches:
+            for name, (function, fewest_bytes) in kernel_cases(batch, classes, num_transforms, device).items():
+                timings = {backend: median_seconds(lambda b=backend: function(b), device, repeats)
+                           for backend in backends}
+                if device.type == "cuda":
+                    compiled = torch.compile(lambda: function("torch"))
+                    timings["torch.compile"] = median_seconds(compiled, device, repeats)
+                for backend, seconds in timings.items():
+                    record = {"kernel": name, "batch": batch, "classes": classes, "num_transforms": num_transforms,
+                              "backend": backend, "device": str(device), "median_ms": round(seconds * 1e3, 4),
+                              "gb_per_s": round(fewest_bytes / seconds / 1e9, 2),
+                              "speedup_vs_eager": round(timings["torch"] / seconds, 3)}
+                    records.append(record)
+                    print(f"{name:<24}{batch:>5}{classes:>6}{backend:>10}{record['median_ms']:>10.3f}"
+                          f"{record['gb_per_s']:>9.2f}{record['speedup_vs_eager']:>9.2f}x")
+    if output:
+        with open(output, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+    return records
