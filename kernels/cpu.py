@@ -10,6 +10,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .indexing import rotated_source
+
 
 @njit(parallel=True, cache=True)
 def joint_ce_forward(logits, labels, num_transforms, row_loss, row_stats):
@@ -105,8 +107,7 @@ def kl_backward(student, teacher, inverse_temperature, stats_student, stats_teac
 @njit(parallel=True, cache=True)
 def expand_views(images, quarter_turns, channel_orders, scale, shift, out_hwc):
     """out_hwc[b·M + j, h, w, c] = t_j(x_b)[c, h, w] normalised; out_hwc is an [B·M, H, W, C] view
-    of the output, whatever its memory format. rot90 by k (counter-clockwise) reads source pixel:
-    k=1: (w, W−1−h), k=2: (H−1−h, W−1−w), k=3: (H−1−w, h)."""
+    of the output, whatever its memory format."""
     batch, height, width, channels = images.shape
     num_views = quarter_turns.shape[0]
     for row in prange(batch * num_views):
@@ -114,14 +115,7 @@ def expand_views(images, quarter_turns, channel_orders, scale, shift, out_hwc):
         turns = quarter_turns[j]
         for h in range(height):
             for w in range(width):
-                if turns == 0:
-                    sh, sw = h, w
-                elif turns == 1:
-                    sh, sw = w, width - 1 - h
-                elif turns == 2:
-                    sh, sw = height - 1 - h, width - 1 - w
-                else:
-                    sh, sw = height - 1 - w, h
+                sh, sw = rotated_source(turns, h, w, height, width)
                 for c in range(channels):
                     source = channel_orders[j, c]
                     out_hwc[row, h, w, c] = np.float32(images[b, sh, sw, source]) * scale[source] + shift[source]

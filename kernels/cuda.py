@@ -11,6 +11,8 @@ import math
 
 from numba import config, cuda, float32
 
+from .indexing import rotated_source
+
 # Threads per row-reduction block (a power of two) and per element-wise block. The simulator runs
 # every thread as a Python thread, so it gets small blocks: the same code paths, far fewer threads.
 THREADS = 8 if config.ENABLE_CUDASIM else 128
@@ -18,30 +20,16 @@ ELEMENT_THREADS = 16 if config.ENABLE_CUDASIM else 256
 
 
 @cuda.jit(device=True)
-def _block_max(shared, value):
+def _block_reduce(shared, take_max, value):
+    """Tree reduction over the block: the maximum where take_max, else the sum; every thread gets it."""
     tid = cuda.threadIdx.x
     shared[tid] = value
     cuda.syncthreads()
     stride = THREADS // 2
     while stride > 0:
         if tid < stride:
-            shared[tid] = max(shared[tid], shared[tid + stride])
-        cuda.syncthreads()
-        stride //= 2
-    result = shared[0]
-    cuda.syncthreads()
-    return result
-
-
-@cuda.jit(device=True)
-def _block_sum(shared, value):
-    tid = cuda.threadIdx.x
-    shared[tid] = value
-    cuda.syncthreads()
-    stride = THREADS // 2
-    while stride > 0:
-        if tid < stride:
-            shared[tid] += shared[tid + stride]
+            other = shared[tid + stride]
+            shared[tid] = max(shared[tid], other) if take_max else shared[tid] + other
         cuda.syncthreads()
         stride //= 2
     result = shared[0]
@@ -58,11 +46,11 @@ def joint_ce_forward(logits, labels, num_transforms, row_loss, row_stats, error_
     peak = -math.inf
     for k in range(tid, columns, THREADS):
         peak = max(peak, float32(logits[r, k]))
-    peak = _block_max(shared, peak)
+    peak = _block_reduce(shared, True, peak)
     total = float32(0.0)
     for k in range(tid, columns, THREADS):
         total += math.exp(float32(logits[r, k]) - peak)
-    total = _block_sum(shared, total)
+    total = _block_reduce(shared, False, total)
     if tid == 0:
         log_total = math.log(total)
         target = labels[r // num_transforms] * num_transforms + r % num_transforms
@@ -119,20 +107,20 @@ def kl_forward(student, teacher, inverse_temperature, row_kl, stats_student, sta
     for k in range(tid, columns, THREADS):
         peak_s = max(peak_s, float32(student[r, k]) * inverse_temperature)
         peak_t = max(peak_t, float32(teacher[r, k]) * inverse_temperature)
-    peak_s = _block_max(shared, peak_s)
-    peak_t = _block_max(shared, peak_t)
+    peak_s = _block_reduce(shared, True, peak_s)
+    peak_t = _block_reduce(shared, True, peak_t)
     total_s, total_t = float32(0.0), float32(0.0)
     for k in range(tid, columns, THREADS):
         total_s += math.exp(float32(student[r, k]) * inverse_temperature - peak_s)
         total_t += math.exp(float32(teacher[r, k]) * inverse_temperature - peak_t)
-    log_total_s = math.log(_block_sum(shared, total_s))
-    log_total_t = math.log(_block_sum(shared, total_t))
+    log_total_s = math.log(_block_reduce(shared, False, total_s))
+    log_total_t = math.log(_block_reduce(shared, False, total_t))
     kl = float32(0.0)
     for k in range(tid, columns, THREADS):
         log_p = (float32(teacher[r, k]) * inverse_temperature - peak_t) - log_total_t
         log_q = (float32(student[r, k]) * inverse_temperature - peak_s) - log_total_s
         kl += math.exp(log_p) * (log_p - log_q)
-    kl = _block_sum(shared, kl)
+    kl = _block_reduce(shared, False, kl)
     if tid == 0:
         row_kl[r] = kl
         stats_student[r, 0], stats_student[r, 1] = peak_s, log_total_s
@@ -151,7 +139,7 @@ def kl_backward(student, teacher, inverse_temperature, stats_student, stats_teac
 
 @cuda.jit
 def expand_views(images, quarter_turns, channel_orders, scale, shift, out_hwc):
-    """One thread per output element of the [B·M, H, W, C] view; see kernels/cpu.py for the index map."""
+    """One thread per output element of the [B·M, H, W, C] view."""
     index = cuda.grid(1)
     rows, height, width, channels = out_hwc.shape
     if index >= rows * height * width * channels:
@@ -162,14 +150,6 @@ def expand_views(images, quarter_turns, channel_orders, scale, shift, out_hwc):
     row = index // (channels * width * height)
     num_views = quarter_turns.shape[0]
     b, j = row // num_views, row % num_views
-    turns = quarter_turns[j]
-    if turns == 0:
-        sh, sw = h, w
-    elif turns == 1:
-        sh, sw = w, width - 1 - h
-    elif turns == 2:
-        sh, sw = height - 1 - h, width - 1 - w
-    else:
-        sh, sw = height - 1 - w, h
+    sh, sw = rotated_source(quarter_turns[j], h, w, height, width)
     source = channel_orders[j, c]
     out_hwc[row, h, w, c] = float32(images[b, sh, sw, source]) * scale[source] + shift[source]
