@@ -11,6 +11,7 @@ import functools
 import torch
 
 from . import ops, reference
+from .ops import raise_pending_label_error
 from .families import FAMILIES, TransformFamily, check_family_fits, get_family
 
 BACKENDS = ("auto", "cuda", "cpu", "torch")
@@ -31,20 +32,9 @@ def _resolve_backend(backend: str, tensor: torch.Tensor, loss: bool = True) -> s
         return "cuda" if tensor.is_cuda else (AUTO_CPU_LOSS_BACKEND if loss else "cpu")
     if backend == "cpu" and tensor.is_cuda:
         raise ValueError("kernel backend 'cpu' needs CPU tensors; got a CUDA tensor (use 'cuda' or 'auto')")
-    if backend == "cuda" and not tensor.is_cuda:
-        from .ops import simulator_enabled
-
-        if not simulator_enabled():
-            raise ValueError("kernel backend 'cuda' needs CUDA tensors (or NUMBA_ENABLE_CUDASIM=1); got a CPU tensor")
+    if backend == "cuda" and not tensor.is_cuda and not ops.simulator_enabled():
+        raise ValueError("kernel backend 'cuda' needs CUDA tensors (or NUMBA_ENABLE_CUDASIM=1); got a CPU tensor")
     return backend
-
-
-def raise_pending_label_error() -> None:
-    """Raise if a CUDA kernel met a label outside [0, N) since the last call (one host sync)."""
-    from .ops import _label_error_flags, raise_pending_label_error as check
-
-    if _label_error_flags:
-        check()
 
 
 def check_joint_shapes(joint_logits: torch.Tensor, num_transforms: int, labels: torch.Tensor | None = None) -> None:

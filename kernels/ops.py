@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import cpu as cpu_kernels
+from .reference import upcast
 
 _label_error_flags: dict[int, object] = {}  # CUDA device index → device int32 flag
 
@@ -36,7 +37,7 @@ def _compute_dtype(tensor: Tensor) -> torch.dtype:
 
 def _kernel_input(tensor: Tensor) -> Tensor:
     """Float32/float64 contiguous tensors go through as they are; halves are upcast."""
-    return tensor.detach().to(_compute_dtype(tensor)).contiguous()
+    return upcast(tensor.detach()).contiguous()
 
 
 def _array(tensor: Tensor):
