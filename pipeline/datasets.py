@@ -33,6 +33,7 @@ class ImageSet:
     num_classes: int
     class_names: list[str]
     skipped_files: list[str] = field(default_factory=list)  # unreadable images passed over
+    files: tuple[str, ...] = ()  # for folder data: the file of each image, for loaders that decode themselves
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -40,12 +41,15 @@ class ImageSet:
         if len(self.images) != len(self.labels):
             raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
         check_labels(self.labels, self.num_classes)
+        if self.files and len(self.files) != len(self.labels):
+            raise DataError(f"{len(self.files)} file names for {len(self.labels)} images")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, indices: np.ndarray) -> "ImageSet":
-        return replace(self, images=self.images[indices], labels=self.labels[indices])
+        files = tuple(self.files[i] for i in indices) if self.files else ()
+        return replace(self, images=self.images[indices], labels=self.labels[indices], files=files)
 
 
 @dataclass
@@ -191,8 +195,8 @@ def read_image(path: Path, image_size: int) -> np.ndarray:
     scale = image_size / min(width, height)
     resized = rgb.resize((max(image_size, round(width * scale)), max(image_size, round(height * scale))),
                          Image.BILINEAR)
-    left = (resized.size[0] - image_size) // 2
-    top = (resized.size[1] - image_size) // 2
+    left = (resized.size[0] - image_size + 1) // 2  # halves round up, as DALI's centre crop does
+    top = (resized.size[1] - image_size + 1) // 2
     return np.asarray(resized.crop((left, top, left + image_size, top + image_size)), dtype=np.uint8)
 
 
@@ -213,11 +217,12 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 def load_image_folder(root: Path, image_size: int, strict: bool = False) -> ImageSet:
     class_names, samples = list_image_folder(root)
-    images, labels, skipped = [], [], []
+    images, labels, files, skipped = [], [], [], []
     for path, label in samples:
         try:
             images.append(read_image(path, image_size))
             labels.append(label)
+            files.append(str(path))
         except (OSError, ValueError, SyntaxError) as error:
             if strict:
                 raise DataError(f"unreadable image {path}: {error}") from None
@@ -225,7 +230,8 @@ def load_image_folder(root: Path, image_size: int, strict: bool = False) -> Imag
             skipped.append(str(path))
     if not images:
         raise DataError(f"no readable images under {root}")
-    return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), len(class_names), class_names, skipped)
+    return ImageSet(np.stack(images), np.asarray(labels, dtype=np.int64), len(class_names), class_names, skipped,
+                    tuple(files))
 
 
 def load_folder(data_root: str, image_size: int, strict: bool) -> tuple[ImageSet, ImageSet]:

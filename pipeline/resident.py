@@ -5,20 +5,12 @@ views; no worker processes, no host-to-device copies after the first.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 
 from .augment import random_crop_and_flip
-from .sharding import derived_seed, evaluation_shard, training_shard
-from .views import ViewExpander
-
-
-@dataclass
-class Batch:
-    views: torch.Tensor  # [B·M, C, H, W], row b·M+j = t_j(x_b)
-    labels: torch.Tensor  # [B] int64
+from .batch import Batch, LoaderSettings
+from .datasets import ImageSet
+from .sharding import check_global_batch, derived_seed, evaluation_shard, training_shard
 
 
 def fits_on_device(num_bytes: int, device: torch.device, share: float = 0.5) -> None:
@@ -31,38 +23,43 @@ def fits_on_device(num_bytes: int, device: torch.device, share: float = 0.5) -> 
             )
 
 
+def shard_indices(num_samples: int, settings: LoaderSettings, epoch: int) -> torch.Tensor:
+    """This rank's indices for the epoch, in step order (the one sharding rule of pipeline/sharding.py)."""
+    if settings.train:
+        return training_shard(num_samples, settings.global_batch, settings.rank, settings.world_size, settings.seed,
+                              epoch)
+    return evaluation_shard(num_samples, settings.rank, settings.world_size)
+
+
+def steps_in_epoch(num_samples: int, settings: LoaderSettings) -> int:
+    if settings.train:
+        check_global_batch(settings.global_batch, settings.world_size, num_samples)
+        return num_samples // settings.global_batch
+    return -(-len(evaluation_shard(num_samples, settings.rank, settings.world_size)) // settings.per_rank_batch)
+
+
 class ResidentLoader:
-    def __init__(self, images: np.ndarray, labels: np.ndarray, expander: ViewExpander, device: torch.device, *,
-                 global_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0, train: bool = True,
-                 crop_padding: int = 4):
-        fits_on_device(images.nbytes, device)
-        self.images = torch.from_numpy(images).to(device)
-        self.labels = torch.from_numpy(labels).to(device)
-        self.expander = expander
-        self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
-        self.seed, self.train, self.crop_padding = seed, train, crop_padding
+    def __init__(self, split: ImageSet, settings: LoaderSettings):
+        fits_on_device(split.images.nbytes, settings.device)
+        self.settings = settings
+        self.images = torch.from_numpy(split.images).to(settings.device)
+        self.labels = torch.from_numpy(split.labels).to(settings.device)
+        self.num_steps = steps_in_epoch(len(split), settings)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def shard(self) -> torch.Tensor:
-        if self.train:
-            return training_shard(len(self.labels), self.global_batch, self.rank, self.world_size, self.seed,
-                                  self.epoch)
-        return evaluation_shard(len(self.labels), self.rank, self.world_size)
-
     def __len__(self) -> int:
-        per_rank = self.global_batch // self.world_size
-        return -(-len(self.shard()) // per_rank)
+        return self.num_steps
 
     def __iter__(self):
-        per_rank = self.global_batch // self.world_size
-        indices = self.shard().to(self.images.device)
-        augment_rng = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, self.rank, 1))
-        for start in range(0, len(indices), per_rank):
-            step_indices = indices[start:start + per_rank]
+        settings = self.settings
+        indices = shard_indices(len(self.labels), settings, self.epoch).to(self.images.device)
+        augment_rng = torch.Generator().manual_seed(derived_seed(settings.seed, self.epoch, settings.rank, 1))
+        for start in range(0, len(indices), settings.per_rank_batch):
+            step_indices = indices[start:start + settings.per_rank_batch]
             images = self.images[step_indices]
-            if self.train and self.crop_padding >= 0:
-                images = random_crop_and_flip(images, self.crop_padding, augment_rng)
-            yield Batch(self.expander(images), self.labels[step_indices])
+            if settings.augment:
+                images = random_crop_and_flip(images, settings.crop_padding, augment_rng)
+            yield Batch(settings.expander(images), self.labels[step_indices], step_indices)

@@ -8,6 +8,8 @@ from PIL import Image
 from pipeline import datasets
 from pipeline.datasets import DataError
 
+from image_folders import make_image_folder
+
 
 def test_digits_are_real_rgb_and_split_stratified():
     splits = datasets.build_splits("digits", "unused", 32, 0.1, seed=0)
@@ -65,26 +67,6 @@ def test_cifar_archive_checksum_is_verified(tmp_path):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
     with pytest.raises(DataError, match="md5 .* expected c58f30108f718f92721af3b95e74349a"):
         datasets.load_cifar("cifar10", str(tmp_path))
-
-
-def make_image_folder(root, corrupt_one=True):
-    digits = datasets.build_splits("digits", "unused", 24, 0.1, seed=0).train
-    for label in range(3):
-        folder = root / f"class_{label}"
-        folder.mkdir(parents=True)
-        for k, index in enumerate(np.flatnonzero(digits.labels == label)[:6]):
-            image = Image.fromarray(digits.images[index])
-            if k == 1:
-                image = image.convert("L")  # grayscale files are converted to RGB
-            if k == 2:
-                image = image.convert("CMYK")
-                image.save(folder / f"{k}.jpg")
-                continue
-            image.resize((24 + 8 * k, 24)).save(folder / f"{k}.{'png' if k % 2 else 'jpg'}")  # mixed sizes
-    if corrupt_one:
-        data = (root / "class_0" / "0.jpg").read_bytes()
-        (root / "class_0" / "0.jpg").write_bytes(data[: len(data) // 3])  # truncated JPEG
-    return root
 
 
 def test_image_folder_skips_corrupt_files_or_fails_when_strict(tmp_path):

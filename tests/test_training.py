@@ -44,3 +44,12 @@ def test_numba_kernels_and_torch_composite_give_the_same_loss_curve(tiny_config,
     assert len(curves["torch"]) == len(curves["cpu"]) > 5
     for torch_loss, numba_loss in zip(curves["torch"], curves["cpu"]):
         assert abs(torch_loss - numba_loss) <= 1e-4 * max(1.0, abs(torch_loss)), (curves["torch"], curves["cpu"])
+
+
+@pytest.mark.parametrize("loader", ["torch", "dali", "ffcv"])
+def test_training_runs_on_every_loader(loader, tiny_config, tmp_path):
+    summary = train(tiny_config(method="sla", loader=loader, epochs=4, run_name=loader, loader_workers=1,
+                                beton_dir=str(tmp_path / "betons")))
+    steps = read_records(tmp_path / "runs" / loader, "step")
+    assert summary["completed"] and summary["steps"] == 4 * (1293 // 64)
+    assert steps[-1]["loss"] < 0.8 * steps[0]["loss"], (steps[0]["loss"], steps[-1]["loss"])

@@ -2,7 +2,6 @@
 eager torch composite measured in the same run (and a torch.compile'd composite on a GPU)."""
 from __future__ import annotations
 
-import json
 import statistics
 import time
 
@@ -10,6 +9,7 @@ import torch
 
 import kernels
 from kernels import reference
+from train.bench_report import append_json_lines, bench_device, device_name, print_header
 
 
 def median_seconds(function, device: torch.device, repeats: int, warmup: int = 3) -> float:
@@ -72,13 +72,11 @@ def kernel_cases(batch: int, classes: int, num_transforms: int, device: torch.de
 
 def run(batches=(128, 256, 512), classes_list=(10, 100, 1000), num_transforms=4, repeats=20,
         output: str | None = None) -> list[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = bench_device()
     backends = ["torch", "cuda"] if device.type == "cuda" else ["torch", "cpu"]
-    print(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+    print(f"device {device_name(device)}, "
           f"torch threads {torch.get_num_threads()}, M={num_transforms}, median of {repeats} forward+backward")
-    header = f"{'kernel':<24}{'B':>5}{'N':>6}{'backend':>10}{'ms':>10}{'GB/s':>9}{'vs eager':>10}"
-    print(header)
-    print("-" * len(header))
+    print_header(f"{'kernel':<24}{'B':>5}{'N':>6}{'backend':>10}{'ms':>10}{'GB/s':>9}{'vs eager':>10}")
     records = []
     for classes in classes_list:
         for batch in batches:
@@ -96,7 +94,5 @@ def run(batches=(128, 256, 512), classes_list=(10, 100, 1000), num_transforms=4,
                     records.append(record)
                     print(f"{name:<24}{batch:>5}{classes:>6}{backend:>10}{record['median_ms']:>10.3f}"
                           f"{record['gb_per_s']:>9.2f}{record['speedup_vs_eager']:>9.2f}x")
-    if output:
-        with open(output, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
+    append_json_lines(output, records)
     return records

@@ -28,7 +28,10 @@ class TrainConfig:
     samples_per_class: int = field(default=0, metadata={"help": "limited-data setting; 0 keeps all"})
     imbalance_ratio: float = field(default=1.0, metadata={"help": "long-tailed profile, largest/smallest class"})
     strict_images: bool = field(default=False, metadata={"help": "fail on an unreadable image instead of skipping"})
-    loader: str = field(default="resident", metadata={"help": "resident"})
+    loader: str = field(default="resident", metadata={"help": "resident (whole dataset on the device), dali, ffcv, "
+                                                               "or torch (the DataLoader reference)"})
+    loader_workers: int = field(default=0, metadata={"help": "loader worker processes/threads; 0 = this rank's cores"})
+    beton_dir: str = field(default="", metadata={"help": "ffcv .beton folder (default: <data-root>/ffcv)"})
     crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop"})
     # --- method
     method: str = field(default="sla_sd", metadata={"help": "see --list-methods"})
@@ -111,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, type=lambda text, kind=kind: _parse_value(kind, text), help=help_text)
     parser.add_argument("--list-presets", action="store_true", default=False, help="print the preset names and exit")
     parser.add_argument("--list-methods", action="store_true", default=False, help="print the method names and exit")
+    parser.add_argument("--debug-errors", action="store_true", default=False,
+                        help="show the full traceback of a bad-input error instead of one line")
     return parser
 
 
@@ -156,5 +161,5 @@ def resolve_config(command_line: dict) -> TrainConfig:
 
 def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     namespace = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(namespace).items() if k not in ("list_presets", "list_methods")}
+    given = {k: v for k, v in vars(namespace).items() if k not in ("list_presets", "list_methods", "debug_errors")}
     return resolve_config(given), namespace

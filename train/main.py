@@ -23,8 +23,9 @@ import torch
 
 import kernels
 from models import MultiHeadNetwork, build_backbone
+from pipeline.batch import LoaderSettings
 from pipeline.datasets import DataError, build_splits
-from pipeline.resident import ResidentLoader
+from pipeline.loaders import LOADERS, build_loader
 from pipeline.views import ViewExpander
 from train.checkpoint import atomic_save, checkpoint_payload, load_checkpoint, restore_rng_states
 from train.config import PRESETS, TrainConfig, config_from_args
@@ -33,8 +34,6 @@ from train.evaluate import evaluate
 from train.methods import METHODS, MethodOptions, build_method
 from train.optim import autocast, build_ema, build_optimizer, build_scaler, build_scheduler, resolve_precision
 from train.run_log import RunLog, accuracy_line, format_duration, summary_table
-
-LOADERS = ("resident",)
 
 
 def run_directory(config: TrainConfig) -> Path:
@@ -64,13 +63,14 @@ def train(config: TrainConfig) -> dict:
         raise ValueError(f"unknown loader {config.loader!r}; valid: {', '.join(LOADERS)}")
     expander = ViewExpander(family, splits.mean, splits.std, input_dtype if device.type == "cuda" else torch.float32,
                             config.channels_last, config.kernels)
-    shard = dict(rank=context.rank, world_size=context.world_size, seed=config.seed)
-    train_loader = ResidentLoader(splits.train.images, splits.train.labels, expander, device,
-                                  global_batch=config.batch_size, train=True, crop_padding=config.crop_padding,
-                                  **shard)
-    val_loader, test_loader = (ResidentLoader(split.images, split.labels, expander, device, train=False,
-                                              global_batch=config.eval_batch_size * context.world_size, **shard)
-                               for split in (splits.val, splits.test))
+    shared = dict(expander=expander, device=device, rank=context.rank, world_size=context.world_size,
+                  seed=config.seed, crop_padding=config.crop_padding, workers=config.loader_workers,
+                  cache_dir=config.beton_dir or str(Path(config.data_root) / "ffcv"))
+    train_loader = build_loader(config.loader, splits.train, LoaderSettings(
+        global_batch=config.batch_size, train=True, **shared), split_name=f"{config.dataset}-train")
+    val_loader, test_loader = (build_loader(config.loader, split, LoaderSettings(
+        global_batch=config.eval_batch_size * context.world_size, train=False, **shared),
+        split_name=f"{config.dataset}-{part}") for part, split in (("val", splits.val), ("test", splits.test)))
 
     # ---- model, identical on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(config.seed)

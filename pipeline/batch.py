@@ -1,0 +1,45 @@
+"""The batch contract every loader honours, and the settings every loader is built from."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .views import ViewExpander
+
+
+@dataclass
+class Batch:
+    views: torch.Tensor  # [B·M, C, H, W] channels_last, input dtype, on the device; row b·M+j = t_j(x_b)
+    labels: torch.Tensor  # [B] int64, on the device
+    indices: torch.Tensor  # [B] int64: which images of the split these are (for audits and shard checks)
+
+
+@dataclass
+class LoaderSettings:
+    expander: ViewExpander
+    device: torch.device
+    global_batch: int  # source images per step, all ranks together
+    train: bool  # True: seeded shuffle, augmentation, ragged tail dropped; False: every image once, in order
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    crop_padding: int = 4  # pad-and-random-crop margin; negative switches augmentation off
+    workers: int = 0  # CPU worker processes or threads; 0 picks the cores this rank may use
+    cache_dir: str = "data/ffcv"  # where the ffcv loader keeps its .beton files
+
+    @property
+    def per_rank_batch(self) -> int:
+        return self.global_batch // self.world_size
+
+    @property
+    def augment(self) -> bool:
+        return self.train and self.crop_padding >= 0
+
+    def worker_count(self) -> int:
+        if self.workers > 0:
+            return self.workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return max(1, cores // local_world)

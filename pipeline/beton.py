@@ -1,0 +1,95 @@
+"""FFCV .beton files of a dataset split, with a fingerprint of the source next to each one.
+
+A .beton holds three fields: `image` (RGB, raw or JPEG), `label` and `index` (the image's
+position in the split, so loaders can say which images they served). The fingerprint (a
+SHA-256 of the split's pixels, labels and shape) is written to `<file>.json`; a loader refuses
+a .beton whose fingerprint does not match the split it was asked to serve.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import DataError, ImageSet
+
+WRITE_MODES = ("raw", "jpg")
+
+
+def fingerprint(split: ImageSet) -> str:
+    digest = hashlib.sha256()
+    digest.update(repr((split.images.shape, split.num_classes)).encode())
+    digest.update(np.ascontiguousarray(split.images).data)
+    digest.update(np.ascontiguousarray(split.labels, dtype=np.int64).data)
+    return digest.hexdigest()
+
+
+def sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def write_beton(split: ImageSet, path: Path, write_mode: str = "raw", jpeg_quality: int = 95,
+                workers: int = 1) -> Path:
+    """Write `split` to `path` (atomically: a half-written file never carries the final name)."""
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    if write_mode not in WRITE_MODES:
+        raise ValueError(f"unknown write mode {write_mode!r}; valid: {', '.join(WRITE_MODES)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fields = {"image": RGBImageField(write_mode="jpg" if write_mode == "jpg" else "raw", jpeg_quality=jpeg_quality),
+              "label": IntField(), "index": IntField()}
+    rows = _Rows(split)
+    DatasetWriter(str(partial), fields, num_workers=max(1, workers)).from_indexed_dataset(rows, chunksize=256)
+    meta = {"fingerprint": fingerprint(split), "num_images": len(split), "shape": list(split.images.shape[1:]),
+            "num_classes": split.num_classes, "write_mode": write_mode}
+    partial_meta = sidecar(partial)
+    partial_meta.write_text(json.dumps(meta, indent=1))
+    os.replace(partial, path)
+    os.replace(partial_meta, sidecar(path))
+    return path
+
+
+class _Rows:
+    """The (image, label, index) rows FFCV's writer asks for by position."""
+
+    def __init__(self, split: ImageSet):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        return self.split.images[index], int(self.split.labels[index]), int(index)
+
+
+def check_beton(path: Path, split: ImageSet) -> None:
+    meta_path = sidecar(Path(path))
+    if not meta_path.is_file():
+        raise DataError(f"{path} has no fingerprint file {meta_path.name}; re-create it with python -m pipeline.make_beton")
+    meta = json.loads(meta_path.read_text())
+    expected = fingerprint(split)
+    if meta.get("fingerprint") != expected:
+        raise DataError(f"{path} was made from different data (fingerprint {str(meta.get('fingerprint'))[:12]}…, "
+                        f"{meta.get('num_images')} images) than this run's split (fingerprint {expected[:12]}…, "
+                        f"{len(split)} images); delete it or re-create it with python -m pipeline.make_beton")
+
+
+def beton_for(split: ImageSet, cache_dir: str, name: str, write_mode: str = "raw") -> Path:
+    """The .beton a loader reads for a split. `<cache_dir>/<name>.beton` (as `python -m
+    pipeline.make_beton` names them) is used when present and must match the split; otherwise a
+    cache file keyed by the split's fingerprint is written on first use."""
+    made_by_user = Path(cache_dir) / f"{name}.beton"
+    if made_by_user.exists():
+        check_beton(made_by_user, split)
+        return made_by_user
+    cached = Path(cache_dir) / f"{name}-{fingerprint(split)[:12]}.beton"
+    if not cached.exists() or not sidecar(cached).exists():
+        write_beton(split, cached, write_mode)
+    check_beton(cached, split)
+    return cached

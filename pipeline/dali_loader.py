@@ -1,0 +1,146 @@
+"""The DALI loader: one fused pipeline decodes (folders) or gathers (in-memory arrays), pads,
+crops and mirrors each image once, on the GPU when there is one (`device_id=None` runs the
+same graph on the CPU); the M views are then made by `kernels.expand_views` on the device.
+
+In-memory sources go through `external_source` fed with the shared sharding rule, so a DALI
+run sees exactly the images a resident or torch run would. Folder sources go through
+`fn.readers.file` + `fn.decoders.image` ("mixed" = nvJPEG on a GPU), sharded by DALI itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .batch import Batch, LoaderSettings
+from .datasets import ImageSet
+from .resident import shard_indices, steps_in_epoch
+
+
+def _dali():
+    try:
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+    except ImportError as error:  # pragma: no cover - DALI is in requirements.txt
+        raise ValueError(f"--loader dali needs nvidia-dali-cuda120 ({error})") from None
+    return fn, pipeline_def, types, DALIGenericIterator, LastBatchPolicy
+
+
+class IndexStream:
+    """Endless batches of (images, labels, indices) from in-memory arrays, epoch after epoch.
+
+    DALI prefetches ahead of the consumer, across epoch boundaries too; an endless stream whose
+    every epoch is fixed by the seed lets it do so without ever handing out a wrong batch."""
+
+    def __init__(self, split: ImageSet, settings: LoaderSettings, first_epoch: int):
+        self.images, self.labels, self.settings = split.images, split.labels, settings
+        self.epoch, self.start = first_epoch, 0
+        self.order = shard_indices(len(self.labels), settings, first_epoch).numpy()
+
+    def __call__(self):
+        if self.start >= len(self.order):
+            self.epoch += 1
+            self.start = 0
+            self.order = shard_indices(len(self.labels), self.settings, self.epoch).numpy()
+        chunk = self.order[self.start:self.start + self.settings.per_rank_batch]
+        self.start += len(chunk)
+        return self.images[chunk], self.labels[chunk], chunk.astype(np.int64)
+
+
+def crop_and_mirror(images, padding: int, size: tuple[int, int], fn, types):
+    """Zero-pad by `padding`, take a random H×W window (one DALI slice) and mirror half the images."""
+    anchor = fn.random.uniform(values=[float(v) for v in range(-padding, padding + 1)], shape=2)
+    images = fn.slice(images, anchor, types.Constant(np.array(size, np.float32)), axes=(0, 1),
+                      normalized_anchor=False, normalized_shape=False, out_of_bounds_policy="pad", fill_values=0)
+    return fn.flip(images, horizontal=fn.random.coin_flip())
+
+
+class DaliLoader:
+    def __init__(self, split: ImageSet, settings: LoaderSettings, *, from_files: bool = False):
+        self.split, self.settings = split, settings
+        self.from_files = from_files and bool(split.files)
+        if from_files and not split.files:
+            raise ValueError("the DALI file reader needs a folder dataset (--dataset folder)")
+        self.num_steps = steps_in_epoch(len(split), settings)
+        self.labels = torch.from_numpy(split.labels).to(settings.device)
+        self.on_gpu = settings.device.type == "cuda"
+        self.iterator, self.next_epoch, self.epoch = None, 0, 0
+
+    # ---- pipelines
+    def _in_memory_pipeline(self, stream: IndexStream):
+        fn, pipeline_def, types, _, _ = _dali()
+        settings, height, width = self.settings, *self.split.images.shape[1:3]
+
+        @pipeline_def
+        def graph():
+            images, labels, indices = fn.external_source(source=stream, num_outputs=3, batch=True,
+                                                         layout=["HWC", "", ""])
+            if self.on_gpu:
+                images = images.gpu()
+            if settings.augment:
+                images = crop_and_mirror(images, settings.crop_padding, (height, width), fn, types)
+            return images, labels, indices
+
+        return graph(**self._pipeline_args())
+
+    def _file_pipeline(self):
+        fn, pipeline_def, types, _, _ = _dali()
+        settings, size = self.settings, self.split.images.shape[1]
+
+        @pipeline_def
+        def graph():
+            encoded, indices = fn.readers.file(
+                files=list(self.split.files), labels=list(range(len(self.split))), name="reader",
+                shard_id=settings.rank, num_shards=settings.world_size, random_shuffle=settings.train,
+                pad_last_batch=True, seed=settings.seed)
+            images = fn.decoders.image(encoded, device="mixed" if self.on_gpu else "cpu", output_type=types.RGB)
+            # the same geometry as pipeline.datasets.read_image: shorter side to `size`, centre square
+            images = fn.resize(images, resize_shorter=size, interp_type=types.INTERP_LINEAR, antialias=True)
+            images = fn.crop(images, crop=(size, size), out_of_bounds_policy="pad")
+            if settings.augment:
+                images = crop_and_mirror(images, settings.crop_padding, (size, size), fn, types)
+            return images, indices
+
+        return graph(**self._pipeline_args())
+
+    def _pipeline_args(self) -> dict:
+        return dict(batch_size=self.settings.per_rank_batch, num_threads=self.settings.worker_count(),
+                    device_id=(self.settings.device.index or 0) if self.on_gpu else None,
+                    seed=self.settings.seed * 1000 + self.settings.rank, prefetch_queue_depth=2,
+                    exec_dynamic=True)
+
+    def _build(self, epoch: int):
+        _, _, _, iterator_class, policy = _dali()
+        if self.from_files:
+            pipeline = self._file_pipeline()
+            last_batch = policy.DROP if self.settings.train else policy.PARTIAL
+            self.iterator = iterator_class(pipeline, ["images", "indices"], reader_name="reader",
+                                           last_batch_policy=last_batch, auto_reset=True)
+        else:
+            pipeline = self._in_memory_pipeline(IndexStream(self.split, self.settings, epoch))
+            self.iterator = iterator_class(pipeline, ["images", "labels", "indices"], size=-1,
+                                           last_batch_policy=policy.PARTIAL, auto_reset=False,
+                                           prepare_first_batch=False)
+        self.next_epoch = epoch
+
+    # ---- the loader protocol
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_steps if not self.from_files else len(self.iterator_or_build())
+
+    def iterator_or_build(self):
+        if self.iterator is None or (self.next_epoch != self.epoch and not self.from_files):
+            self._build(self.epoch)  # first use, or a jump (resume): the stream restarts at this epoch
+        return self.iterator
+
+    def __iter__(self):
+        iterator = self.iterator_or_build()
+        self.next_epoch = self.epoch + 1
+        steps = self.num_steps if not self.from_files else len(iterator)
+        for _, outputs in zip(range(steps), iterator):
+            out = outputs[0]
+            indices = out["indices"].reshape(-1).to(torch.int64).to(self.settings.device, non_blocking=True)
+            images = out["images"].to(self.settings.device, non_blocking=True)
+            labels = out["labels"].reshape(-1).to(self.settings.device) if "labels" in out else self.labels[indices]
+            yield Batch(self.settings.expander(images), labels, indices)

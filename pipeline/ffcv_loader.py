@@ -1,0 +1,63 @@
+"""The FFCV loader: a .beton per split, read by FFCV's compiled pipeline (decode, translate,
+mirror, to device), RANDOM order with an explicit seed, `distributed=True` under torchrun. The
+M views are then made by `kernels.expand_views` on the device."""
+from __future__ import annotations
+
+import torch
+
+from .batch import Batch, LoaderSettings
+from .beton import beton_for
+from .datasets import ImageSet
+from .resident import evaluation_shard, steps_in_epoch
+
+
+class FfcvLoader:
+    def __init__(self, split: ImageSet, settings: LoaderSettings, name: str):
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, Squeeze, ToDevice, ToTensor
+
+        self.settings = settings
+        steps_in_epoch(len(split), settings)  # the same clear error for a dataset smaller than one global batch
+        path = shared_beton(split, settings, name)
+        device = settings.device
+        augment = [RandomTranslate(padding=settings.crop_padding), RandomHorizontalFlip()] if settings.augment else []
+        to_device = ToDevice(device, non_blocking=True)
+        pipelines = {"image": [SimpleRGBImageDecoder(), *augment, ToTensor(), to_device],
+                     "label": [IntDecoder(), ToTensor(), Squeeze(), to_device],
+                     "index": [IntDecoder(), ToTensor(), Squeeze(), to_device]}
+        distributed = settings.world_size > 1
+        if settings.train:
+            arguments = dict(order=OrderOption.RANDOM, seed=settings.seed, distributed=distributed, drop_last=True)
+        else:  # every image once across ranks, no padding: the strided evaluation shard, in order
+            shard = evaluation_shard(len(split), settings.rank, settings.world_size).numpy()
+            arguments = dict(order=OrderOption.SEQUENTIAL, indices=shard, distributed=False, drop_last=False)
+        self.loader = Loader(str(path), batch_size=settings.per_rank_batch, num_workers=settings.worker_count(),
+                             pipelines=pipelines, os_cache=True, batches_ahead=2, **arguments)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.next_epoch = epoch  # FFCV shuffles by (seed, epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels, indices in self.loader:
+            # FFCV recycles its output buffers a few batches later: keep copies of what outlives the step
+            labels, indices = labels.reshape(-1).to(torch.int64, copy=True), indices.reshape(-1).to(torch.int64, copy=True)
+            yield Batch(self.settings.expander(images), labels, indices)
+
+
+
+def shared_beton(split: ImageSet, settings: LoaderSettings, name: str):
+    """Rank 0 writes a missing .beton while the other ranks wait, then every rank checks it."""
+    import torch.distributed as dist
+
+    together = settings.world_size > 1 and dist.is_available() and dist.is_initialized()
+    if together and settings.rank != 0:
+        dist.barrier()
+    path = beton_for(split, settings.cache_dir, name)
+    if together and settings.rank == 0:
+        dist.barrier()
+    return path

@@ -1,0 +1,54 @@
+"""Convert a dataset's splits to FFCV .beton files, the way the trainer splits them.
+
+    python -m pipeline.make_beton --dataset digits --out-dir data/ffcv
+    python -m pipeline.make_beton --dataset folder --data-root ~/images --image-size 64 --write-mode jpg
+
+It writes <out-dir>/<dataset>-{train,val,test}.beton, each with a `.json` fingerprint of its
+source. `train/main.py --loader ffcv --beton-dir <out-dir>` reads them, and refuses one made
+from different data (another dataset, seed, split or image size). Use the same data settings
+here as in training.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.beton import WRITE_MODES, write_beton  # noqa: E402
+from pipeline.datasets import DATASETS, DataError, build_splits  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.make_beton", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="digits", choices=DATASETS)
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--val-split", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples-per-class", type=int, default=0)
+    parser.add_argument("--imbalance-ratio", type=float, default=1.0)
+    parser.add_argument("--strict-images", action="store_true")
+    parser.add_argument("--out-dir", default="data/ffcv")
+    parser.add_argument("--write-mode", default="raw", choices=WRITE_MODES, help="raw pixels or JPEG")
+    parser.add_argument("--jpeg-quality", type=int, default=95)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        splits = build_splits(args.dataset, args.data_root, args.image_size, args.val_split, args.seed,
+                              args.samples_per_class, args.imbalance_ratio, args.strict_images)
+        for part in ("train", "val", "test"):
+            split = getattr(splits, part)
+            path = write_beton(split, Path(args.out_dir) / f"{args.dataset}-{part}.beton", args.write_mode,
+                               args.jpeg_quality, args.workers)
+            print(f"{path}: {len(split)} images {split.images.shape[1]}×{split.images.shape[2]}, {args.write_mode}")
+    except (DataError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""What every benchmark command shares: the device it measures, its table header, its JSON lines."""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+
+def bench_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def print_header(header: str) -> None:
+    print(header)
+    print("-" * len(header))
+
+
+def append_json_lines(path: str | None, records: list[dict]) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.writelines(json.dumps(record) + "\n" for record in records)
