@@ -5,27 +5,57 @@ attach after any of them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
 from .blocks import BasicBlock, Bottleneck, PreActBlock
 
 
+@dataclass(frozen=True)
+class StageSpec:
+    """How a stage was built, so that a copy of its shape can be built again (HSAKD's branches)."""
+    block: type
+    in_channels: int
+    width: int
+    depth: int
+    stride: int
+
+    @property
+    def out_channels(self) -> int:
+        return self.width * self.block.expansion
+
+    def build(self, in_channels: int | None = None, stride: int | None = None) -> nn.Sequential:
+        return make_stage(self.block, self.in_channels if in_channels is None else in_channels, self.width,
+                          self.depth, self.stride if stride is None else stride)[0]
+
+
 class StagedBackbone(nn.Module):
-    def __init__(self, stem: nn.Module, stages: list[nn.Module], final: nn.Module, feature_dim: int):
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], final: nn.Module, feature_dim: int,
+                 stage_specs: list[StageSpec] | None = None):
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
+        self.stage_specs = list(stage_specs or [])
         self.final = final  # BN-ReLU for pre-activation nets, identity otherwise
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = feature_dim
         initialise(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.stem(images)
+        return self.pooled(self.stage_outputs(images)[-1])
+
+    def stage_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The feature map after every stage."""
+        outputs, x = [], self.stem(images)
         for stage in self.stages:
             x = stage(x)
-        return torch.flatten(self.pool(self.final(x)), 1)
+            outputs.append(x)
+        return outputs
+
+    def pooled(self, last_stage_output: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.final(last_stage_output)), 1)
 
 
 def initialise(module: nn.Module) -> None:
@@ -45,12 +75,13 @@ def make_stage(block, in_channels: int, width: int, num_blocks: int, stride: int
     return nn.Sequential(*blocks), in_channels
 
 
-def stack_stages(block, stem_width, widths, depths, strides):
-    stages, channels = [], stem_width
+def stack_stages(block, stem_width, widths, depths, strides) -> tuple[list[nn.Sequential], int, list[StageSpec]]:
+    stages, specs, channels = [], [], stem_width
     for width, depth, stride in zip(widths, depths, strides):
+        specs.append(StageSpec(block, channels, width, depth, stride))
         stage, channels = make_stage(block, channels, width, depth, stride)
         stages.append(stage)
-    return stages, channels
+    return stages, channels, specs
 
 
 def cifar_resnet(depth: int, width_multiplier: int = 1) -> StagedBackbone:
@@ -63,8 +94,8 @@ def cifar_resnet(depth: int, width_multiplier: int = 1) -> StagedBackbone:
         stem_width, widths = 32, [64, 128, 256]
     stem = nn.Sequential(nn.Conv2d(3, stem_width, 3, padding=1, bias=False), nn.BatchNorm2d(stem_width),
                          nn.ReLU(inplace=True))
-    stages, channels = stack_stages(BasicBlock, stem_width, widths, [(depth - 2) // 6] * 3, [1, 2, 2])
-    return StagedBackbone(stem, stages, nn.Identity(), channels)
+    stages, channels, specs = stack_stages(BasicBlock, stem_width, widths, [(depth - 2) // 6] * 3, [1, 2, 2])
+    return StagedBackbone(stem, stages, nn.Identity(), channels, specs)
 
 
 def wide_resnet(depth: int, widen: int) -> StagedBackbone:
@@ -73,9 +104,9 @@ def wide_resnet(depth: int, widen: int) -> StagedBackbone:
         raise ValueError(f"WRN depth must be 6n+4; got {depth}")
     widths = [16 * widen, 32 * widen, 64 * widen]
     stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-    stages, channels = stack_stages(PreActBlock, 16, widths, [(depth - 4) // 6] * 3, [1, 2, 2])
+    stages, channels, specs = stack_stages(PreActBlock, 16, widths, [(depth - 4) // 6] * 3, [1, 2, 2])
     final = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-    return StagedBackbone(stem, stages, final, channels)
+    return StagedBackbone(stem, stages, final, channels, specs)
 
 
 def resnet_four_stage(block, depths: list[int], imagenet_stem: bool) -> StagedBackbone:
@@ -85,8 +116,8 @@ def resnet_four_stage(block, depths: list[int], imagenet_stem: bool) -> StagedBa
                              nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
     else:
         stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
-    stages, channels = stack_stages(block, 64, [64, 128, 256, 512], depths, [1, 2, 2, 2])
-    return StagedBackbone(stem, stages, nn.Identity(), channels)
+    stages, channels, specs = stack_stages(block, 64, [64, 128, 256, 512], depths, [1, 2, 2, 2])
+    return StagedBackbone(stem, stages, nn.Identity(), channels, specs)
 
 
 BACKBONES = {

@@ -13,6 +13,7 @@ import torch
 
 from .batch import Batch, LoaderSettings
 from .datasets import ImageSet
+from .phases import phase
 from .resident import shard_indices, steps_in_epoch
 
 
@@ -140,7 +141,10 @@ class DaliLoader:
         steps = self.num_steps if not self.from_files else len(iterator)
         for _, outputs in zip(range(steps), iterator):
             out = outputs[0]
-            indices = out["indices"].reshape(-1).to(torch.int64).to(self.settings.device, non_blocking=True)
-            images = out["images"].to(self.settings.device, non_blocking=True)
-            labels = out["labels"].reshape(-1).to(self.settings.device) if "labels" in out else self.labels[indices]
-            yield Batch(self.settings.expander(images), labels, indices)
+            with phase("copy"):
+                indices = out["indices"].reshape(-1).to(torch.int64).to(self.settings.device, non_blocking=True)
+                images = out["images"].to(self.settings.device, non_blocking=True)
+                labels = out["labels"].reshape(-1).to(self.settings.device) if "labels" in out else self.labels[indices]
+            with phase("expand"):
+                views = self.settings.expander(images)
+            yield Batch(views, labels, indices)

@@ -8,6 +8,7 @@ import torch
 from .batch import Batch, LoaderSettings
 from .beton import beton_for
 from .datasets import ImageSet
+from .phases import phase
 from .resident import evaluation_shard, steps_in_epoch
 
 
@@ -46,7 +47,9 @@ class FfcvLoader:
         for images, labels, indices in self.loader:
             # FFCV recycles its output buffers a few batches later: keep copies of what outlives the step
             labels, indices = labels.reshape(-1).to(torch.int64, copy=True), indices.reshape(-1).to(torch.int64, copy=True)
-            yield Batch(self.settings.expander(images), labels, indices)
+            with phase("expand"):
+                views = self.settings.expander(images)
+            yield Batch(views, labels, indices)
 
 
 

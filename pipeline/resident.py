@@ -10,6 +10,7 @@ import torch
 from .augment import random_crop_and_flip
 from .batch import Batch, LoaderSettings
 from .datasets import ImageSet
+from .phases import phase
 from .sharding import check_global_batch, derived_seed, evaluation_shard, training_shard
 
 
@@ -59,7 +60,9 @@ class ResidentLoader:
         augment_rng = torch.Generator().manual_seed(derived_seed(settings.seed, self.epoch, settings.rank, 1))
         for start in range(0, len(indices), settings.per_rank_batch):
             step_indices = indices[start:start + settings.per_rank_batch]
-            images = self.images[step_indices]
-            if settings.augment:
-                images = random_crop_and_flip(images, settings.crop_padding, augment_rng)
-            yield Batch(settings.expander(images), self.labels[step_indices], step_indices)
+            with phase("expand"):  # gather, crop, flip and views: one pass over the batch on the device
+                images = self.images[step_indices]
+                if settings.augment:
+                    images = random_crop_and_flip(images, settings.crop_padding, augment_rng)
+                views = settings.expander(images)
+            yield Batch(views, self.labels[step_indices], step_indices)

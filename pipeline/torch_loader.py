@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .batch import Batch, LoaderSettings
 from .datasets import ImageSet
+from .phases import phase
 from .resident import shard_indices, steps_in_epoch
 from .sharding import derived_seed
 
@@ -72,5 +73,9 @@ class TorchLoader:
     def __iter__(self):
         device = self.settings.device
         for images, labels, indices in self.data_loader:
-            images = images.to(device, non_blocking=True)
-            yield Batch(self.settings.expander(images), labels.to(device, non_blocking=True), indices.to(device))
+            with phase("copy"):
+                images = images.to(device, non_blocking=True)
+                labels, indices = labels.to(device, non_blocking=True), indices.to(device, non_blocking=True)
+            with phase("expand"):
+                views = self.settings.expander(images)
+            yield Batch(views, labels, indices)

@@ -28,3 +28,17 @@ def test_loader_bench_measures_every_loader_against_torch(tmp_path):
     for record in records:
         assert record["images_per_s"] > 0 and abs(record["views_per_s"] - 4 * record["images_per_s"]) < 1
         assert record["vs_torch"] == 1.0 if record["loader"] == "torch" else record["vs_torch"] > 0
+
+
+def test_step_bench_compares_the_trainer_with_the_paper_path(tmp_path):
+    out = tmp_path / "step.jsonl"
+    assert main(["step", "--models", "resnet8", "--data", "synthetic", "--steps", "2", "--warmup", "1",
+                 "--batch", "8", "--images", "64", "--workers", "1", "--output", str(out)]) == 0
+    records = read_lines(out)
+    assert {(r["path"], r["num_transforms"]) for r in records} == {(p, m) for p in ("trainer", "paper") for m in (1, 4)}
+    for record in records:
+        assert record["images_per_s"] > 0 and 0 <= record["loader_wait_share"] < 1
+        assert record["flops_per_view"] > 0 and 0 < record["mfu"] and record["peak_flops"] > 0
+        assert record["vs_paper"] == 1.0 if record["path"] == "paper" else record["vs_paper"] > 0
+    paper = [r for r in records if r["path"] == "paper"]
+    assert all(r["loader"] == "torch" and r["precision"] == "fp32" and not r["channels_last"] for r in paper)

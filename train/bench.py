@@ -1,6 +1,7 @@
 """Benchmarks, printed as tables with ratios against baselines measured in the same run.
 
     python train/bench.py kernels [--batches 128,256,512] [--classes 10,100,1000] [--output bench.jsonl]
+    python train/bench.py step [--models resnet32,resnet18_cifar] [--num-transforms 1,4] [--output bench.jsonl]
     python train/bench.py loader [--images 8192] [--folder-images 2048] [--batch 256] [--output bench.jsonl]
 """
 from __future__ import annotations
@@ -36,7 +37,24 @@ def main(argv: list[str] | None = None) -> int:
     loader_parser.add_argument("--transforms", default="rotation", help="transformation family (M views)")
     loader_parser.add_argument("--loaders", default=",".join(LOADER_NAMES), help="comma-separated subset")
     loader_parser.add_argument("--output", default=None, help="append one JSON line per measurement here")
+    step_parser = commands.add_parser("step", help="whole training steps against the papers' pipeline")
+    step_parser.add_argument("--models", default="resnet32,resnet18_cifar", help="comma-separated backbones")
+    step_parser.add_argument("--num-transforms", type=integers, default=(1, 4), help="M: 1 (baseline) and/or 4 (SLA)")
+    step_parser.add_argument("--data", default="synthetic,digits", help="synthetic (CIFAR-shaped) and/or digits")
+    step_parser.add_argument("--batch", type=int, default=128, help="source images per step")
+    step_parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    step_parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    step_parser.add_argument("--images", type=int, default=4096, help="synthetic images")
+    step_parser.add_argument("--workers", type=int, default=0, help="loader workers; 0 = the cores")
+    step_parser.add_argument("--paths", default="trainer,paper", help="trainer and/or paper")
+    step_parser.add_argument("--output", default=None, help="append one JSON line per configuration here")
     args = parser.parse_args(argv)
+    if args.command == "step":
+        from train.bench_step import run
+
+        names = lambda text: tuple(part for part in text.split(",") if part)  # noqa: E731
+        run(names(args.models), args.num_transforms, names(args.data), args.batch, args.steps, args.warmup,
+            args.images, args.workers, names(args.paths), args.output)
     if args.command == "loader":
         from train.bench_loaders import run
 

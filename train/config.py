@@ -62,6 +62,8 @@ class TrainConfig:
     precision: str = field(default="auto", metadata={"help": "auto (bf16 on capable GPUs, fp32 on CPU), fp32, bf16, fp16"})
     optimizer_impl: str = field(default="torch", metadata={"help": "torch (fused on CUDA) or apex (FusedSGD)"})
     # --- logging and checkpoints
+    profile: str = field(default="", metadata={"help": "START:STEPS profiles that window of this run's steps: "
+                                                        "Chrome trace, NVTX phases, breakdown table"})
     log_every: int = field(default=10, metadata={"help": "optimizer steps between progress lines"})
     eval_every: int = field(default=1, metadata={"help": "epochs between validation passes"})
     checkpoint_every: int = field(default=1, metadata={"help": "epochs between checkpoints"})

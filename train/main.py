@@ -26,12 +26,15 @@ from models import MultiHeadNetwork, build_backbone
 from pipeline.batch import LoaderSettings
 from pipeline.datasets import DataError, build_splits
 from pipeline.loaders import LOADERS, build_loader
+from pipeline.phases import phase
 from pipeline.views import ViewExpander
 from train.checkpoint import atomic_save, checkpoint_payload, load_checkpoint, restore_rng_states
 from train.config import PRESETS, TrainConfig, config_from_args
 from train.distributed import barrier, init_distributed, shutdown
 from train.evaluate import evaluate
 from train.methods import METHODS, MethodOptions, build_method
+from train.profiling import StepProfiler, breakdown_table
+from train.step import TrainStep
 from train.optim import autocast, build_ema, build_optimizer, build_scaler, build_scheduler, resolve_precision
 from train.run_log import RunLog, accuracy_line, format_duration, summary_table
 
@@ -114,6 +117,9 @@ def train(config: TrainConfig) -> dict:
         train_model = torch.compile(train_model)
     eval_model = ema.module if ema is not None else model
     step_context = lambda: autocast(precision, device)  # noqa: E731
+    train_step = TrainStep(train_model, model, method, optimizer, scheduler, scaler, ema, step_context,
+                           num_transforms, config.grad_clip_norm)
+    profiler = StepProfiler(config.profile, device, run_log.run_dir, context.rank)
 
     run_log.write_manifest(config, {"world_size": context.world_size, "device": str(device), "precision": precision,
                                     "num_classes": num_classes, "num_transforms": num_transforms,
@@ -136,31 +142,18 @@ def train(config: TrainConfig) -> dict:
         interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
         batches = iter(train_loader)
         while step < total_steps:
+            profiler.begin_step(steps_this_run)
             fetch_start = time.perf_counter()
-            batch = next(batches, None)
+            with phase("data"):
+                batch = next(batches, None)
             if batch is None:
                 break
             data_time += time.perf_counter() - fetch_start
-
-            with step_context():
-                outputs = train_model(batch.views)
-                losses = method.losses(outputs, batch.labels, num_transforms)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(losses["loss"]).backward()
-                scaler.unscale_(optimizer)
-            else:
-                losses["loss"].backward()
-            if config.grad_clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
+            losses = train_step(batch)
+            profile = profiler.end_step(steps_this_run)
+            if profile is not None and context.is_main:
+                run_log.record("profile", step=step + 1, **profile)
+                run_log.print(breakdown_table(profile))
             step += 1
             steps_this_run += 1
             interval_steps += 1

@@ -1,0 +1,66 @@
+"""HSAKD networks: a staged backbone with an N-way head plus one auxiliary joint classifier
+after every stage (Yang et al., IJCAI 2021; methods.md).
+
+Branch l copies the shape of the stages after l (the last stage's branch is one more copy of
+the last stage at stride 1), then BN-ReLU, global average pooling and a linear layer with
+N·M outputs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .backbones import StagedBackbone, initialise
+
+
+class AuxiliaryBranch(nn.Module):
+    def __init__(self, backbone: StagedBackbone, after_stage: int, outputs: int):
+        super().__init__()
+        specs = backbone.stage_specs
+        if after_stage < len(specs) - 1:
+            stages = [spec.build() for spec in specs[after_stage + 1:]]
+        else:
+            stages = [specs[-1].build(in_channels=specs[-1].out_channels, stride=1)]
+        channels = specs[-1].out_channels
+        self.body = nn.Sequential(*stages, nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(channels, outputs)
+        initialise(self)
+
+    def forward(self, stage_output: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.body(stage_output))
+
+
+class HsakdNetwork(nn.Module):
+    """forward(views [B·M, C, H, W]) → {"logits": [B·M, N] (the backbone head on every row),
+    "branches": [q_1 … q_L], each [B·M, N·M] joint logits}."""
+
+    def __init__(self, backbone: StagedBackbone, num_classes: int, num_transforms: int):
+        super().__init__()
+        if not backbone.stage_specs:
+            raise ValueError("this backbone does not record its stages; HSAKD branches cannot be built for it")
+        self.backbone = backbone
+        self.views_per_image = num_transforms
+        self.head = nn.Linear(backbone.feature_dim, num_classes)
+        self.branches = nn.ModuleList(AuxiliaryBranch(backbone, stage, num_classes * num_transforms)
+                                      for stage in range(len(backbone.stages)))
+
+    def forward(self, views: torch.Tensor) -> dict:
+        stage_outputs = self.backbone.stage_outputs(views)
+        return {"logits": self.head(self.backbone.pooled(stage_outputs[-1])),
+                "branches": [branch(output) for branch, output in zip(self.branches, stage_outputs)]}
+
+    def backbone_parameters(self):
+        yield from self.backbone.parameters()
+        yield from self.head.parameters()
+
+
+class MutualPair(nn.Module):
+    """Two HSAKD networks trained together (online mutual distillation); outputs {"a": …, "b": …}."""
+
+    def __init__(self, first: HsakdNetwork, second: HsakdNetwork):
+        super().__init__()
+        self.a, self.b = first, second
+
+    def forward(self, views: torch.Tensor) -> dict:
+        return {"a": self.a(views), "b": self.b(views)}

@@ -1,0 +1,54 @@
+"""--profile's breakdown accounts for the step time and leaves a loadable trace; report.py draws a run."""
+import json
+
+import pytest
+
+from train import report
+from train.main import main, train
+from train.profiling import PHASES, parse_window
+
+
+@pytest.fixture(scope="module")
+def profiled_run(tmp_path_factory):
+    from train.config import TrainConfig
+
+    out = tmp_path_factory.mktemp("runs")
+    train(TrainConfig(dataset="digits", image_size=16, model="resnet8", batch_size=64, epochs=1, method="sla_sd",
+                      out_dir=str(out), run_name="profiled", log_every=5, profile="3:6", loader="torch",
+                      loader_workers=1))
+    return out / "profiled"
+
+
+def test_profile_window_breakdown_sums_to_the_step_time(profiled_run, capsys):
+    records = [json.loads(line) for line in (profiled_run / "metrics.jsonl").read_text().splitlines()]
+    (profile,) = [r for r in records if r["kind"] == "profile"]
+    assert profile["steps"] == 6 and profile["step"] == 9
+    assert set(profile["phase_s"]) == set(PHASES)
+    assert all(profile["phase_s"][name] > 0 for name in ("data", "copy", "expand", "forward", "loss", "backward",
+                                                         "optimizer"))
+    assert abs(profile["phases_sum_s"] - profile["step_time_s"]) <= 0.05 * profile["step_time_s"]
+    assert abs(sum(profile["phase_share"].values()) - 1) <= 0.05
+    assert profile["verdict"].split(":")[0] in ("loader-bound", "input-bound", "optimizer-bound", "compute-bound")
+    trace = json.loads((profiled_run / "trace.json").read_text())
+    names = {event.get("name") for event in trace["traceEvents"]}
+    assert any("conv" in str(name) for name in names)  # the model's work is in the trace
+
+
+def test_report_writes_non_empty_figures(profiled_run):
+    written = report.render(profiled_run)
+    assert {path.name for path in written} == {"loss.png", "accuracy.png", "throughput.png", "phases.png"}
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_report_on_a_folder_without_metrics_is_a_clear_error(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    assert "metrics.jsonl does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["5", "a:b", "-1:3", "2:0"])
+def test_bad_profile_windows_are_refused(text, tmp_path, capsys):
+    with pytest.raises(ValueError, match="--profile"):
+        parse_window(text)
+    assert main([f"--profile={text}", "--out-dir", str(tmp_path)]) == 2
+    assert "error: --profile" in capsys.readouterr().err

@@ -1,0 +1,165 @@
+"""`python train/bench.py step`: whole training steps (loader, views, forward, joint-label loss,
+backward, optimizer; all-reduce under torchrun), this trainer's path against the papers' path
+(torch DataLoader, fp32, NCHW, torch.rot90 stacking, eager torch losses) in the same run."""
+from __future__ import annotations
+
+import functools
+import math
+import resource
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import kernels
+from models import MultiHeadNetwork, build_backbone
+from pipeline.batch import LoaderSettings
+from pipeline.datasets import build_splits, channel_statistics
+from pipeline.loaders import build_loader
+from pipeline.views import ViewExpander
+from train.bench_loaders import cifar_shaped
+from train.bench_report import append_json_lines, available_cores, bench_device, device_name, print_header
+from train.config import TrainConfig
+from train.methods import MethodOptions, build_method
+from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
+from train.step import TrainStep
+
+# Dense peak rates (FLOP/s) by device name, for the MFU estimate: bf16 tensor cores, fp32 otherwise.
+GPU_PEAKS = {"H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+             "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
+             "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}}
+PATHS = {  # name → the settings that differ between this trainer and the papers' code
+    "trainer": dict(loader="resident", precision="auto", channels_last=True, kernels="auto"),
+    "paper": dict(loader="torch", precision="fp32", channels_last=False, kernels="torch"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
+    """The datasheet peak on known GPUs, else the best measured rate of a large matmul (an
+    optimistic floor for the true peak: MFU against it is an upper estimate)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peaks in GPU_PEAKS.items():
+            if key in name:
+                return peaks[precision], f"{key} datasheet dense {precision}"
+    size = 2048 if device.type == "cpu" else 8192
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    best = math.inf
+    for _ in range(6):
+        start = time.perf_counter()
+        a @ a
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best, f"best measured {size}² {precision} matmul"
+
+
+def flops_per_view(model: torch.nn.Module, views: torch.Tensor) -> float:
+    """Forward + backward FLOPs of one view (backward counted as twice the forward)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(views)
+    return 3 * counter.get_total_flops() / len(views)
+
+
+def measure(path: str, model_name: str, method_name: str, family_name: str, split, batch: int, steps: int,
+            warmup: int, device: torch.device, workers: int) -> dict:
+    settings = PATHS[path]
+    config = TrainConfig(method=method_name, transforms=family_name, model=model_name, batch_size=batch,
+                         precision=settings["precision"], channels_last=settings["channels_last"],
+                         kernels=settings["kernels"], schedule="cosine", lr=0.05)
+    precision = resolve_precision(config, device)
+    input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    method = build_method(method_name, MethodOptions(kernel_backend=settings["kernels"]))
+    family = kernels.get_family(family_name)
+    mean, std = channel_statistics(split.images[:1024])
+    expander = ViewExpander(family, mean, std, input_dtype if device.type == "cuda" else torch.float32,
+                            settings["channels_last"], "torch" if path == "paper" else "auto")
+    loader = build_loader(settings["loader"], split, LoaderSettings(expander, device, batch, train=True,
+                                                                    workers=workers))
+    torch.manual_seed(0)
+    model = MultiHeadNetwork(build_backbone(model_name), method.head_specs(split.num_classes, family.num_transforms),
+                             family.num_transforms).to(device)
+    if settings["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config, model, device)
+    step = TrainStep(model, model, method, optimizer, build_scheduler(config, optimizer, warmup + steps + 1),
+                     build_scaler(precision, device), None, lambda: autocast(precision, device), family.num_transforms)
+
+    def batches():
+        epoch = 0
+        while True:
+            loader.set_epoch(epoch)
+            yield from loader
+            epoch += 1
+
+    stream = batches()
+    for _ in range(warmup):
+        step(next(stream))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    wait = 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        fetch = time.perf_counter()
+        current = next(stream)
+        wait += time.perf_counter() - fetch
+        step(current)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    views_per_image = family.num_transforms
+    sample = next(stream).views
+    flops = flops_per_view(model, sample)
+    peak, peak_source = peak_flops(device, precision)
+    images_per_s = steps * batch / seconds
+    memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"benchmark": "step", "path": path, "model": model_name, "method": method_name, "transforms": family_name,
+            "num_transforms": views_per_image, "batch": batch, "device": str(device), "precision": precision,
+            "loader": settings["loader"], "channels_last": settings["channels_last"], "kernels": settings["kernels"],
+            "images_per_s": round(images_per_s, 1), "views_per_s": round(images_per_s * views_per_image, 1),
+            "ms_per_step": round(1e3 * seconds / steps, 2), "loader_wait_share": round(wait / seconds, 4),
+            "compute_s": round(seconds - wait, 4), "loader_wait_s": round(wait, 4),
+            "peak_memory_bytes": int(memory), "memory_kind": "device" if device.type == "cuda" else "host peak RSS",
+            "flops_per_view": flops, "peak_flops": peak, "peak_source": peak_source,
+            "mfu": round(flops * images_per_s * views_per_image / peak, 5)}
+
+
+def run(models=("resnet32", "resnet18_cifar"), num_transforms=(1, 4), data=("synthetic", "digits"), batch: int = 128,
+        steps: int = 20, warmup: int = 5, num_images: int = 4096, workers: int = 0, paths=("trainer", "paper"),
+        output: str | None = None) -> list[dict]:
+    device = bench_device()
+    print(f"device {device_name(device)}, {available_cores()} cores, torch threads {torch.get_num_threads()}, "
+          f"batch {batch}, {steps} timed steps after {warmup}")
+    print_header(f"{'model':<16}{'M':>3} {'data':<10}{'path':<9}{'img/s':>9}{'views/s':>10}{'ms/step':>9}"
+                 f"{'wait':>7}{'mem MB':>9}{'MFU':>8}{'vs paper':>10}")
+    records = []
+    sources = {"synthetic": lambda: cifar_shaped(num_images),
+               "digits": lambda: build_splits("digits", "unused", 32, 0.1, 0).train}
+    for data_name in data:
+        split = sources[data_name]()
+        for model_name in models:
+            for m in num_transforms:
+                method_name, family_name = ("sla", "rotation") if m == 4 else ("baseline", "none")
+                if m not in (1, 4):
+                    raise ValueError(f"step bench supports M ∈ {{1, 4}}, got {m}")
+                results = {path: measure(path, model_name, method_name, family_name, split, batch, steps, warmup,
+                                         device, workers) for path in paths}
+                baseline = results.get("paper", {}).get("images_per_s")
+                for path, record in results.items():
+                    record["data"] = data_name
+                    record["vs_paper"] = round(record["images_per_s"] / baseline, 2) if baseline else None
+                    records.append(record)
+                    ratio = f"{record['vs_paper']:.2f}x" if baseline else "-"
+                    print(f"{model_name:<16}{m:>3} {data_name:<10}{path:<9}{record['images_per_s']:>9,.0f}"
+                          f"{record['views_per_s']:>10,.0f}{record['ms_per_step']:>9.1f}"
+                          f"{100 * record['loader_wait_share']:>6.1f}%{record['peak_memory_bytes'] / 2**20:>9,.0f}"
+                          f"{100 * record['mfu']:>7.2f}%{ratio:>10}")
+    if records:
+        print(f"MFU peak: {records[0]['peak_source']} = {records[0]['peak_flops'] / 1e12:.2f} TFLOP/s "
+              f"({records[0]['precision']}); the paper path's peak is its own precision's")
+    append_json_lines(output, records)
+    return records

@@ -1,0 +1,50 @@
+"""One optimisation step on one batch: forward, losses, backward, optimizer; each part a named phase."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pipeline.batch import Batch
+from pipeline.phases import phase
+
+
+@dataclass
+class TrainStep:
+    train_model: torch.nn.Module  # what the step calls: maybe DDP-wrapped and/or compiled
+    model: torch.nn.Module  # the plain module: its parameters are clipped and averaged into the EMA
+    method: object  # train.methods.Method
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler | None
+    ema: torch.optim.swa_utils.AveragedModel | None
+    autocast: Callable  # () → the step's autocast context
+    num_transforms: int
+    grad_clip_norm: float = 0.0
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        with phase("forward"), self.autocast():
+            outputs = self.train_model(batch.views)
+        with phase("loss"), self.autocast():
+            losses = self.method.losses(outputs, batch.labels, self.num_transforms)
+        with phase("backward"):  # DDP's gradient all-reduce overlaps this phase
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(losses["loss"]).backward()
+            else:
+                losses["loss"].backward()
+        with phase("optimizer"):
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if self.grad_clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+        return losses
