@@ -172,3 +172,15 @@ def test_two_ranks_cover_each_image_once_per_epoch_with_every_loader(tmp_path):
         assert check["duplicates"] == 0, key
         assert check["per_rank_steps_equal"], key
         assert check["served"] == check["expected"], key
+
+
+def test_training_on_a_folder_counts_the_skipped_file_in_the_summary(tiny_config, tmp_path):
+    from train.main import train
+
+    root = make_image_folder(tmp_path / "images")
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        summary = train(tiny_config(dataset="folder", data_root=str(root), loader="dali", batch_size=4,
+                                    eval_batch_size=4, epochs=1, val_split=2, loader_workers=1))
+    assert summary["completed"] and summary["skipped_images"] == 1
+    records = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_images"] for r in records if r["kind"] == "epoch"] == [1]

@@ -55,6 +55,7 @@ def train(config: TrainConfig) -> dict:
     splits = build_splits(config.dataset, config.data_root, config.image_size, config.val_split, config.seed,
                           config.samples_per_class, config.imbalance_ratio, config.strict_images)
     num_classes = splits.num_classes
+    skipped_images = sorted(set(splits.train.skipped_files) | set(splits.test.skipped_files))  # unreadable files
     method = build_method(config.method, MethodOptions(config.temperature, config.sd_weight,
                                                        config.sum_over_transforms, config.kernels))
     family = kernels.get_family(config.transforms if method.uses_transforms else "none")
@@ -124,7 +125,8 @@ def train(config: TrainConfig) -> dict:
     run_log.write_manifest(config, {"world_size": context.world_size, "device": str(device), "precision": precision,
                                     "num_classes": num_classes, "num_transforms": num_transforms,
                                     "train_images": len(splits.train), "val_images": len(splits.val),
-                                    "test_images": len(splits.test), "total_steps": total_steps})
+                                    "test_images": len(splits.test), "total_steps": total_steps,
+                                    "skipped_images": skipped_images})
     run_log.print(f"{config.method} on {config.dataset} ({len(splits.train)} train / {len(splits.val)} val / "
                   f"{len(splits.test)} test, {num_classes} classes), {config.transforms if method.uses_transforms else 'none'} "
                   f"M={num_transforms}, {config.model}, {precision} on {device} ×{context.world_size}, "
@@ -190,7 +192,8 @@ def train(config: TrainConfig) -> dict:
                 best_state = copy.deepcopy(eval_model.state_dict())
                 if context.is_main:
                     atomic_save({"model": best_state, "epoch": epoch + 1, "score": score}, run_log.run_dir / "best.pt")
-            run_log.record("epoch", epoch=epoch + 1, step=step, split="val", **last_val)
+            run_log.record("epoch", epoch=epoch + 1, step=step, split="val", skipped_images=len(skipped_images),
+                           **last_val)
             run_log.print(f"epoch {epoch + 1}/{epochs} val {accuracy_line(last_val)}{'  (best)' if improved else ''}")
         if context.is_main and ((epoch + 1) % config.checkpoint_every == 0 or stopping):
             atomic_save(checkpoint_payload(config, model, optimizer, scheduler, scaler, ema, epoch + 1, step,
@@ -215,13 +218,14 @@ def train(config: TrainConfig) -> dict:
                "transforms": family.name, "num_transforms": num_transforms, "steps": step,
                "wall_time_s": round(wall_time, 2),
                "images_per_s": round(steps_this_run * images_per_step / max(wall_time, 1e-9), 2),
-               "best_val": best_score, "primary_score": method.primary_score,
+               "best_val": best_score, "primary_score": method.primary_score, "skipped_images": len(skipped_images),
                "val": {k: v for k, v in last_val.items() if "per_class" not in k},
                "test": {k: v for k, v in test.items() if "per_class" not in k},
                "test_per_class": test.get(f"{method.primary_score}_per_class"), "run_dir": str(run_log.run_dir)}
     run_log.record("summary", **summary)
     rows = [("method / model", f"{config.method} / {config.model}, {family.name} (M={num_transforms})"),
-            ("data", f"{config.dataset}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test"),
+            ("data", f"{config.dataset}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test"
+                     + (f", {len(skipped_images)} unreadable images skipped" if skipped_images else "")),
             ("steps", f"{step} ({format_duration(wall_time)} this run, {summary['images_per_s']:,.0f} img/s)"),
             (f"best val {method.primary_score}", f"{best_score:.2f}%")]
     rows += [(f"test {score}", f"{test[score]:.2f}%  (per-class mean {np.mean(test[score + '_per_class']):.2f}%)")
