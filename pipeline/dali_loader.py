@@ -138,8 +138,7 @@ class DaliLoader:
     def __iter__(self):
         iterator = self.iterator_or_build()
         self.next_epoch = self.epoch + 1
-        steps = self.num_steps if not self.from_files else len(iterator)
-        for _, outputs in zip(range(steps), iterator):
+        for _, outputs in zip(range(len(self)), iterator):
             out = outputs[0]
             with phase("copy"):
                 indices = out["indices"].reshape(-1).to(torch.int64).to(self.settings.device, non_blocking=True)
