@@ -1,5 +1,6 @@
 """Networks and heads. `build_backbone(name)` lists the valid names in its error."""
-from .backbones import BACKBONES, StagedBackbone, build_backbone
+from .backbones import StagedBackbone
+from .registry import BACKBONES, build_backbone
 from .heads import ALL_VIEWS, IDENTITY_VIEW, HeadSpec, MultiHeadNetwork
 
 __all__ = ["ALL_VIEWS", "BACKBONES", "HeadSpec", "IDENTITY_VIEW", "MultiHeadNetwork", "StagedBackbone",

@@ -6,6 +6,8 @@ attach after any of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -15,32 +17,38 @@ from .blocks import BasicBlock, Bottleneck, PreActBlock
 
 @dataclass(frozen=True)
 class StageSpec:
-    """How a stage was built, so that a copy of its shape can be built again (HSAKD's branches)."""
-    block: type
+    """How to build a stage, so that HSAKD's branches can build fresh copies of its shape."""
+    make: Callable[[int, int], nn.Module]  # (in_channels, stride) → a new stage
     in_channels: int
-    width: int
-    depth: int
+    out_channels: int
     stride: int
 
-    @property
-    def out_channels(self) -> int:
-        return self.width * self.block.expansion
+    def build(self, in_channels: int | None = None, stride: int | None = None) -> nn.Module:
+        return self.make(self.in_channels if in_channels is None else in_channels,
+                         self.stride if stride is None else stride)
 
-    def build(self, in_channels: int | None = None, stride: int | None = None) -> nn.Sequential:
-        return make_stage(self.block, self.in_channels if in_channels is None else in_channels, self.width,
-                          self.depth, self.stride if stride is None else stride)[0]
+
+def activated_batch_norm(channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
 
 class StagedBackbone(nn.Module):
-    def __init__(self, stem: nn.Module, stages: list[nn.Module], final: nn.Module, feature_dim: int,
-                 stage_specs: list[StageSpec] | None = None):
+    """stem → stages (built from their specs) → final → global average pool → features [B, feature_dim].
+
+    `branch_final` builds what an auxiliary branch puts between its stage copies and its pooling
+    (default BN-ReLU; MobileNetV2 and ShuffleNetV2 repeat their 1×1 conv to feature_dim)."""
+
+    def __init__(self, stem: nn.Module, stage_specs: list[StageSpec], final: nn.Module, feature_dim: int,
+                 branch_final: Callable[[], nn.Module] | None = None):
         super().__init__()
         self.stem = stem
-        self.stages = nn.ModuleList(stages)
-        self.stage_specs = list(stage_specs or [])
+        self.stage_specs = list(stage_specs)
+        self.stages = nn.ModuleList(spec.build() for spec in self.stage_specs)
         self.final = final  # BN-ReLU for pre-activation nets, identity otherwise
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = feature_dim
+        last_channels = self.stage_specs[-1].out_channels
+        self.branch_final = branch_final or (lambda: activated_batch_norm(last_channels))
         initialise(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -67,21 +75,28 @@ def initialise(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def make_stage(block, in_channels: int, width: int, num_blocks: int, stride: int) -> tuple[nn.Sequential, int]:
+def residual_stage(block, width: int, num_blocks: int, in_channels: int, stride: int) -> nn.Sequential:
     blocks = []
     for index in range(num_blocks):
         blocks.append(block(in_channels, width, stride if index == 0 else 1))
         in_channels = width * block.expansion
-    return nn.Sequential(*blocks), in_channels
+    return nn.Sequential(*blocks)
 
 
-def stack_stages(block, stem_width, widths, depths, strides) -> tuple[list[nn.Sequential], int, list[StageSpec]]:
-    stages, specs, channels = [], [], stem_width
-    for width, depth, stride in zip(widths, depths, strides):
-        specs.append(StageSpec(block, channels, width, depth, stride))
-        stage, channels = make_stage(block, channels, width, depth, stride)
-        stages.append(stage)
-    return stages, channels, specs
+def chain_specs(make_stage: Callable, in_channels: int, shapes: list[tuple]) -> list[StageSpec]:
+    """Stage specs for stages fed one into the next; shapes[i] = (out_channels, stride, *arguments), and
+    `make_stage(*arguments, in_channels, stride)` builds stage i."""
+    specs = []
+    for out_channels, stride, *arguments in shapes:
+        specs.append(StageSpec(partial(make_stage, *arguments), in_channels, out_channels, stride))
+        in_channels = out_channels
+    return specs
+
+
+def residual_specs(block, stem_width: int, widths, depths, strides) -> list[StageSpec]:
+    return chain_specs(partial(residual_stage, block), stem_width,
+                       [(width * block.expansion, stride, width, depth)
+                        for width, depth, stride in zip(widths, depths, strides)])
 
 
 def cifar_resnet(depth: int, width_multiplier: int = 1) -> StagedBackbone:
@@ -94,8 +109,8 @@ def cifar_resnet(depth: int, width_multiplier: int = 1) -> StagedBackbone:
         stem_width, widths = 32, [64, 128, 256]
     stem = nn.Sequential(nn.Conv2d(3, stem_width, 3, padding=1, bias=False), nn.BatchNorm2d(stem_width),
                          nn.ReLU(inplace=True))
-    stages, channels, specs = stack_stages(BasicBlock, stem_width, widths, [(depth - 2) // 6] * 3, [1, 2, 2])
-    return StagedBackbone(stem, stages, nn.Identity(), channels, specs)
+    specs = residual_specs(BasicBlock, stem_width, widths, [(depth - 2) // 6] * 3, [1, 2, 2])
+    return StagedBackbone(stem, specs, nn.Identity(), specs[-1].out_channels)
 
 
 def wide_resnet(depth: int, widen: int) -> StagedBackbone:
@@ -104,9 +119,9 @@ def wide_resnet(depth: int, widen: int) -> StagedBackbone:
         raise ValueError(f"WRN depth must be 6n+4; got {depth}")
     widths = [16 * widen, 32 * widen, 64 * widen]
     stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-    stages, channels, specs = stack_stages(PreActBlock, 16, widths, [(depth - 4) // 6] * 3, [1, 2, 2])
-    final = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
-    return StagedBackbone(stem, stages, final, channels, specs)
+    specs = residual_specs(PreActBlock, 16, widths, [(depth - 4) // 6] * 3, [1, 2, 2])
+    channels = specs[-1].out_channels
+    return StagedBackbone(stem, specs, activated_batch_norm(channels), channels)
 
 
 def resnet_four_stage(block, depths: list[int], imagenet_stem: bool) -> StagedBackbone:
@@ -116,31 +131,5 @@ def resnet_four_stage(block, depths: list[int], imagenet_stem: bool) -> StagedBa
                              nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
     else:
         stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
-    stages, channels, specs = stack_stages(block, 64, [64, 128, 256, 512], depths, [1, 2, 2, 2])
-    return StagedBackbone(stem, stages, nn.Identity(), channels, specs)
-
-
-BACKBONES = {
-    "resnet8": lambda: cifar_resnet(8),
-    "resnet20": lambda: cifar_resnet(20),
-    "resnet32": lambda: cifar_resnet(32),
-    "resnet44": lambda: cifar_resnet(44),
-    "resnet56": lambda: cifar_resnet(56),
-    "resnet110": lambda: cifar_resnet(110),
-    "resnet8x4": lambda: cifar_resnet(8, 4),
-    "resnet32x4": lambda: cifar_resnet(32, 4),
-    "wrn16_2": lambda: wide_resnet(16, 2),
-    "wrn40_1": lambda: wide_resnet(40, 1),
-    "wrn40_2": lambda: wide_resnet(40, 2),
-    "wrn28_10": lambda: wide_resnet(28, 10),
-    "resnet18_cifar": lambda: resnet_four_stage(BasicBlock, [2, 2, 2, 2], imagenet_stem=False),
-    "resnet18": lambda: resnet_four_stage(BasicBlock, [2, 2, 2, 2], imagenet_stem=True),
-    "resnet34": lambda: resnet_four_stage(BasicBlock, [3, 4, 6, 3], imagenet_stem=True),
-    "resnet50": lambda: resnet_four_stage(Bottleneck, [3, 4, 6, 3], imagenet_stem=True),
-}
-
-
-def build_backbone(name: str) -> StagedBackbone:
-    if name not in BACKBONES:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(BACKBONES)}")
-    return BACKBONES[name]()
+    specs = residual_specs(block, 64, [64, 128, 256, 512], depths, [1, 2, 2, 2])
+    return StagedBackbone(stem, specs, nn.Identity(), specs[-1].out_channels)

@@ -21,10 +21,8 @@ class AuxiliaryBranch(nn.Module):
             stages = [spec.build() for spec in specs[after_stage + 1:]]
         else:
             stages = [specs[-1].build(in_channels=specs[-1].out_channels, stride=1)]
-        channels = specs[-1].out_channels
-        self.body = nn.Sequential(*stages, nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(channels, outputs)
+        self.body = nn.Sequential(*stages, backbone.branch_final(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(backbone.feature_dim, outputs)
         initialise(self)
 
     def forward(self, stage_output: torch.Tensor) -> torch.Tensor:
@@ -44,15 +42,31 @@ class HsakdNetwork(nn.Module):
         self.head = nn.Linear(backbone.feature_dim, num_classes)
         self.branches = nn.ModuleList(AuxiliaryBranch(backbone, stage, num_classes * num_transforms)
                                       for stage in range(len(backbone.stages)))
+        self.backbone_frozen = False
 
     def forward(self, views: torch.Tensor) -> dict:
-        stage_outputs = self.backbone.stage_outputs(views)
-        return {"logits": self.head(self.backbone.pooled(stage_outputs[-1])),
-                "branches": [branch(output) for branch, output in zip(self.branches, stage_outputs)]}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            stage_outputs = self.backbone.stage_outputs(views)
+            logits = self.head(self.backbone.pooled(stage_outputs[-1]))
+        return {"logits": logits, "branches": [branch(output) for branch, output in zip(self.branches, stage_outputs)]}
 
-    def backbone_parameters(self):
-        yield from self.backbone.parameters()
-        yield from self.head.parameters()
+    def backbone_modules(self) -> list[nn.Module]:
+        return [self.backbone, self.head]
+
+    def freeze_backbone(self) -> None:
+        """Only the branches learn from now on: the backbone and head keep their weights and, in eval
+        mode whatever train() says, their BN statistics."""
+        self.backbone_frozen = True
+        for module in self.backbone_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone_frozen:
+            for module in self.backbone_modules():
+                module.eval()
+        return self
 
 
 class MutualPair(nn.Module):

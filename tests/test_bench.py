@@ -42,3 +42,14 @@ def test_step_bench_compares_the_trainer_with_the_paper_path(tmp_path):
         assert record["vs_paper"] == 1.0 if record["path"] == "paper" else record["vs_paper"] > 0
     paper = [r for r in records if r["path"] == "paper"]
     assert all(r["loader"] == "torch" and r["precision"] == "fp32" and not r["channels_last"] for r in paper)
+
+
+def test_step_bench_reports_the_teacher_share_of_a_student_step(tmp_path):
+    out = tmp_path / "student.jsonl"
+    assert main(["step", "--method", "hsakd_student", "--models", "resnet8", "--teacher-model", "resnet20",
+                 "--num-transforms", "4", "--data", "synthetic", "--steps", "2", "--warmup", "1", "--batch", "8",
+                 "--images", "64", "--workers", "1", "--paths", "trainer", "--output", str(out)]) == 0
+    (record,) = read_lines(out)
+    assert record["method"] == "hsakd_student" and record["teacher_model"] == "resnet20"
+    assert 0 < record["teacher_share"] < 1 and record["teacher_share"] == record["phase_share"]["teacher"]
+    assert abs(sum(record["phase_share"].values()) - 1) < 0.05  # the phases account for the step

@@ -19,7 +19,7 @@ def run_main(capsys, *argv):
     (["--model", "resnet21"], "unknown model 'resnet21'; valid: resnet8, resnet20"),
     (["--transforms", "rotate"], "unknown transformation family 'rotate'; valid: none, rotation"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid: digits, cifar10, cifar100, folder"),
-    (["--preset", "nope"], "unknown preset 'nope'; valid: sla-cifar10-resnet110"),
+    (["--preset", "nope"], "unknown preset 'nope'; valid: hsakd-cifar100-resnet32x4"),
     (["--loader", "magic"], "unknown loader 'magic'"),
     (["--precision", "fp8"], "unknown precision 'fp8'"),
     (["--schedule", "linear"], "unknown schedule 'linear'"),
@@ -58,4 +58,5 @@ def test_no_traceback_reaches_the_terminal(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "train" / "main.py"), "--method", "nope"],
                             capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: unknown method 'nope'; valid: baseline, da, mt, sla, sla_sd"]
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown method 'nope'; valid: baseline, da, mt, sla, sla_sd, hsakd_teacher, hsakd_student, hsakd_online"]

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from models import build_backbone
+from models import HeadSpec, MultiHeadNetwork, build_backbone
+from models.heads import IDENTITY_VIEW
 from models.hsakd import HsakdNetwork, MutualPair
 from train import hsakd
 
@@ -93,3 +94,25 @@ def test_class_scores_report_the_head_and_every_branch():
     assert set(scores) == {"SI", "branch1", "branch2", "branch3"}
     assert torch.equal(scores["SI"], outputs["logits"][::4])
     assert torch.equal(scores["branch2"], outputs["branches"][1][::4, ::4])
+
+
+# Published parameter counts of the plain networks (CIFAR-100 heads as in the CRD/HSAKD tables; ImageNet
+# heads for the torchvision ResNets), and how many stages (= HSAKD branches) each has.
+PUBLISHED = {"wrn40_2": (2.26e6, 100, 3), "wrn40_1": (0.57e6, 100, 3), "wrn16_2": (0.70e6, 100, 3),
+             "resnet56": (0.86e6, 100, 3), "resnet20": (0.28e6, 100, 3), "resnet32x4": (7.43e6, 100, 3),
+             "resnet8x4": (1.23e6, 100, 3), "vgg13": (9.46e6, 100, 4), "vgg8": (3.96e6, 100, 4),
+             "mobilenetv2": (0.81e6, 100, 4), "shufflenet_v1": (0.95e6, 100, 3), "shufflenet_v2": (1.36e6, 100, 3),
+             "resnet50_cifar": (23.71e6, 100, 4), "resnet34": (21.80e6, 1000, 4), "resnet18": (11.69e6, 1000, 4)}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_architectures_match_their_published_size_and_build_with_branches(name):
+    published, classes, stages = PUBLISHED[name]
+    plain = MultiHeadNetwork(build_backbone(name), [HeadSpec("class", classes, IDENTITY_VIEW)], 1)
+    count = sum(p.numel() for p in plain.parameters())
+    assert abs(count / published - 1) < 0.01, (name, count, published)
+    side = 64 if classes == 1000 else 32
+    assert plain(torch.randn(2, 3, side, side))["class"].shape == (2, classes)
+    branched = HsakdNetwork(build_backbone(name), num_classes=3, num_transforms=2)
+    outputs = branched(torch.randn(2, 3, side, side))
+    assert outputs["logits"].shape == (2, 3) and [q.shape for q in outputs["branches"]] == [(2, 6)] * stages

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from train.main import train
-from train.methods import METHODS
+from train.method_registry import METHODS
 
 
 def read_records(run_dir, kind):
@@ -12,7 +12,7 @@ def read_records(run_dir, kind):
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(name for name in METHODS if not name.startswith("hsakd")))  # HSAKD: test_hsakd_training.py
 def test_method_trains_and_reports_its_scores(method, tiny_config, tmp_path):
     epochs = 10 if method in ("sla", "sla_sd") else 4
     summary = train(tiny_config(method=method, epochs=epochs, run_name=method))

@@ -2,6 +2,7 @@
 
     python train/bench.py kernels [--batches 128,256,512] [--classes 10,100,1000] [--output bench.jsonl]
     python train/bench.py step [--models resnet32,resnet18_cifar] [--num-transforms 1,4] [--output bench.jsonl]
+    python train/bench.py step --method hsakd_student --models resnet8x4 --teacher-model resnet32x4 --num-transforms 4
     python train/bench.py loader [--images 8192] [--folder-images 2048] [--batch 256] [--output bench.jsonl]
 """
 from __future__ import annotations
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     step_parser.add_argument("--images", type=int, default=4096, help="synthetic images")
     step_parser.add_argument("--workers", type=int, default=0, help="loader workers; 0 = the cores")
     step_parser.add_argument("--paths", default="trainer,paper", help="trainer and/or paper")
+    step_parser.add_argument("--method", default="auto", help="auto (baseline at M=1, sla at M=4) or a --method, "
+                                                              "e.g. hsakd_student")
+    step_parser.add_argument("--teacher-model", default="", help="hsakd_student: the (untrained) teacher's "
+                                                                 "architecture; default the student's")
     step_parser.add_argument("--output", default=None, help="append one JSON line per configuration here")
     args = parser.parse_args(argv)
     if args.command == "step":
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
         names = lambda text: tuple(part for part in text.split(",") if part)  # noqa: E731
         run(names(args.models), args.num_transforms, names(args.data), args.batch, args.steps, args.warmup,
-            args.images, args.workers, names(args.paths), args.output)
+            args.images, args.workers, names(args.paths), args.output, args.method, args.teacher_model)
     if args.command == "loader":
         from train.bench_loaders import run
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 import functools
 import math
 import resource
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import kernels
-from models import MultiHeadNetwork, build_backbone
+from models import build_backbone
+from models.hsakd import HsakdNetwork
+from pipeline import phases
 from pipeline.batch import LoaderSettings
 from pipeline.datasets import build_splits, channel_statistics
 from pipeline.loaders import build_loader
@@ -20,7 +24,9 @@ from pipeline.views import ViewExpander
 from train.bench_loaders import cifar_shaped
 from train.bench_report import append_json_lines, available_cores, bench_device, device_name, print_header
 from train.config import TrainConfig
-from train.methods import MethodOptions, build_method
+from train.method_registry import build_method
+from train.methods import MethodOptions
+from train.profiling import PHASES, PhaseClock
 from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
 from train.step import TrainStep
 
@@ -56,22 +62,54 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
     return 2 * size**3 / best, f"best measured {size}² {precision} matmul"
 
 
-def flops_per_view(model: torch.nn.Module, views: torch.Tensor) -> float:
-    """Forward + backward FLOPs of one view (backward counted as twice the forward)."""
+def forward_flops_per_view(model: torch.nn.Module, views: torch.Tensor) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(views)
-    return 3 * counter.get_total_flops() / len(views)
+    return counter.get_total_flops() / len(views)
+
+
+def flops_per_view(model: torch.nn.Module, views: torch.Tensor, teacher: torch.nn.Module | None = None) -> float:
+    """Forward + backward FLOPs of one view (backward counted as twice the forward), plus a frozen
+    teacher's forward where there is one."""
+    flops = 3 * forward_flops_per_view(model, views)
+    return flops + (forward_flops_per_view(teacher, views) if teacher is not None else 0.0)
+
+
+def write_untrained_teacher(path: Path, model_name: str, num_classes: int, family) -> str:
+    """A teacher checkpoint with random weights: the student step's cost does not depend on what it learned."""
+    torch.manual_seed(1)
+    network = HsakdNetwork(build_backbone(model_name), num_classes, family.num_transforms)
+    torch.save({"model": network.state_dict(),
+                "config": {"method": "hsakd_teacher", "model": model_name, "transforms": family.name}}, path)
+    return str(path)
+
+
+def phase_shares(step, stream, steps: int, device: torch.device) -> dict[str, float]:
+    """Each phase's share of step time over `steps` more steps, from the phase clock (which synchronises
+    the GPU at phase boundaries, so these steps are kept apart from the timed ones)."""
+    clock = PhaseClock(device)
+    phases.set_clock(clock)
+    try:
+        for _ in range(steps):
+            clock.begin_step()
+            with phases.phase("data"):
+                current = next(stream)
+            step(current)
+            clock.end_step()
+    finally:
+        phases.set_clock(None)
+    return {name: round(clock.totals[name] / clock.step_time, 4) for name in PHASES}
 
 
 def measure(path: str, model_name: str, method_name: str, family_name: str, split, batch: int, steps: int,
-            warmup: int, device: torch.device, workers: int) -> dict:
+            warmup: int, device: torch.device, workers: int, teacher: str = "") -> dict:
     settings = PATHS[path]
     config = TrainConfig(method=method_name, transforms=family_name, model=model_name, batch_size=batch,
                          precision=settings["precision"], channels_last=settings["channels_last"],
                          kernels=settings["kernels"], schedule="cosine", lr=0.05)
     precision = resolve_precision(config, device)
     input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    method = build_method(method_name, MethodOptions(kernel_backend=settings["kernels"]))
+    method = build_method(method_name, MethodOptions(kernel_backend=settings["kernels"], teacher=teacher))
     family = kernels.get_family(family_name)
     mean, std = channel_statistics(split.images[:1024])
     expander = ViewExpander(family, mean, std, input_dtype if device.type == "cuda" else torch.float32,
@@ -79,10 +117,7 @@ def measure(path: str, model_name: str, method_name: str, family_name: str, spli
     loader = build_loader(settings["loader"], split, LoaderSettings(expander, device, batch, train=True,
                                                                     workers=workers))
     torch.manual_seed(0)
-    model = MultiHeadNetwork(build_backbone(model_name), method.head_specs(split.num_classes, family.num_transforms),
-                             family.num_transforms).to(device)
-    if settings["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    model = method.build_model(model_name, split.num_classes, family, device, settings["channels_last"])
     optimizer = build_optimizer(config, model, device)
     step = TrainStep(model, model, method, optimizer, build_scheduler(config, optimizer, warmup + steps + 1),
                      build_scaler(precision, device), None, lambda: autocast(precision, device), family.num_transforms)
@@ -110,14 +145,16 @@ def measure(path: str, model_name: str, method_name: str, family_name: str, spli
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    shares = phase_shares(step, stream, max(2, steps // 4), device)
     views_per_image = family.num_transforms
     sample = next(stream).views
-    flops = flops_per_view(model, sample)
+    flops = flops_per_view(model, sample, getattr(method, "teacher", None))
     peak, peak_source = peak_flops(device, precision)
     images_per_s = steps * batch / seconds
     memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"benchmark": "step", "path": path, "model": model_name, "method": method_name, "transforms": family_name,
+            "teacher_model": getattr(method, "record", {}).get("teacher_model"),
             "num_transforms": views_per_image, "batch": batch, "device": str(device), "precision": precision,
             "loader": settings["loader"], "channels_last": settings["channels_last"], "kernels": settings["kernels"],
             "images_per_s": round(images_per_s, 1), "views_per_s": round(images_per_s * views_per_image, 1),
@@ -125,17 +162,21 @@ def measure(path: str, model_name: str, method_name: str, family_name: str, spli
             "compute_s": round(seconds - wait, 4), "loader_wait_s": round(wait, 4),
             "peak_memory_bytes": int(memory), "memory_kind": "device" if device.type == "cuda" else "host peak RSS",
             "flops_per_view": flops, "peak_flops": peak, "peak_source": peak_source,
-            "mfu": round(flops * images_per_s * views_per_image / peak, 5)}
+            "mfu": round(flops * images_per_s * views_per_image / peak, 5), "phase_share": shares,
+            "teacher_share": shares["teacher"]}
 
 
 def run(models=("resnet32", "resnet18_cifar"), num_transforms=(1, 4), data=("synthetic", "digits"), batch: int = 128,
         steps: int = 20, warmup: int = 5, num_images: int = 4096, workers: int = 0, paths=("trainer", "paper"),
-        output: str | None = None) -> list[dict]:
+        output: str | None = None, method: str = "auto", teacher_model: str = "") -> list[dict]:
+    """`method` auto: baseline at M = 1, sla at M = 4; hsakd_student distils from an untrained
+    `teacher_model` (default: the student's own architecture)."""
     device = bench_device()
     print(f"device {device_name(device)}, {available_cores()} cores, torch threads {torch.get_num_threads()}, "
           f"batch {batch}, {steps} timed steps after {warmup}")
     print_header(f"{'model':<16}{'M':>3} {'data':<10}{'path':<9}{'img/s':>9}{'views/s':>10}{'ms/step':>9}"
-                 f"{'wait':>7}{'mem MB':>9}{'MFU':>8}{'vs paper':>10}")
+                 f"{'wait':>7}{'teacher':>8}{'mem MB':>9}{'MFU':>8}{'vs paper':>10}")
+    scratch = tempfile.TemporaryDirectory(prefix="bench-teacher-")
     records = []
     sources = {"synthetic": lambda: cifar_shaped(num_images),
                "digits": lambda: build_splits("digits", "unused", 32, 0.1, 0).train}
@@ -143,11 +184,17 @@ def run(models=("resnet32", "resnet18_cifar"), num_transforms=(1, 4), data=("syn
         split = sources[data_name]()
         for model_name in models:
             for m in num_transforms:
-                method_name, family_name = ("sla", "rotation") if m == 4 else ("baseline", "none")
                 if m not in (1, 4):
                     raise ValueError(f"step bench supports M ∈ {{1, 4}}, got {m}")
+                family_name = "rotation" if m == 4 else "none"
+                method_name = method if method != "auto" else ("sla" if m == 4 else "baseline")
+                teacher = ""
+                if method_name == "hsakd_student":
+                    teacher = write_untrained_teacher(Path(scratch.name) / f"{model_name}-{m}.pt",
+                                                      teacher_model or model_name, split.num_classes,
+                                                      kernels.get_family(family_name))
                 results = {path: measure(path, model_name, method_name, family_name, split, batch, steps, warmup,
-                                         device, workers) for path in paths}
+                                         device, workers, teacher) for path in paths}
                 baseline = results.get("paper", {}).get("images_per_s")
                 for path, record in results.items():
                     record["data"] = data_name
@@ -156,10 +203,12 @@ def run(models=("resnet32", "resnet18_cifar"), num_transforms=(1, 4), data=("syn
                     ratio = f"{record['vs_paper']:.2f}x" if baseline else "-"
                     print(f"{model_name:<16}{m:>3} {data_name:<10}{path:<9}{record['images_per_s']:>9,.0f}"
                           f"{record['views_per_s']:>10,.0f}{record['ms_per_step']:>9.1f}"
-                          f"{100 * record['loader_wait_share']:>6.1f}%{record['peak_memory_bytes'] / 2**20:>9,.0f}"
+                          f"{100 * record['loader_wait_share']:>6.1f}%{100 * record['teacher_share']:>7.1f}%"
+                          f"{record['peak_memory_bytes'] / 2**20:>9,.0f}"
                           f"{100 * record['mfu']:>7.2f}%{ratio:>10}")
     if records:
         print(f"MFU peak: {records[0]['peak_source']} = {records[0]['peak_flops'] / 1e12:.2f} TFLOP/s "
               f"({records[0]['precision']}); the paper path's peak is its own precision's")
+    scratch.cleanup()
     append_json_lines(output, records)
     return records

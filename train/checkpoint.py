@@ -65,9 +65,10 @@ def load_checkpoint(path: str, config: TrainConfig) -> dict:
 
 
 def checkpoint_payload(config: TrainConfig, model, optimizer, scheduler, scaler, ema, epoch: int, step: int,
-                       best_score: float) -> dict:
+                       best_score: float, provenance: dict) -> dict:
     return {
         "config": dataclasses.asdict(config),
+        "provenance": provenance,  # the files the run builds on (a teacher checkpoint) and their hashes
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

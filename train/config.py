@@ -39,6 +39,14 @@ class TrainConfig:
     temperature: float = field(default=1.0, metadata={"help": "SLA+SD distillation temperature T"})
     sd_weight: float = field(default=1.0, metadata={"help": "SLA+SD weight β of CE(c, y)"})
     sum_over_transforms: bool = field(default=False, metadata={"help": "multiply L_SLA by M (paper's large loss)"})
+    kd_temperature: float = field(default=3.0, metadata={"help": "HSAKD distillation temperature τ"})
+    teacher: str = field(default="", metadata={"help": "hsakd_student: the teacher checkpoint (best.pt or last.pt "
+                                                       "of a --method hsakd_teacher run)"})
+    teacher_model: str = field(default="", metadata={"help": "hsakd_student: the architecture the teacher must be "
+                                                             "(presets set it; empty accepts any)"})
+    frozen_backbone: str = field(default="", metadata={"help": "hsakd_teacher: a run checkpoint whose backbone and "
+                                                               "class head are frozen; only the branches learn"})
+    peer_model: str = field(default="", metadata={"help": "hsakd_online: the second network (default: --model)"})
     kernels: str = field(default="auto", metadata={"help": "loss/view kernels: auto (Numba CUDA or CPU by "
                                                                 "device), cuda, cpu, torch (composite reference)"})
     # --- model
@@ -72,7 +80,7 @@ class TrainConfig:
 
 # Settings that change what a checkpoint means; a resume must match them.
 RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "method",
-                     "transforms", "model", "batch_size", "seed")
+                     "transforms", "model", "batch_size", "seed", "peer_model", "kd_temperature")
 
 PRESETS: dict[str, dict[str, typing.Any]] = {
     # SLA paper recipe (Lee et al. 2020): batch 128, lr 0.1, wd 1e-4, 80k iterations, ×0.1 at 50% and 75%, 45k/5k.
@@ -83,6 +91,23 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
     for dataset in ("cifar10", "cifar100")
     for model in ("resnet32", "resnet110", "wrn16_2", "wrn28_10", "resnet18_cifar")
 }
+
+# HSAKD recipe (Yang et al. 2021): SGD Nesterov 0.9, wd 5e-4, batch 64, 240 epochs, ×0.1 at epochs 150/180/210,
+# lr 0.05 (0.01 for MobileNetV2 and ShuffleNet students); CIFAR-100 with 5k of train held out for selection.
+HSAKD_RECIPE = dict(dataset="cifar100", transforms="rotation", batch_size=64, epochs=240, schedule="multistep",
+                    lr_milestones=(150 / 240, 180 / 240, 210 / 240), lr_gamma=0.1, momentum=0.9, nesterov=True,
+                    weight_decay=5e-4, kd_temperature=3.0, val_split=5000, eval_every=5, checkpoint_every=5,
+                    log_every=100)
+HSAKD_PAIRS = [("wrn40_2", "wrn16_2"), ("wrn40_2", "wrn40_1"), ("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"),
+               ("vgg13", "mobilenetv2"), ("resnet50_cifar", "mobilenetv2"), ("wrn40_2", "shufflenet_v1"),
+               ("resnet32x4", "shufflenet_v2")]
+SMALL_LR_STUDENTS = ("mobilenetv2", "shufflenet_v1", "shufflenet_v2")
+PRESETS.update({f"hsakd-cifar100-{teacher}": dict(HSAKD_RECIPE, method="hsakd_teacher", model=teacher, lr=0.05)
+                for teacher in sorted({teacher for teacher, _ in HSAKD_PAIRS})})
+PRESETS.update({f"hsakd-cifar100-{teacher}-{student}": dict(HSAKD_RECIPE, method="hsakd_student", model=student,
+                                                             teacher_model=teacher,
+                                                             lr=0.01 if student in SMALL_LR_STUDENTS else 0.05)
+                for teacher, student in HSAKD_PAIRS})
 
 
 def _parse_value(kind, text: str):

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 import kernels
-from models import MultiHeadNetwork, build_backbone
 from pipeline.batch import LoaderSettings
 from pipeline.datasets import DataError, build_splits
 from pipeline.loaders import LOADERS, build_loader
@@ -32,7 +31,8 @@ from train.checkpoint import atomic_save, checkpoint_payload, load_checkpoint, r
 from train.config import PRESETS, TrainConfig, config_from_args
 from train.distributed import barrier, init_distributed, shutdown
 from train.evaluate import evaluate
-from train.methods import METHODS, MethodOptions, build_method
+from train.method_registry import METHODS, build_method
+from train.methods import MethodOptions
 from train.profiling import StepProfiler, breakdown_table
 from train.step import TrainStep
 from train.optim import autocast, build_ema, build_optimizer, build_scaler, build_scheduler, resolve_precision
@@ -56,8 +56,7 @@ def train(config: TrainConfig) -> dict:
                           config.samples_per_class, config.imbalance_ratio, config.strict_images)
     num_classes = splits.num_classes
     skipped_images = sorted(set(splits.train.skipped_files) | set(splits.test.skipped_files))  # unreadable files
-    method = build_method(config.method, MethodOptions(config.temperature, config.sd_weight,
-                                                       config.sum_over_transforms, config.kernels))
+    method = build_method(config.method, MethodOptions.from_config(config))
     family = kernels.get_family(config.transforms if method.uses_transforms else "none")
     kernels.check_family_fits(family, *splits.train.images.shape[1:])
     num_transforms = family.num_transforms
@@ -78,10 +77,7 @@ def train(config: TrainConfig) -> dict:
 
     # ---- model, identical on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(config.seed)
-    model = MultiHeadNetwork(build_backbone(config.model), method.head_specs(num_classes, num_transforms),
-                             num_transforms).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = method.build_model(config.model, num_classes, family, device, config.channels_last)
     steps_per_epoch = len(train_loader)
     total_steps = config.iterations or config.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -94,6 +90,7 @@ def train(config: TrainConfig) -> dict:
     start_epoch, step, best_score, best_state = 0, 0, -math.inf, None
     if config.resume:
         payload = load_checkpoint(config.resume, config)
+        method.check_resume(payload)
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
@@ -126,7 +123,7 @@ def train(config: TrainConfig) -> dict:
                                     "num_classes": num_classes, "num_transforms": num_transforms,
                                     "train_images": len(splits.train), "val_images": len(splits.val),
                                     "test_images": len(splits.test), "total_steps": total_steps,
-                                    "skipped_images": skipped_images})
+                                    "skipped_images": skipped_images, **method.provenance()})
     run_log.print(f"{config.method} on {config.dataset} ({len(splits.train)} train / {len(splits.val)} val / "
                   f"{len(splits.test)} test, {num_classes} classes), {config.transforms if method.uses_transforms else 'none'} "
                   f"M={num_transforms}, {config.model}, {precision} on {device} ×{context.world_size}, "
@@ -191,13 +188,15 @@ def train(config: TrainConfig) -> dict:
                 best_score = score
                 best_state = copy.deepcopy(eval_model.state_dict())
                 if context.is_main:
-                    atomic_save({"model": best_state, "epoch": epoch + 1, "score": score}, run_log.run_dir / "best.pt")
+                    atomic_save({"model": best_state, "epoch": epoch + 1, "score": score,
+                                 "config": dataclasses.asdict(config), "provenance": method.provenance()},
+                                run_log.run_dir / "best.pt")
             run_log.record("epoch", epoch=epoch + 1, step=step, split="val", skipped_images=len(skipped_images),
                            **last_val)
             run_log.print(f"epoch {epoch + 1}/{epochs} val {accuracy_line(last_val)}{'  (best)' if improved else ''}")
         if context.is_main and ((epoch + 1) % config.checkpoint_every == 0 or stopping):
             atomic_save(checkpoint_payload(config, model, optimizer, scheduler, scaler, ema, epoch + 1, step,
-                                           best_score), run_log.run_dir / "last.pt")
+                                           best_score, method.provenance()), run_log.run_dir / "last.pt")
         if stopping:
             break
     barrier(context)
@@ -229,7 +228,9 @@ def train(config: TrainConfig) -> dict:
             ("steps", f"{step} ({format_duration(wall_time)} this run, {summary['images_per_s']:,.0f} img/s)"),
             (f"best val {method.primary_score}", f"{best_score:.2f}%")]
     rows += [(f"test {score}", f"{test[score]:.2f}%  (per-class mean {np.mean(test[score + '_per_class']):.2f}%)")
-             for score in ("SD", "SI", "AG") if score in test]
+             for score in ("SD", "SI", "AG", "peer") if score in test]
+    if "teacher" in method.provenance():
+        rows.append(("teacher", f"{method.provenance()['teacher_model']} from {method.provenance()['teacher']}"))
     rows.append(("run directory", str(run_log.run_dir)))
     run_log.print(summary_table(rows))
     shutdown(context)

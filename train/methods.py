@@ -5,13 +5,15 @@ Each `losses` returns {"loss": total, part: value, ...}; each `class_scores` ret
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-from models import ALL_VIEWS, IDENTITY_VIEW, HeadSpec
+from models import ALL_VIEWS, IDENTITY_VIEW, HeadSpec, MultiHeadNetwork, build_backbone
 
 
 @dataclass
@@ -20,6 +22,17 @@ class MethodOptions:
     sd_weight: float = 1.0  # SLA+SD β
     sum_over_transforms: bool = False  # L_SLA × M
     kernel_backend: str = "auto"
+    kd_temperature: float = 3.0  # HSAKD τ
+    teacher: str = ""  # hsakd_student: the teacher checkpoint
+    teacher_model: str = ""  # hsakd_student: the architecture the teacher checkpoint must have ("" = any)
+    frozen_backbone: str = ""  # hsakd_teacher: checkpoint of a pretrained backbone to freeze
+    peer_model: str = ""  # hsakd_online: the second network ("" = the same as the first)
+
+    @classmethod
+    def from_config(cls, config) -> "MethodOptions":
+        """The method's fields of a train.config.TrainConfig (the same names, `kernels` → kernel_backend)."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "kernel_backend"]
+        return cls(kernel_backend=config.kernels, **{name: getattr(config, name) for name in names})
 
 
 def per_view_labels(labels: torch.Tensor, num_transforms: int) -> torch.Tensor:
@@ -37,6 +50,11 @@ def views_mean(class_logits: torch.Tensor, num_transforms: int) -> torch.Tensor:
     return class_logits.float().reshape(-1, num_transforms, class_logits.shape[1]).mean(dim=1)
 
 
+def place(network: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    network = network.to(device)
+    return network.to(memory_format=torch.channels_last) if channels_last else network
+
+
 class Method:
     name = ""
     uses_transforms = True  # False: trains on the identity view alone (M = 1)
@@ -47,6 +65,31 @@ class Method:
 
     def head_specs(self, num_classes: int, num_transforms: int) -> list[HeadSpec]:
         raise NotImplementedError
+
+    def build_model(self, model_name: str, num_classes: int, family, device: torch.device,
+                    channels_last: bool) -> nn.Module:
+        """The trained network, on `device` (and in channels_last when asked): a backbone plus this method's heads."""
+        network = MultiHeadNetwork(build_backbone(model_name), self.head_specs(num_classes, family.num_transforms),
+                                   family.num_transforms)
+        return place(network, device, channels_last)
+
+    def forward(self, model: nn.Module, views: torch.Tensor):
+        """The training forward pass; a method with a teacher adds the teacher's outputs here."""
+        return model(views)
+
+    def provenance(self) -> dict:
+        """What outside this run the method depends on (e.g. a teacher checkpoint's path and hash)."""
+        return {}
+
+    def check_resume(self, checkpoint: dict) -> None:
+        """Refuse to resume a checkpoint trained against a different file than this run depends on."""
+        recorded = checkpoint.get("provenance", {})
+        for key, value in self.provenance().items():
+            if key.endswith("_sha256") and recorded.get(key) != value:
+                what = key[: -len("_sha256")]
+                raise ValueError(f"the --resume checkpoint was trained with --{what.replace('_', '-')} "
+                                 f"{recorded.get(what)} (sha256 {recorded.get(key)}), but this run's "
+                                 f"{self.provenance().get(what)} has sha256 {value}")
 
     def losses(self, outputs, labels, num_transforms) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -137,13 +180,3 @@ class SLASelfDistillation(SLA):
 
     def class_scores(self, outputs, num_transforms):
         return {"SD": outputs["sd"], **super().class_scores(outputs, num_transforms)}
-
-
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Baseline, TransformsAsAugmentation, MultiTask, SLA,
-                                                         SLASelfDistillation)}
-
-
-def build_method(name: str, options: MethodOptions) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid: {', '.join(METHODS)}")
-    return METHODS[name](options)

@@ -14,7 +14,7 @@ import torch
 
 from pipeline import phases
 
-PHASES = ("data", "copy", "expand", "forward", "loss", "backward", "optimizer")
+PHASES = ("data", "copy", "expand", "teacher", "forward", "loss", "backward", "optimizer")  # teacher: HSAKD students
 LOADER_PHASES = ("data", "copy", "expand")  # "data" is waiting for the loader beyond its copy and expansion
 
 
@@ -139,7 +139,7 @@ def breakdown(clock: PhaseClock, device_busy: float | None, wall: float) -> dict
 
 def verdict(shares: dict[str, float], device_busy_share: float | None) -> str:
     loader = sum(shares[name] for name in LOADER_PHASES)
-    compute = sum(shares[name] for name in ("forward", "loss", "backward"))
+    compute = sum(shares[name] for name in ("teacher", "forward", "loss", "backward"))
     if shares["data"] >= 0.3:
         text = f"loader-bound: {100 * shares['data']:.0f}% of step time waiting for data"
     elif loader >= 0.4:
@@ -148,6 +148,8 @@ def verdict(shares: dict[str, float], device_busy_share: float | None) -> str:
         text = f"optimizer-bound: {100 * shares['optimizer']:.0f}% of step time in the optimizer step"
     else:
         text = f"compute-bound: {100 * compute:.0f}% of step time in forward, loss and backward"
+        if shares["teacher"] > 0:
+            text += f" ({100 * shares['teacher']:.0f}% in the teacher's forward)"
     if device_busy_share is not None:
         text += f"; the GPU was busy {100 * device_busy_share:.0f}% of the window"
     return text

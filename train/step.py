@@ -25,7 +25,7 @@ class TrainStep:
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         with phase("forward"), self.autocast():
-            outputs = self.train_model(batch.views)
+            outputs = self.method.forward(self.train_model, batch.views)
         with phase("loss"), self.autocast():
             losses = self.method.losses(outputs, batch.labels, self.num_transforms)
         with phase("backward"):  # DDP's gradient all-reduce overlaps this phase

@@ -1,0 +1,36 @@
+"""VGG with batch norm for 32×32 inputs, as in the distillation literature (CRD, HSAKD): five conv
+groups, max-pool between the first four, global average pooling and one linear layer (no FC stack).
+
+The first group is the stem; groups 2–5 are the four stages HSAKD's branches attach to.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch.nn as nn
+
+from .backbones import StagedBackbone, chain_specs
+
+GROUP_WIDTHS = {  # conv widths per group
+    "vgg8": [[64], [128], [256], [512], [512]],
+    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
+    "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+}
+
+
+def conv_group(widths: list[int], in_channels: int, stride: int = 1) -> nn.Sequential:
+    """[max-pool when stride is 2] then conv3×3 (with bias, as VGG has) → BN → ReLU per width."""
+    layers: list[nn.Module] = [nn.MaxPool2d(2)] if stride == 2 else []
+    for width in widths:
+        layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        in_channels = width
+    return nn.Sequential(*layers)
+
+
+def vgg_bn(name: str) -> StagedBackbone:
+    groups = GROUP_WIDTHS[name]
+    stem = conv_group(groups[0], 3)
+    # 32×32 → 16, 8, 4 after the first three pools; the last group stays at 4×4 (no fourth pool).
+    shapes = [(widths[-1], stride, widths) for widths, stride in zip(groups[1:], [2, 2, 2, 1])]
+    specs = chain_specs(partial(conv_group), groups[0][-1], shapes)
+    return StagedBackbone(stem, specs, nn.Identity(), specs[-1].out_channels)

@@ -1,0 +1,169 @@
+"""HSAKD end to end: a teacher and then a student trained from train/main.py as a user would, a frozen
+teacher that stays frozen, a frozen backbone, online mutual distillation, two processes, and the
+errors for a teacher that does not fit."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kernels
+from conftest import REPO, subprocess_env, torchrun_command
+from pipeline.batch import Batch
+from train.main import main, train
+from train.method_registry import build_method
+from train.methods import MethodOptions
+from train.teacher import file_sha256
+
+TINY = ["--dataset", "digits", "--image-size", "16", "--batch-size", "64", "--log-every", "5"]
+
+
+def records(run_dir, kind):
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def run_main_script(*argv, nproc=0):
+    script = [str(REPO / "train" / "main.py"), *TINY, *argv]
+    command = torchrun_command(nproc, *script) if nproc else [sys.executable, *script]
+    env = subprocess_env()
+    if not nproc:
+        env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads()))  # one process may use every core
+    result = subprocess.run(command, env=env, timeout=600, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """Command one: a resnet20 teacher with a joint classifier after each of its three stages."""
+    out = tmp_path_factory.mktemp("hsakd")
+    run_main_script("--method", "hsakd_teacher", "--model", "resnet20", "--epochs", "5", "--out-dir", str(out),
+                    "--run-name", "teacher")
+    return out / "teacher"
+
+
+def test_teacher_then_student_from_the_command_line(teacher_run, tmp_path):
+    teacher_test = records(teacher_run, "test")[0]
+    assert {"SI", "branch1", "branch2", "branch3"} <= set(teacher_test)
+    # Command two: a resnet8 student distilled from the teacher's best checkpoint.
+    result = run_main_script("--method", "hsakd_student", "--model", "resnet8", "--teacher",
+                             str(teacher_run / "best.pt"), "--teacher-model", "resnet20", "--epochs", "5",
+                             "--out-dir", str(tmp_path), "--run-name", "student")
+    run_dir = tmp_path / "student"
+    summary = records(run_dir, "summary")[0]
+    assert summary["test"]["SI"] > 40.0, summary["test"]  # chance is 10%
+    steps = records(run_dir, "step")
+    assert {"head_ce", "head_kl", "branch1_kl", "branch2_kl", "branch3_kl"} <= set(steps[0])
+    assert steps[-1]["loss"] < 0.8 * steps[0]["loss"]
+    # The run records which teacher it learned from, in the manifest and in its checkpoints.
+    sha = file_sha256(teacher_run / "best.pt")
+    manifest = json.loads((run_dir / "config.json").read_text())
+    assert manifest["teacher_sha256"] == sha and manifest["teacher_model"] == "resnet20"
+    for name in ("last.pt", "best.pt"):
+        payload = torch.load(run_dir / name, map_location="cpu", weights_only=False)
+        assert payload["provenance"]["teacher_sha256"] == sha
+    assert "teacher         resnet20 from" in result.stdout
+
+
+def test_the_teacher_stays_frozen_while_the_student_trains(teacher_run, tiny_config):
+    torch.manual_seed(0)
+    config = tiny_config(method="hsakd_student", teacher=str(teacher_run / "best.pt"))
+    method = build_method("hsakd_student", MethodOptions.from_config(config))
+    family = kernels.get_family("rotation")
+    student = method.build_model("resnet8", 10, family, torch.device("cpu"), channels_last=True)
+    before = {name: value.clone() for name, value in method.teacher.state_dict().items()}
+    assert any("running_mean" in name for name in before)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    student.train()
+    for step in range(3):
+        views = torch.randn(8 * 4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+        batch = Batch(views, torch.randint(0, 10, (8,)), torch.arange(8))
+        losses = method.losses(method.forward(student, batch.views), batch.labels, 4)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+    after = method.teacher.state_dict()
+    assert not method.teacher.training
+    assert all(torch.equal(before[name], after[name]) for name in before)  # weights and BN statistics
+    assert all(p.grad is None and not p.requires_grad for p in method.teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters())
+
+
+def test_two_process_student_run(teacher_run, tmp_path):
+    result = run_main_script("--method", "hsakd_student", "--model", "resnet8", "--teacher",
+                             str(teacher_run / "best.pt"), "--epochs", "1", "--samples-per-class", "40",
+                             "--out-dir", str(tmp_path), "--run-name", "ddp", nproc=2)
+    run_dir = tmp_path / "ddp"
+    assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
+    summary = records(run_dir, "summary")[0]
+    assert summary["completed"] and summary["steps"] == 400 // 64
+    assert result.stdout.count("best val") == 1
+
+
+def test_a_changed_teacher_file_refuses_the_resume(teacher_run, tiny_config, tmp_path):
+    teacher_copy = tmp_path / "teacher.pt"
+    shutil.copy(teacher_run / "best.pt", teacher_copy)
+    paused = train(tiny_config(method="hsakd_student", teacher=str(teacher_copy), epochs=2, stop_after_epochs=1,
+                               samples_per_class=30, run_name="paused"))
+    assert not paused["completed"]
+    shutil.copy(teacher_run / "last.pt", teacher_copy)  # another file at the same path
+    with pytest.raises(ValueError, match="sha256"):
+        train(tiny_config(method="hsakd_student", teacher=str(teacher_copy), epochs=2, samples_per_class=30,
+                          resume=str(tmp_path / "runs" / "paused" / "last.pt")))
+
+
+def test_frozen_backbone_keeps_its_weights_and_only_branches_learn(tiny_config, tmp_path):
+    train(tiny_config(method="baseline", epochs=1, run_name="pretrained"))
+    pretrained = torch.load(tmp_path / "runs" / "pretrained" / "best.pt", weights_only=False)["model"]
+    summary = train(tiny_config(method="hsakd_teacher", frozen_backbone=str(tmp_path / "runs" / "pretrained" / "best.pt"),
+                                epochs=2, run_name="frozen"))
+    trained = torch.load(tmp_path / "runs" / "frozen" / "last.pt", weights_only=False)["model"]
+    backbone_keys = [k for k in pretrained if k.startswith("backbone.")]
+    assert backbone_keys and all(torch.equal(pretrained[k], trained[k]) for k in backbone_keys)  # BN stats too
+    assert torch.equal(pretrained["heads.class.weight"], trained["head.weight"])
+    first = records(tmp_path / "runs" / "frozen", "step")[0]
+    assert "head_ce" not in first and first["branch1_ce"] > records(tmp_path / "runs" / "frozen", "step")[-1]["branch1_ce"]
+    assert summary["completed"]
+
+
+def test_online_mutual_distillation_trains_both_networks(tiny_config, tmp_path):
+    summary = train(tiny_config(method="hsakd_online", epochs=3, run_name="online"))
+    steps = records(tmp_path / "runs" / "online", "step")
+    assert steps[-1]["loss"] < 0.8 * steps[0]["loss"]
+    assert {"a_loss", "b_loss"} <= set(steps[0])
+    assert summary["test"]["SI"] > 20.0 and summary["test"]["peer"] > 20.0
+
+
+def save_fake_teacher(path, num_classes, transforms="rotation", method="hsakd_teacher", model="resnet8"):
+    from models import build_backbone
+    from models.hsakd import HsakdNetwork
+
+    network = HsakdNetwork(build_backbone(model), num_classes, kernels.get_family(transforms).num_transforms)
+    torch.save({"model": network.state_dict(), "config": {"method": method, "model": model,
+                                                           "transforms": transforms}}, path)
+
+
+@pytest.mark.parametrize("make,extra,message", [
+    (lambda p: save_fake_teacher(p, 7), [], "trained for 7 classes, but this run's data has 10"),
+    (lambda p: save_fake_teacher(p, 10, transforms="rotation2"), [],
+     "trained with --transforms rotation2, but this run uses rotation (M=4)"),
+    (lambda p: save_fake_teacher(p, 10, method="sla"), [], "was trained with --method sla"),
+    (lambda p: save_fake_teacher(p, 10), ["--teacher-model", "wrn40_2"], "is a resnet8, but --teacher-model is wrn40_2"),
+    (lambda p: save_fake_teacher(p, 10), ["--model", "vgg8"], "has 3 stages, the student vgg8 4"),
+    (lambda p: p.write_bytes(b"not a checkpoint"), [], "cannot be read"),
+    (lambda p: None, [], "does not exist"),
+])
+def test_a_teacher_that_does_not_fit_is_refused(capsys, tmp_path, make, extra, message):
+    path = tmp_path / "teacher.pt"
+    make(path)
+    argv = ["--method", "hsakd_student", "--teacher", str(path), "--image-size", "16", "--model", "resnet8",
+            "--out-dir", str(tmp_path), *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_student_needs_a_teacher(capsys, tmp_path):
+    assert main(["--method", "hsakd_student", "--image-size", "16", "--out-dir", str(tmp_path)]) == 2
+    assert "needs --teacher CKPT" in capsys.readouterr().err

@@ -1,0 +1,94 @@
+"""Checkpoints that a run builds on: an HSAKD teacher for a student (`--teacher`), a pretrained
+backbone to freeze under a teacher's branches (`--frozen-backbone`). Both are this trainer's own
+run checkpoints (best.pt or last.pt), which carry the configuration they were trained with."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from models import build_backbone
+from models.hsakd import HsakdNetwork
+
+BRANCHED_METHODS = ("hsakd_teacher", "hsakd_online")  # their checkpoints hold per-stage joint branches
+CLASS_HEAD_PREFIXES = ("head.", "heads.class.", "heads.sd.")  # N-way heads, HSAKD's first, then baseline/da/mt, SD
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_run_checkpoint(path: str, flag: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"{flag} checkpoint {file} does not exist")
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise ValueError(f"{flag} checkpoint {file} cannot be read ({type(error).__name__}: {error})") from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise ValueError(f"{flag} checkpoint {file} is not a run checkpoint of this trainer (no model and config); "
+                         "pass a run's best.pt or last.pt")
+    return payload
+
+
+def network_state(payload: dict) -> dict[str, torch.Tensor]:
+    """The state of one network; an online pair's first network ("a")."""
+    state = payload["model"]
+    if payload["config"].get("method") == "hsakd_online":
+        state = {key[2:]: value for key, value in state.items() if key.startswith("a.")}
+    return state
+
+
+def load_teacher(path: str, num_classes: int, family, expected_model: str = "") -> tuple[HsakdNetwork, dict]:
+    """The teacher network, frozen (eval mode, no gradients), on the CPU, and its provenance record."""
+    payload = read_run_checkpoint(path, "--teacher")
+    config = payload["config"]
+    method, model_name = config.get("method"), config.get("model")
+    if method not in BRANCHED_METHODS:
+        raise ValueError(f"--teacher checkpoint {path} was trained with --method {method}; an HSAKD teacher needs "
+                         f"per-stage joint branches: train it with --method hsakd_teacher")
+    if expected_model and model_name != expected_model:
+        raise ValueError(f"--teacher checkpoint {path} is a {model_name}, but --teacher-model is {expected_model}")
+    state = network_state(payload)
+    teacher_classes = state["head.weight"].shape[0]
+    if teacher_classes != num_classes:
+        raise ValueError(f"--teacher checkpoint {path} was trained for {teacher_classes} classes, "
+                         f"but this run's data has {num_classes}")
+    if config.get("transforms") != family.name:
+        raise ValueError(f"--teacher checkpoint {path} was trained with --transforms {config.get('transforms')}, "
+                         f"but this run uses {family.name} (M={family.num_transforms}); the joint label spaces differ")
+    teacher = HsakdNetwork(build_backbone(model_name), num_classes, family.num_transforms)
+    teacher.load_state_dict(state)
+    teacher.requires_grad_(False)
+    teacher.eval()
+    record = {"teacher": str(Path(path).resolve()), "teacher_sha256": file_sha256(path), "teacher_model": model_name,
+              "teacher_method": method, "teacher_val_score": payload.get("score", payload.get("best_score"))}
+    return teacher, record
+
+
+def load_frozen_backbone(network: HsakdNetwork, path: str, model_name: str) -> dict:
+    """Load a pretrained backbone and its N-way head into `network` and freeze them; returns the provenance."""
+    payload = read_run_checkpoint(path, "--frozen-backbone")
+    trained_model = payload["config"].get("model")
+    if trained_model != model_name:
+        raise ValueError(f"--frozen-backbone checkpoint {path} is a {trained_model}, but --model is {model_name}")
+    state = network_state(payload)
+    backbone = {key[len("backbone."):]: value for key, value in state.items() if key.startswith("backbone.")}
+    network.backbone.load_state_dict(backbone)
+    head_shape = tuple(network.head.weight.shape)
+    for prefix in CLASS_HEAD_PREFIXES:
+        if tuple(state.get(prefix + "weight", torch.empty(0)).shape) == head_shape:
+            network.head.load_state_dict({"weight": state[prefix + "weight"], "bias": state[prefix + "bias"]})
+            break
+    else:
+        raise ValueError(f"--frozen-backbone checkpoint {path} has no {head_shape[0]}-way class head "
+                         f"(its method {payload['config'].get('method')} has none or another class count); "
+                         "use a baseline, da, mt, sla_sd or hsakd_teacher run")
+    network.freeze_backbone()
+    return {"frozen_backbone": str(Path(path).resolve()), "frozen_backbone_sha256": file_sha256(path)}
