@@ -118,8 +118,9 @@ CIFAR = {
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+def file_digest(path: str | Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
@@ -141,7 +142,7 @@ def _fetch_cifar(root: Path, spec: CifarArchive) -> None:
                 f"(md5 {spec.md5}) or its extracted folder {spec.folder}/ in {root}"
             ) from None
         partial.rename(archive)
-    actual = _md5(archive)
+    actual = file_digest(archive)
     if actual != spec.md5:
         raise DataError(f"{archive} has md5 {actual}, expected {spec.md5}: the archive is damaged; delete it and retry")
     with tarfile.open(archive) as tar:

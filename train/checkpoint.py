@@ -48,14 +48,20 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def load_checkpoint(path: str, config: TrainConfig) -> dict:
+def read_checkpoint_file(path: str, flag: str) -> dict:
+    """The payload of a checkpoint named by a command-line `flag`; a missing or damaged file is a one-line error."""
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"--resume checkpoint {file} does not exist")
+        raise ValueError(f"{flag} checkpoint {file} does not exist")
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=False)
+        return torch.load(file, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for a damaged file
-        raise ValueError(f"--resume checkpoint {file} cannot be read ({type(error).__name__}: {error})") from None
+        raise ValueError(f"{flag} checkpoint {file} cannot be read ({type(error).__name__}: {error})") from None
+
+
+def load_checkpoint(path: str, config: TrainConfig) -> dict:
+    file = Path(path)
+    payload = read_checkpoint_file(path, "--resume")
     saved = payload.get("config", {})
     for name in RESUME_MUST_MATCH:
         if saved.get(name) != getattr(config, name):

@@ -3,36 +3,27 @@ backbone to freeze under a teacher's branches (`--frozen-backbone`). Both are th
 run checkpoints (best.pt or last.pt), which carry the configuration they were trained with."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from models import build_backbone
 from models.hsakd import HsakdNetwork
+from pipeline.datasets import file_digest
+from train.checkpoint import read_checkpoint_file
 
 BRANCHED_METHODS = ("hsakd_teacher", "hsakd_online")  # their checkpoints hold per-stage joint branches
 CLASS_HEAD_PREFIXES = ("head.", "heads.class.", "heads.sd.")  # N-way heads, HSAKD's first, then baseline/da/mt, SD
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def read_run_checkpoint(path: str, flag: str) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"{flag} checkpoint {file} does not exist")
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises many types for a damaged file
-        raise ValueError(f"{flag} checkpoint {file} cannot be read ({type(error).__name__}: {error})") from None
+    payload = read_checkpoint_file(path, flag)
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
-        raise ValueError(f"{flag} checkpoint {file} is not a run checkpoint of this trainer (no model and config); "
+        raise ValueError(f"{flag} checkpoint {path} is not a run checkpoint of this trainer (no model and config); "
                          "pass a run's best.pt or last.pt")
     return payload
 
