@@ -167,3 +167,22 @@ def test_a_teacher_that_does_not_fit_is_refused(capsys, tmp_path, make, extra, m
 def test_a_student_needs_a_teacher(capsys, tmp_path):
     assert main(["--method", "hsakd_student", "--image-size", "16", "--out-dir", str(tmp_path)]) == 2
     assert "needs --teacher CKPT" in capsys.readouterr().err
+
+
+def test_pair_presets_carry_the_paper_recipe(capsys, tmp_path):
+    from train.config import PRESETS, resolve_config
+    from train.optim import lr_factor
+
+    pairs = [name for name in PRESETS if name.startswith("hsakd-") and PRESETS[name]["method"] == "hsakd_student"]
+    assert len(pairs) == 8
+    config = resolve_config({"preset": "hsakd-cifar100-vgg13-mobilenetv2"})
+    assert (config.model, config.teacher_model, config.lr, config.batch_size) == ("mobilenetv2", "vgg13", 0.01, 64)
+    assert config.nesterov and config.weight_decay == 5e-4 and config.kd_temperature == 3.0
+    steps_per_epoch = 100
+    total = config.epochs * steps_per_epoch
+    factors = [lr_factor(epoch * steps_per_epoch, total, config) for epoch in (149, 150, 179, 180, 209, 210)]
+    assert [round(f, 6) for f in factors] == [1.0, 0.1, 0.1, 0.01, 0.01, 0.001]  # ×0.1 at epochs 150/180/210
+    assert resolve_config({"preset": "hsakd-cifar100-wrn40_2-wrn16_2"}).lr == 0.05
+    # The pair preset still needs the teacher run's checkpoint.
+    assert main(["--preset", "hsakd-cifar100-wrn40_2-wrn16_2", "--out-dir", str(tmp_path)]) == 2
+    assert "needs --teacher CKPT" in capsys.readouterr().err

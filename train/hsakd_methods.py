@@ -46,12 +46,15 @@ class HsakdStudent(HsakdMethod):
     """CE(p_S, y) + τ²·KL to the frozen teacher's head and every branch, on all B·M rows."""
     name = "hsakd_student"
 
-    def build_model(self, model_name, num_classes, family, device, channels_last):
-        if not self.options.teacher:
+    def __init__(self, options):
+        super().__init__(options)  # the settings are checked here, before any data is read
+        if not options.teacher:
             raise ValueError("--method hsakd_student needs --teacher CKPT: the best.pt or last.pt of a "
                              "--method hsakd_teacher run")
-        if self.options.frozen_backbone:
+        if options.frozen_backbone:
             raise ValueError("--frozen-backbone is for --method hsakd_teacher; a student trains its whole network")
+
+    def build_model(self, model_name, num_classes, family, device, channels_last):
         student = HsakdNetwork(build_backbone(model_name), num_classes, family.num_transforms)
         teacher, self.record = load_teacher(self.options.teacher, num_classes, family, self.options.teacher_model)
         if len(teacher.branches) != len(student.branches):

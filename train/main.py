@@ -51,12 +51,13 @@ def train(config: TrainConfig) -> dict:
     device = context.device
     run_log = RunLog(run_directory(config), enabled=context.is_main)
 
+    method = build_method(config.method, MethodOptions.from_config(config))  # its settings fail fast, before data
+
     # ---- data: uint8 images stay whole; views are made on the device, per batch
     splits = build_splits(config.dataset, config.data_root, config.image_size, config.val_split, config.seed,
                           config.samples_per_class, config.imbalance_ratio, config.strict_images)
     num_classes = splits.num_classes
     skipped_images = sorted(set(splits.train.skipped_files) | set(splits.test.skipped_files))  # unreadable files
-    method = build_method(config.method, MethodOptions.from_config(config))
     family = kernels.get_family(config.transforms if method.uses_transforms else "none")
     kernels.check_family_fits(family, *splits.train.images.shape[1:])
     num_transforms = family.num_transforms

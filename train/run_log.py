@@ -57,7 +57,9 @@ class RunLog:
 
 
 def accuracy_line(results: dict) -> str:
-    scores = [k for k in ("SD", "SI", "AG") if k in results]
+    """SD, SI, AG first, then any other score a method reports (HSAKD's branches, an online peer)."""
+    others = [k for k in results if k not in ("SD", "SI", "AG", "images") and not k.endswith("_per_class")]
+    scores = [k for k in ("SD", "SI", "AG") if k in results] + others
     return "  ".join(f"{score} {results[score]:6.2f}%" for score in scores)
 
 
