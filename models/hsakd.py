@@ -38,7 +38,6 @@ class HsakdNetwork(nn.Module):
         if not backbone.stage_specs:
             raise ValueError("this backbone does not record its stages; HSAKD branches cannot be built for it")
         self.backbone = backbone
-        self.views_per_image = num_transforms
         self.head = nn.Linear(backbone.feature_dim, num_classes)
         self.branches = nn.ModuleList(AuxiliaryBranch(backbone, stage, num_classes * num_transforms)
                                       for stage in range(len(backbone.stages)))

@@ -26,7 +26,7 @@ from train.bench_report import append_json_lines, available_cores, bench_device,
 from train.config import TrainConfig
 from train.method_registry import build_method
 from train.methods import MethodOptions
-from train.profiling import PHASES, PhaseClock
+from train.profiling import PhaseClock, breakdown
 from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
 from train.step import TrainStep
 
@@ -70,8 +70,9 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
         rates = {f"{size}² {precision} matmul": best_rate(lambda: matrix @ matrix, 2 * size**3, device),
                  f"3×3 conv 64ch 16² {precision}": best_rate(lambda: conv(images), 2 * 256 * 64 * 64 * 9 * 16 * 16,
                                                              device)}
-    source = max(rates, key=rates.get)
-    return rates[source], f"best measured rate ({source})"
+    best = max(rates, key=rates.get)
+    measured = ", ".join(f"{name} {rate / 1e9:,.0f} GFLOP/s" for name, rate in rates.items())
+    return rates[best], f"best measured rate ({best}; measured: {measured})"
 
 
 def forward_flops_per_view(model: torch.nn.Module, views: torch.Tensor) -> float:
@@ -110,7 +111,8 @@ def phase_shares(step, stream, steps: int, device: torch.device) -> dict[str, fl
             clock.end_step()
     finally:
         phases.set_clock(None)
-    return {name: round(clock.totals[name] / clock.step_time, 4) for name in PHASES}
+    shares = breakdown(clock, None, clock.step_time)["phase_share"]
+    return {name: round(share, 4) for name, share in shares.items()}
 
 
 def measure(path: str, model_name: str, method_name: str, family_name: str, split, batch: int, steps: int,
@@ -166,7 +168,7 @@ def measure(path: str, model_name: str, method_name: str, family_name: str, spli
     memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"benchmark": "step", "path": path, "model": model_name, "method": method_name, "transforms": family_name,
-            "teacher_model": getattr(method, "record", {}).get("teacher_model"),
+            "teacher_model": method.provenance().get("teacher_model"),
             "num_transforms": views_per_image, "batch": batch, "device": str(device), "precision": precision,
             "loader": settings["loader"], "channels_last": settings["channels_last"], "kernels": settings["kernels"],
             "images_per_s": round(images_per_s, 1), "views_per_s": round(images_per_s * views_per_image, 1),
