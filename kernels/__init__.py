@@ -17,19 +17,14 @@ from .families import FAMILIES, TransformFamily, check_family_fits, get_family
 BACKENDS = ("auto", "cuda", "cpu", "torch")
 
 
-# On a CPU, `auto` takes the torch composite for the losses: llvmlite's PyPI build has no SVML, so
-# Numba's exp stays scalar and its fused loss kernels measured 3-7x slower than torch's vectorised
-# ones (`python train/bench.py kernels`, BENCHMARKS.md). The view kernel is faster and is kept.
-AUTO_CPU_LOSS_BACKEND = "torch"
-
-
-def _resolve_backend(backend: str, tensor: torch.Tensor, loss: bool = True) -> str:
-    """auto → cuda for CUDA tensors, else the faster CPU path; cuda also takes CPU tensors under
+def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+    """auto → cuda for CUDA tensors, else the Numba CPU kernels (from N=100 up 1.1-2x the eager
+    composite, within 0.03 ms of it at N=10: BENCHMARKS.md); cuda also takes CPU tensors under
     Numba's simulator."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "cuda" if tensor.is_cuda else (AUTO_CPU_LOSS_BACKEND if loss else "cpu")
+        return "cuda" if tensor.is_cuda else "cpu"
     if backend == "cpu" and tensor.is_cuda:
         raise ValueError("kernel backend 'cpu' needs CPU tensors; got a CUDA tensor (use 'cuda' or 'auto')")
     if backend == "cuda" and not tensor.is_cuda and not ops.simulator_enabled():
@@ -53,12 +48,6 @@ def check_joint_shapes(joint_logits: torch.Tensor, num_transforms: int, labels: 
             )
 
 
-def check_label_range(labels: torch.Tensor, num_classes: int) -> None:
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
-        raise ValueError(f"label {bad} is outside [0, {num_classes}) for {num_classes} classes")
-
-
 def joint_cross_entropy(joint_logits, labels, num_transforms, *, reduction="mean", sum_over_transforms=False,
                         backend="auto"):
     """L_SLA over [B·M, N·M] joint logits; mean over rows or per-row (reduction="none")."""
@@ -66,14 +55,17 @@ def joint_cross_entropy(joint_logits, labels, num_transforms, *, reduction="mean
         raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
     check_joint_shapes(joint_logits, num_transforms, labels)
     backend = _resolve_backend(backend, joint_logits)
-    if not labels.is_cuda:  # free on the host; CUDA kernels raise a device flag instead of syncing
-        check_label_range(labels, joint_logits.shape[1] // num_transforms)
+    if backend == "torch" and not torch.compiler.is_compiling():  # the CPU op checks inside itself
+        ops.check_label_range(labels, joint_logits.shape[1] // num_transforms)
     if backend == "torch":
         return reference.joint_cross_entropy(joint_logits, labels, num_transforms, reduction, sum_over_transforms)
-    per_row, _ = ops.joint_ce_forward(joint_logits, labels, num_transforms, backend)
+    if reduction == "mean":
+        return ops.joint_ce_mean(joint_logits, labels, num_transforms, num_transforms if sum_over_transforms else 1,
+                                 backend)
+    per_row, _ = ops.call(ops.joint_ce_forward, joint_logits, labels, num_transforms, backend)
     if sum_over_transforms:
         per_row = per_row * num_transforms
-    return per_row.mean() if reduction == "mean" else per_row
+    return per_row
 
 
 def aggregate_logits(joint_logits, num_transforms, *, backend="auto"):
@@ -82,7 +74,7 @@ def aggregate_logits(joint_logits, num_transforms, *, backend="auto"):
     backend = _resolve_backend(backend, joint_logits)
     if backend == "torch":
         return reference.aggregate_logits(joint_logits, num_transforms)
-    return ops.aggregate_forward(joint_logits, num_transforms, backend)
+    return ops.call(ops.aggregate_forward, joint_logits, num_transforms, backend)
 
 
 def single_view_logits(joint_logits, num_transforms):
@@ -103,7 +95,7 @@ def distillation_kl(student_logits, teacher_logits, *, temperature=1.0, backend=
     backend = _resolve_backend(backend, student_logits)
     if backend == "torch":
         return reference.distillation_kl(student_logits, teacher_logits, temperature)
-    row_kl, _, _ = ops.kl_forward(student_logits, teacher_logits.detach(), float(temperature), backend)
+    row_kl, _, _ = ops.call(ops.kl_forward, student_logits, teacher_logits.detach(), float(temperature), backend)
     return row_kl.mean() * temperature**2
 
 
@@ -113,11 +105,11 @@ def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"images must be uint8 [B, H, W, C]; got {images.dtype} of shape {tuple(images.shape)}")
     check_family_fits(family, images.shape[1], images.shape[2], images.shape[3])
-    backend = _resolve_backend(backend, images, loss=False)
+    backend = _resolve_backend(backend, images)
     if backend == "torch":
         return reference.expand_views(images, family, mean, std, out_dtype, channels_last)
     turns, orders, scale, shift = _family_tensors(family, tuple(mean), tuple(std), images.device)
-    views = ops.expand_views(images, turns, orders, scale, shift, channels_last, backend)
+    views = ops.call(ops.expand_views, images, turns, orders, scale, shift, channels_last, backend)
     return views if out_dtype == torch.float32 else views.to(out_dtype)
 
 

@@ -225,3 +225,74 @@ def test_cuda_flags_out_of_range_labels_without_corrupting_memory():
         return  # the host-array flag of the simulator is per call; the device flag is for real GPUs
     with pytest.raises(ValueError, match="outside"):
         kernels.raise_pending_label_error()
+
+
+@pytest.mark.skipif(SIMULATOR, reason="the CPU kernels' own helpers")
+def test_float32_exp_is_within_a_few_ulp_of_float64():
+    import numpy as np
+    from numba import njit
+
+    from kernels.cpu import exp_nonpositive
+
+    @njit
+    def exp_all(values, out):
+        for k in range(values.shape[0]):
+            out[k] = exp_nonpositive(values[k])
+
+    rng = np.random.default_rng()
+    values = np.concatenate([np.linspace(-87.0, 0.0, 200_001), -rng.exponential(10.0, 100_000), [0.0, -1e-30]])
+    values = values.astype(np.float32)
+    out = np.empty_like(values)
+    exp_all(values, out)
+    expected = np.exp(values.astype(np.float64))
+    ulp = np.spacing(expected.astype(np.float32)).astype(np.float64)
+    normal = expected > np.finfo(np.float32).tiny
+    assert np.abs(out - expected)[normal].max() <= 2 * ulp[normal].max() and \
+        (np.abs(out - expected)[normal] / ulp[normal]).max() <= 2.0
+    assert (out[~normal] <= np.finfo(np.float32).tiny).all()  # below 2**-126: flushed towards 0
+    extremes = np.array([-1e4, -np.inf, np.nan], dtype=np.float32)
+    exp_all(extremes, out[:3])
+    assert out[0] == 0.0 and out[1] == 0.0 and np.isnan(out[2])
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "cuda"])
+def test_nan_logits_give_a_nan_loss_as_in_torch(backend):
+    logits = random_logits(6, 12, seed=3).float()
+    logits[4, 5] = float("nan")
+    loss = kernels.joint_cross_entropy(logits, torch.tensor([0, 1, 2]), 2, reduction="none", backend=backend)
+    assert torch.isnan(loss[4]) and torch.isfinite(loss[torch.arange(6) != 4]).all()
+    kl = kernels.distillation_kl(logits, torch.zeros_like(logits), backend=backend)
+    assert torch.isnan(kl)
+
+
+@pytest.mark.skipif(SIMULATOR, reason="graph capture of the CPU ops")
+def test_compiled_step_keeps_the_custom_ops_in_its_graph():
+    """torch.compile(fullgraph=True) fails on a graph break; the result and gradient equal eager."""
+    logits = random_logits(12, 20, seed=5).float().requires_grad_()
+    teacher = random_logits(3, 5, seed=6).float()
+    labels = torch.tensor([1, 4, 0])
+
+    def losses(x):
+        aggregated = kernels.aggregate_logits(x, 4, backend="cpu")
+        return (kernels.joint_cross_entropy(x, labels, 4, backend="cpu")
+                + kernels.distillation_kl(aggregated, teacher, temperature=2.0, backend="cpu"))
+
+    compiled = torch.compile(losses, backend="aot_eager", fullgraph=True)
+    eager_loss = losses(logits)
+    (eager_grad,) = torch.autograd.grad(eager_loss, logits)
+    compiled_loss = compiled(logits)
+    (compiled_grad,) = torch.autograd.grad(compiled_loss, logits)
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    torch.testing.assert_close(compiled_grad, eager_grad)
+
+
+@pytest.mark.skipif(SIMULATOR, reason="the registered CPU ops")
+def test_registered_ops_pass_torch_opcheck():
+    from kernels import ops
+
+    logits = random_logits(6, 8, seed=7).float().requires_grad_()
+    student = random_logits(6, 8, seed=8).float().requires_grad_()
+    labels = torch.tensor([3, 0, 2])
+    torch.library.opcheck(ops.joint_ce_forward, (logits, labels, 2, "cpu"))
+    torch.library.opcheck(ops.aggregate_forward, (logits, 2, "cpu"))
+    torch.library.opcheck(ops.kl_forward, (student, logits.detach(), 2.0, "cpu"))
