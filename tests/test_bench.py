@@ -2,6 +2,7 @@
 import json
 
 from train.bench import main
+from train.optim import cpu_has_native_bf16
 
 
 def read_lines(path):
@@ -42,6 +43,17 @@ def test_step_bench_compares_the_trainer_with_the_paper_path(tmp_path):
         assert record["vs_paper"] == 1.0 if record["path"] == "paper" else record["vs_paper"] > 0
     paper = [r for r in records if r["path"] == "paper"]
     assert all(r["loader"] == "torch" and r["precision"] == "fp32" and not r["channels_last"] for r in paper)
+    trainer = [r for r in records if r["path"] == "trainer"]
+    assert all(r["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32") for r in trainer)
+
+
+def test_step_bench_can_pin_the_trainer_precision(tmp_path):
+    out = tmp_path / "step.jsonl"
+    assert main(["step", "--models", "resnet8", "--num-transforms", "4", "--data", "synthetic", "--steps", "1",
+                 "--warmup", "1", "--batch", "4", "--images", "16", "--workers", "1", "--paths", "trainer",
+                 "--trainer-precision", "fp32", "--output", str(out)]) == 0
+    (record,) = read_lines(out)
+    assert record["precision"] == "fp32" and record["channels_last"]
 
 
 def test_step_bench_reports_the_teacher_share_of_a_student_step(tmp_path):

@@ -53,3 +53,22 @@ def test_training_runs_on_every_loader(loader, tiny_config, tmp_path):
     steps = read_records(tmp_path / "runs" / loader, "step")
     assert summary["completed"] and summary["steps"] == 4 * (1293 // 64)
     assert steps[-1]["loss"] < 0.8 * steps[0]["loss"], (steps[0]["loss"], steps[-1]["loss"])
+
+
+def test_auto_precision_follows_the_cpus_native_bf16():
+    """`auto` is bf16 exactly where /proc/cpuinfo lists AVX512-BF16 or AMX-BF16 (Linux)."""
+    import pathlib
+
+    import torch
+
+    from train.config import TrainConfig
+    from train.optim import cpu_has_native_bf16, resolve_precision
+
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split())
+    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert resolve_precision(TrainConfig(precision="auto"), torch.device("cpu")) == expected
+    assert resolve_precision(TrainConfig(precision="fp32"), torch.device("cpu")) == "fp32"

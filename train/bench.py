@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               "e.g. hsakd_student")
     step_parser.add_argument("--teacher-model", default="", help="hsakd_student: the (untrained) teacher's "
                                                                  "architecture; default the student's")
+    step_parser.add_argument("--trainer-precision", default="auto", help="the trainer path's --precision "
+                                                                         "(auto, fp32, bf16); the paper path is fp32")
     step_parser.add_argument("--output", default=None, help="append one JSON line per configuration here")
     args = parser.parse_args(argv)
     if args.command == "step":
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
         names = lambda text: tuple(part for part in text.split(",") if part)  # noqa: E731
         run(names(args.models), args.num_transforms, names(args.data), args.batch, args.steps, args.warmup,
-            args.images, args.workers, names(args.paths), args.output, args.method, args.teacher_model)
+            args.images, args.workers, names(args.paths), args.output, args.method, args.teacher_model,
+            args.trainer_precision)
     if args.command == "loader":
         from train.bench_loaders import run
 

@@ -115,9 +115,8 @@ def phase_shares(step, stream, steps: int, device: torch.device) -> dict[str, fl
     return {name: round(share, 4) for name, share in shares.items()}
 
 
-def measure(path: str, model_name: str, method_name: str, family_name: str, split, batch: int, steps: int,
-            warmup: int, device: torch.device, workers: int, teacher: str = "") -> dict:
-    settings = PATHS[path]
+def measure(path: str, settings: dict, model_name: str, method_name: str, family_name: str, split, batch: int,
+            steps: int, warmup: int, device: torch.device, workers: int, teacher: str = "") -> dict:
     config = TrainConfig(method=method_name, transforms=family_name, model=model_name, batch_size=batch,
                          precision=settings["precision"], channels_last=settings["channels_last"],
                          kernels=settings["kernels"], schedule="cosine", lr=0.05)
@@ -182,10 +181,13 @@ def measure(path: str, model_name: str, method_name: str, family_name: str, spli
 
 def run(models=("resnet32", "resnet18_cifar"), num_transforms=(1, 4), data=("synthetic", "digits"), batch: int = 128,
         steps: int = 20, warmup: int = 5, num_images: int = 4096, workers: int = 0, paths=("trainer", "paper"),
-        output: str | None = None, method: str = "auto", teacher_model: str = "") -> list[dict]:
+        output: str | None = None, method: str = "auto", teacher_model: str = "",
+        trainer_precision: str = "auto") -> list[dict]:
     """`method` auto: baseline at M = 1, sla at M = 4; hsakd_student distils from an untrained
-    `teacher_model` (default: the student's own architecture)."""
+    `teacher_model` (default: the student's own architecture). `trainer_precision` is the trainer
+    path's --precision (the paper path is fp32, as the papers' code)."""
     device = bench_device()
+    settings = {**PATHS, "trainer": {**PATHS["trainer"], "precision": trainer_precision}}
     print(f"device {device_name(device)}, {available_cores()} cores, torch threads {torch.get_num_threads()}, "
           f"batch {batch}, {steps} timed steps after {warmup}")
     print_header(f"{'model':<16}{'M':>3} {'data':<10}{'path':<9}{'img/s':>9}{'views/s':>10}{'ms/step':>9}"
@@ -207,8 +209,8 @@ def run(models=("resnet32", "resnet18_cifar"), num_transforms=(1, 4), data=("syn
                     teacher = write_untrained_teacher(Path(scratch.name) / f"{model_name}-{m}.pt",
                                                       teacher_model or model_name, split.num_classes,
                                                       kernels.get_family(family_name))
-                results = {path: measure(path, model_name, method_name, family_name, split, batch, steps, warmup,
-                                         device, workers, teacher) for path in paths}
+                results = {path: measure(path, settings[path], model_name, method_name, family_name, split, batch,
+                                         steps, warmup, device, workers, teacher) for path in paths}
                 baseline = results.get("paper", {}).get("images_per_s")
                 for path, record in results.items():
                     record["data"] = data_name

@@ -67,7 +67,8 @@ class TrainConfig:
     warmup_iterations: int = field(default=0, metadata={"help": "linear warm-up from 0, in optimizer steps"})
     grad_clip_norm: float = field(default=0.0, metadata={"help": "clip the global gradient norm; 0 is off"})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA of weights per step, evaluated when > 0"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 on capable GPUs, fp32 on CPU), fp32, bf16, fp16"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast where the GPU or CPU computes "
+                                                             "bf16 natively, else fp32), fp32, bf16, fp16"})
     optimizer_impl: str = field(default="torch", metadata={"help": "torch (fused on CUDA) or apex (FusedSGD)"})
     # --- logging and checkpoints
     profile: str = field(default="", metadata={"help": "START:STEPS profiles that window of this run's steps: "
