@@ -18,9 +18,9 @@ BACKENDS = ("auto", "cuda", "cpu", "torch")
 
 
 def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    """auto → cuda for CUDA tensors, else the Numba CPU kernels (from N=100 up 1.1-2x the eager
-    composite, within 0.03 ms of it at N=10: BENCHMARKS.md); cuda also takes CPU tensors under
-    Numba's simulator."""
+    """auto → cuda for CUDA tensors, else the Numba CPU kernels (the cross-entropy 1.1-2.8x the eager
+    composite over the bench grid, BENCHMARKS.md); cuda also takes CPU tensors under Numba's
+    simulator."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "auto":

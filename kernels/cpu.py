@@ -169,6 +169,37 @@ def joint_ce_backward(logits, labels, num_transforms, row_stats, row_grad, grad)
             grad[r, target] = grad[r, target] - scale
 
 
+@njit(parallel=True, cache=True, fastmath=EXACT)
+def joint_ce_forward_and_grad(logits, labels, num_transforms, row_weight, row_loss, row_stats, grad):
+    """joint_ce_forward, and grad = ∂(row_weight · Σ_r row_loss[r])/∂L written in the same pass: the
+    exponentials of the sum are kept in `grad` and scaled by row_weight / Σ while the row is in cache."""
+    rows, columns = logits.shape
+    for r in prange(rows):
+        target = labels[r // num_transforms] * num_transforms + r % num_transforms
+        peak = row_max(logits[r])
+        total = store_exp(logits[r], peak, grad[r])
+        log_total = math.log(total)
+        row_stats[r, 0] = peak
+        row_stats[r, 1] = log_total
+        row_loss[r] = (peak - logits[r, target]) + log_total if 0 <= target < columns else np.nan
+        scale = grad.dtype.type(row_weight / total)  # one rounding, then a full-width multiply
+        for k in range(columns):
+            grad[r, k] = grad[r, k] * scale
+        if 0 <= target < columns:
+            grad[r, target] = grad[r, target] - grad.dtype.type(row_weight)
+
+
+@njit(fastmath=SUMS)
+def store_exp(row, peak, out):
+    """out[k] = exp(row[k] − peak); returns their sum (in the row's dtype, as row_sum_exp)."""
+    total = row.dtype.type(0.0)
+    for k in range(row.shape[0]):
+        value = exp_nonpositive(row[k] - peak)
+        out[k] = value
+        total += value
+    return total
+
+
 @njit(parallel=True, cache=True)
 def aggregate_forward(logits, num_transforms, scores):
     """scores[b, i] = (1/M) Σ_j L[b·M + j, i·M + j]: view rows read in turn, each with stride M."""

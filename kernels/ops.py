@@ -50,7 +50,7 @@ def _array(tensor: Tensor):
         from numba import cuda
 
         return cuda.as_cuda_array(tensor.detach())
-    return tensor.detach().numpy()
+    return (tensor.detach() if tensor.requires_grad else tensor).numpy()
 
 
 def _launch(kernel, grid, block, tensor: Tensor, *args):
@@ -200,29 +200,61 @@ _differentiable(joint_ce_forward, _joint_ce_grad, _joint_ce_setup)
 
 class _JointCrossEntropyMean(torch.autograd.Function):
     """Eager reduction="mean": the weighted mean is taken here and its gradient becomes the kernel's
-    row scale, two autograd nodes fewer than per-row losses and .mean() (about 30 µs at B=256)."""
+    row scale, two autograd nodes fewer than per-row losses and .mean() (about 30 µs at B=256).
+
+    On the CPU, when the logits need a gradient, the forward writes it too (for an incoming gradient
+    of 1, `loss.backward()`'s): one exp per element instead of a second pass in the backward, and
+    the backward hands the buffer over. The buffer takes the place of the exponentials the backward
+    would otherwise recompute; it is held from forward to backward, as eager log_softmax holds its
+    output. A second backward through the same graph (retain_graph) recomputes from the logits."""
 
     @staticmethod
-    def forward(ctx, logits, labels, num_transforms, weight, backend):
-        row_loss, row_lse = _implementations[joint_ce_forward](logits, labels, num_transforms, backend)
+    def forward(ctx, logits, labels, num_transforms, weight, backend, grad_wanted):
+        rows = logits.shape[0]
+        ctx.row_weight = weight / rows
+        ctx.ready_grad = None
+        ctx.grad_in_forward = backend == "cpu" and grad_wanted
+        if ctx.grad_in_forward:
+            row_loss, row_lse, ctx.ready_grad = _joint_ce_cpu_with_grad(logits, labels, num_transforms,
+                                                                         ctx.row_weight)
+        else:
+            row_loss, row_lse = _implementations[joint_ce_forward](logits, labels, num_transforms, backend)
         _joint_ce_setup(ctx, (logits, labels, num_transforms, backend), (row_loss, row_lse))
-        ctx.row_weight = weight / row_loss.shape[0]
-        return row_loss.mean() * weight
+        loss = row_loss.mean()
+        return loss if weight == 1 else loss * weight
 
     @staticmethod
     def backward(ctx, grad):
         logits, labels, row_lse = ctx.saved_tensors
+        if ctx.grad_in_forward:
+            ready, ctx.ready_grad = ctx.ready_grad, None  # handed over once; never touched again here
+            if ready is None:  # a second backward: the same kernel again, so the same bits
+                ready = _joint_ce_cpu_with_grad(logits, labels, ctx.num_transforms, ctx.row_weight)[2]
+            return (ready if grad.item() == 1 else ready * grad).to(logits.dtype), None, None, None, None, None
         row_grad = (grad * ctx.row_weight).expand(logits.shape[0])
         grad_logits = _implementations[joint_ce_backward](logits, labels, ctx.num_transforms, row_lse, row_grad,
                                                           ctx.backend)
-        return grad_logits, None, None, None, None
+        return grad_logits, None, None, None, None, None
+
+
+def _joint_ce_cpu_with_grad(logits: Tensor, labels: Tensor, num_transforms: int, row_weight: float):
+    values = _kernel_input(logits)
+    labels = labels.contiguous()
+    check_label_range(labels, values.shape[1] // num_transforms)
+    row_loss = torch.empty(values.shape[0], dtype=values.dtype)
+    row_lse = torch.empty(values.shape[0], 2, dtype=values.dtype)
+    grad = torch.empty_like(values)
+    cpu_kernels.joint_ce_forward_and_grad(_array(values), _array(labels), num_transforms, float(row_weight),
+                                          _array(row_loss), _array(row_lse), _array(grad))
+    return row_loss, row_lse, grad
 
 
 def joint_ce_mean(logits: Tensor, labels: Tensor, num_transforms: int, weight: float, backend: str) -> Tensor:
     """weight · mean over rows of the joint cross-entropy."""
     if _traced((logits, labels)):
         return joint_ce_forward(logits, labels, num_transforms, backend)[0].mean() * weight
-    return _JointCrossEntropyMean.apply(logits, labels, num_transforms, float(weight), backend)
+    grad_wanted = torch.is_grad_enabled() and logits.requires_grad  # (inside forward, grad mode is off)
+    return _JointCrossEntropyMean.apply(logits, labels, num_transforms, float(weight), backend, grad_wanted)
 
 
 # ------------------------------------------------------------------ aggregated logits (SLA+AG)

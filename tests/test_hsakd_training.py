@@ -178,6 +178,7 @@ def test_pair_presets_carry_the_paper_recipe(capsys, tmp_path):
     config = resolve_config({"preset": "hsakd-cifar100-vgg13-mobilenetv2"})
     assert (config.model, config.teacher_model, config.lr, config.batch_size) == ("mobilenetv2", "vgg13", 0.01, 64)
     assert config.nesterov and config.weight_decay == 5e-4 and config.kd_temperature == 3.0
+    assert config.decay_norm_and_bias  # the paper's SGD decays every parameter
     steps_per_epoch = 100
     total = config.epochs * steps_per_epoch
     factors = [lr_factor(epoch * steps_per_epoch, total, config) for epoch in (149, 150, 179, 180, 209, 210)]

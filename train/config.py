@@ -61,6 +61,9 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = field(default=False, metadata={
+        "help": "weight decay on BN weights and biases too, as the papers' SGD(model.parameters()) does "
+                "(the paper presets set it); off, they are not decayed"})
     schedule: str = field(default="cosine", metadata={"help": "multistep or cosine"})
     lr_milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata={"help": "multistep: fractions of training"})
     lr_gamma: float = 0.1
@@ -81,24 +84,27 @@ class TrainConfig:
 
 # Settings that change what a checkpoint means; a resume must match them.
 RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "method",
-                     "transforms", "model", "batch_size", "seed", "peer_model", "kd_temperature")
+                     "transforms", "model", "batch_size", "seed", "peer_model", "kd_temperature",
+                     "decay_norm_and_bias")  # the last: the optimizer's parameter groups
 
 PRESETS: dict[str, dict[str, typing.Any]] = {
-    # SLA paper recipe (Lee et al. 2020): batch 128, lr 0.1, wd 1e-4, 80k iterations, ×0.1 at 50% and 75%, 45k/5k.
+    # SLA paper recipe (Lee et al. 2020): batch 128, lr 0.1, wd 1e-4 on every parameter, 80k iterations, ×0.1 at
+    # 50% and 75%, 45k/5k.
     f"sla-{dataset}-{model}": dict(dataset=dataset, model=model, method="sla_sd", transforms="rotation",
                                    batch_size=128, lr=0.1, weight_decay=1e-4, iterations=80_000,
                                    schedule="multistep", lr_milestones=(0.5, 0.75), lr_gamma=0.1, val_split=5000,
-                                   momentum=0.9, eval_every=5, checkpoint_every=5, log_every=100)
+                                   momentum=0.9, decay_norm_and_bias=True, eval_every=5, checkpoint_every=5,
+                                   log_every=100)
     for dataset in ("cifar10", "cifar100")
     for model in ("resnet32", "resnet110", "wrn16_2", "wrn28_10", "resnet18_cifar")
 }
 
-# HSAKD recipe (Yang et al. 2021): SGD Nesterov 0.9, wd 5e-4, batch 64, 240 epochs, ×0.1 at epochs 150/180/210,
+# HSAKD recipe (Yang et al. 2021): SGD Nesterov 0.9, wd 5e-4 on every parameter, batch 64, 240 epochs, ×0.1 at epochs 150/180/210,
 # lr 0.05 (0.01 for MobileNetV2 and ShuffleNet students); CIFAR-100 with 5k of train held out for selection.
 HSAKD_RECIPE = dict(dataset="cifar100", transforms="rotation", batch_size=64, epochs=240, schedule="multistep",
                     lr_milestones=(150 / 240, 180 / 240, 210 / 240), lr_gamma=0.1, momentum=0.9, nesterov=True,
-                    weight_decay=5e-4, kd_temperature=3.0, val_split=5000, eval_every=5, checkpoint_every=5,
-                    log_every=100)
+                    weight_decay=5e-4, decay_norm_and_bias=True, kd_temperature=3.0, val_split=5000, eval_every=5,
+                    checkpoint_every=5, log_every=100)
 HSAKD_PAIRS = [("wrn40_2", "wrn16_2"), ("wrn40_2", "wrn40_1"), ("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"),
                ("vgg13", "mobilenetv2"), ("resnet50_cifar", "mobilenetv2"), ("wrn40_2", "shufflenet_v1"),
                ("resnet32x4", "shufflenet_v2")]

@@ -10,11 +10,15 @@ from .config import TrainConfig
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    # No weight decay on BN parameters and biases, as the reference ResNet recipes do; frozen parameters stay out.
+    # By default no weight decay on BN parameters and biases (modern ResNet recipes); the papers' code decays
+    # every parameter, and their presets set --decay-norm-and-bias. Frozen parameters stay out.
     trained = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trained if p.ndim > 1]
-    no_decay = [p for p in trained if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.decay_norm_and_bias:
+        groups = [{"params": trained, "weight_decay": config.weight_decay}]
+    else:
+        decay = [p for p in trained if p.ndim > 1]
+        no_decay = [p for p in trained if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer_impl == "apex":
         try:
             from apex.optimizers import FusedSGD  # NVIDIA apex, optional; never the PyPI package of that name
