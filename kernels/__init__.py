@@ -55,9 +55,9 @@ def joint_cross_entropy(joint_logits, labels, num_transforms, *, reduction="mean
         raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
     check_joint_shapes(joint_logits, num_transforms, labels)
     backend = _resolve_backend(backend, joint_logits)
-    if backend == "torch" and not torch.compiler.is_compiling():  # the CPU op checks inside itself
-        ops.check_label_range(labels, joint_logits.shape[1] // num_transforms)
-    if backend == "torch":
+    if backend == "torch":  # (the CPU op checks its labels inside itself; CUDA labels are not synced for it)
+        if not labels.is_cuda and not torch.compiler.is_compiling():
+            ops.check_label_range(labels, joint_logits.shape[1] // num_transforms)
         return reference.joint_cross_entropy(joint_logits, labels, num_transforms, reduction, sum_over_transforms)
     if reduction == "mean":
         return ops.joint_ce_mean(joint_logits, labels, num_transforms, num_transforms if sum_over_transforms else 1,

@@ -136,15 +136,21 @@ def check_label_range(labels: Tensor, num_classes: int) -> None:
         raise ValueError(f"label {bad} is outside [0, {num_classes}) for {num_classes} classes")
 
 
-@_kernel_op("joint_ce_forward")
-def joint_ce_forward(logits: Tensor, labels: Tensor, num_transforms: int, backend: str) -> tuple[Tensor, Tensor]:
-    """Per-row loss and per-row (max, log-sum-exp-shifted), in the compute dtype."""
+def _joint_ce_inputs(logits: Tensor, labels: Tensor, num_transforms: int, backend: str):
+    """The kernel's logits and labels (labels checked on the CPU) and its empty per-row outputs."""
     values = _kernel_input(logits)
     labels = labels.contiguous()
     if backend == "cpu":
         check_label_range(labels, values.shape[1] // num_transforms)
     row_loss = torch.empty(values.shape[0], dtype=values.dtype, device=values.device)
     row_lse = torch.empty(values.shape[0], 2, dtype=values.dtype, device=values.device)
+    return values, labels, row_loss, row_lse
+
+
+@_kernel_op("joint_ce_forward")
+def joint_ce_forward(logits: Tensor, labels: Tensor, num_transforms: int, backend: str) -> tuple[Tensor, Tensor]:
+    """Per-row loss and per-row (max, log-sum-exp-shifted), in the compute dtype."""
+    values, labels, row_loss, row_lse = _joint_ce_inputs(logits, labels, num_transforms, backend)
     if backend == "cpu":
         cpu_kernels.joint_ce_forward(_array(values), _array(labels), num_transforms, _array(row_loss), _array(row_lse))
     else:
@@ -238,11 +244,7 @@ class _JointCrossEntropyMean(torch.autograd.Function):
 
 
 def _joint_ce_cpu_with_grad(logits: Tensor, labels: Tensor, num_transforms: int, row_weight: float):
-    values = _kernel_input(logits)
-    labels = labels.contiguous()
-    check_label_range(labels, values.shape[1] // num_transforms)
-    row_loss = torch.empty(values.shape[0], dtype=values.dtype)
-    row_lse = torch.empty(values.shape[0], 2, dtype=values.dtype)
+    values, labels, row_loss, row_lse = _joint_ce_inputs(logits, labels, num_transforms, "cpu")
     grad = torch.empty_like(values)
     cpu_kernels.joint_ce_forward_and_grad(_array(values), _array(labels), num_transforms, float(row_weight),
                                           _array(row_loss), _array(row_lse), _array(grad))

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     kernel_parser.add_argument("--batches", type=integers, default=(128, 256, 512), help="source images B")
     kernel_parser.add_argument("--classes", type=integers, default=(10, 100, 1000), help="classes N")
     kernel_parser.add_argument("--num-transforms", type=int, default=4, help="views per image M")
-    kernel_parser.add_argument("--repeats", type=int, default=50, help="timed repetitions, backends taking turns (median reported)")
+    kernel_parser.add_argument("--repeats", type=int, default=50,
+                               help="timed repetitions, backends taking turns (median reported)")
     kernel_parser.add_argument("--output", default=None, help="append one JSON line per measurement here")
     loader_parser = commands.add_parser("loader", help="every --loader against the torch DataLoader reference")
     loader_parser.add_argument("--images", type=int, default=8192, help="CIFAR-shaped images in memory")

@@ -64,9 +64,10 @@ def load_checkpoint(path: str, config: TrainConfig) -> dict:
     payload = read_checkpoint_file(path, "--resume")
     saved = payload.get("config", {})
     defaults = {spec.name: spec.default for spec in dataclasses.fields(TrainConfig)}
-    for name in RESUME_MUST_MATCH:  # a setting newer than the checkpoint had its default then
-        if saved.get(name, defaults[name]) != getattr(config, name):
-            raise ValueError(f"--resume checkpoint {file} was made with {name}={saved.get(name, defaults[name])!r}, "
+    for name in RESUME_MUST_MATCH:
+        made_with = saved.get(name, defaults[name])  # a setting newer than the checkpoint had its default then
+        if made_with != getattr(config, name):
+            raise ValueError(f"--resume checkpoint {file} was made with {name}={made_with!r}, "
                              f"but this run has {name}={getattr(config, name)!r}")
     return payload
 

@@ -99,8 +99,9 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
     for model in ("resnet32", "resnet110", "wrn16_2", "wrn28_10", "resnet18_cifar")
 }
 
-# HSAKD recipe (Yang et al. 2021): SGD Nesterov 0.9, wd 5e-4 on every parameter, batch 64, 240 epochs, ×0.1 at epochs 150/180/210,
-# lr 0.05 (0.01 for MobileNetV2 and ShuffleNet students); CIFAR-100 with 5k of train held out for selection.
+# HSAKD recipe (Yang et al. 2021): SGD Nesterov 0.9, wd 5e-4 on every parameter, batch 64, 240 epochs, ×0.1 at
+# epochs 150/180/210, lr 0.05 (0.01 for MobileNetV2 and ShuffleNet students); CIFAR-100 with 5k of train held
+# out for selection.
 HSAKD_RECIPE = dict(dataset="cifar100", transforms="rotation", batch_size=64, epochs=240, schedule="multistep",
                     lr_milestones=(150 / 240, 180 / 240, 210 / 240), lr_gamma=0.1, momentum=0.9, nesterov=True,
                     weight_decay=5e-4, decay_norm_and_bias=True, kd_temperature=3.0, val_split=5000, eval_every=5,
