@@ -7,7 +7,6 @@ evaluated at the end.
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 import shutil
 import tarfile
@@ -17,6 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from .hashing import file_digest
+from .safe_pickle import load_restricted
 
 DATASETS = ("digits", "cifar10", "cifar100", "folder")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -118,15 +120,6 @@ CIFAR = {
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 
 
-def file_digest(path: str | Path, algorithm: str = "md5") -> str:
-    """Hex digest of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fetch_cifar(root: Path, spec: CifarArchive) -> None:
     archive = root / spec.archive
     if not archive.exists():
@@ -154,11 +147,11 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
         raise DataError(f"missing CIFAR file {path}: the extracted folder is incomplete")
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = load_restricted(f)
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as error:
-        raise DataError(f"corrupt CIFAR file {path}: {type(error).__name__}: {error}") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as error:
+        raise DataError(f"corrupt or unsafe CIFAR file {path}: {type(error).__name__}: {error}") from None
     return np.ascontiguousarray(data), labels
 
 
@@ -176,7 +169,7 @@ def load_cifar(name: str, data_root: str, download: bool = True) -> tuple[ImageS
     test_images, test_labels = _read_cifar_batch(folder / spec.test_file, spec.label_key)
     try:
         with open(folder / spec.meta_file, "rb") as f:
-            names = [n.decode() for n in pickle.load(f, encoding="bytes")[spec.names_key]]
+            names = [n.decode() for n in load_restricted(f)[spec.names_key]]
     except (OSError, pickle.UnpicklingError, EOFError, KeyError):
         names = [str(c) for c in range(spec.num_classes)]
     return (ImageSet(train_images, train_labels, spec.num_classes, names),

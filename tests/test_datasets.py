@@ -56,7 +56,7 @@ def test_cifar_pickles_load_in_hwc_layout(tmp_path):
 
 def test_cifar_corrupt_and_missing_files_name_the_problem(tmp_path, monkeypatch):
     write_cifar10(tmp_path / "bad", corrupt="data_batch_3")
-    with pytest.raises(DataError, match="corrupt CIFAR file .*data_batch_3"):
+    with pytest.raises(DataError, match="corrupt or unsafe CIFAR file .*data_batch_3"):
         datasets.load_cifar("cifar10", str(tmp_path / "bad"))
     monkeypatch.setattr(datasets, "CIFAR_URL", "http://127.0.0.1:9/")  # nothing listens: fails at once
     with pytest.raises(DataError, match="cifar-100-python not found .*put cifar-100-python.tar.gz"):

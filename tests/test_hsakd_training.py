@@ -62,7 +62,7 @@ def test_teacher_then_student_from_the_command_line(teacher_run, tmp_path):
     manifest = json.loads((run_dir / "config.json").read_text())
     assert manifest["teacher_sha256"] == sha and manifest["teacher_model"] == "resnet20"
     for name in ("last.pt", "best.pt"):
-        payload = torch.load(run_dir / name, map_location="cpu", weights_only=False)
+        payload = torch.load(run_dir / name, map_location="cpu", weights_only=True)
         assert payload["provenance"]["teacher_sha256"] == sha
     assert "teacher         resnet20 from" in result.stdout
 
@@ -116,10 +116,10 @@ def test_a_changed_teacher_file_refuses_the_resume(teacher_run, tiny_config, tmp
 
 def test_frozen_backbone_keeps_its_weights_and_only_branches_learn(tiny_config, tmp_path):
     train(tiny_config(method="baseline", epochs=1, run_name="pretrained"))
-    pretrained = torch.load(tmp_path / "runs" / "pretrained" / "best.pt", weights_only=False)["model"]
+    pretrained = torch.load(tmp_path / "runs" / "pretrained" / "best.pt", weights_only=True)["model"]
     summary = train(tiny_config(method="hsakd_teacher", frozen_backbone=str(tmp_path / "runs" / "pretrained" / "best.pt"),
                                 epochs=2, run_name="frozen"))
-    trained = torch.load(tmp_path / "runs" / "frozen" / "last.pt", weights_only=False)["model"]
+    trained = torch.load(tmp_path / "runs" / "frozen" / "last.pt", weights_only=True)["model"]
     backbone_keys = [k for k in pretrained if k.startswith("backbone.")]
     assert backbone_keys and all(torch.equal(pretrained[k], trained[k]) for k in backbone_keys)  # BN stats too
     assert torch.equal(pretrained["heads.class.weight"], trained["head.weight"])

@@ -7,7 +7,7 @@ from train.main import train
 
 
 def final_weights(run_dir):
-    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
+    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
 
 
 @pytest.mark.parametrize("method,extra", [("sla_sd", {}), ("sla", {"ema_decay": 0.9, "schedule": "multistep",
@@ -43,6 +43,6 @@ def test_interrupted_write_leaves_the_previous_checkpoint_loadable(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         checkpoint.atomic_save({"step": 2, "weights": torch.zeros(10)}, target)
     monkeypatch.setattr(torch, "save", real_save)
-    loaded = torch.load(target, weights_only=False)
+    loaded = torch.load(target, weights_only=True)
     assert loaded["step"] == 1 and torch.equal(loaded["weights"], torch.arange(10))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind

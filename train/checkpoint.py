@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -34,27 +35,49 @@ def atomic_save(payload: dict, path: Path) -> None:
 
 
 def rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state, in types torch's weights_only unpickler accepts (tensors, ints, floats, str, lists)."""
+    version, python_state, gauss = random.getstate()
+    bit_generator, keys, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    states = {
+        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"bit_generator": bit_generator, "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "position": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 
 
 def restore_rng_states(states: dict) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    python = states["python"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
+    numpy = states["numpy"]
+    np.random.set_state((numpy["bit_generator"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def read_checkpoint_file(path: str, flag: str) -> dict:
-    """The payload of a checkpoint named by a command-line `flag`; a missing or damaged file is a one-line error."""
+    """The payload of a checkpoint named by a command-line `flag`, read with torch's weights_only unpickler:
+    a checkpoint is data and loading one never runs code. A missing, damaged or unsafe file is a one-line error."""
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"{flag} checkpoint {file} does not exist")
     try:
-        return torch.load(file, map_location="cpu", weights_only=False)
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "")
+        if not refused:  # damaged bytes, not a refused object
+            detail = next((line.strip() for line in str(error).splitlines() if line.startswith("Unsupported")), "")
+            raise ValueError(f"{flag} checkpoint {file} cannot be read: not a torch checkpoint or damaged "
+                             f"({detail or 'UnpicklingError'})") from None
+        raise ValueError(
+            f"{flag} checkpoint {file} holds Python objects that a safe load refuses ({refused}); "
+            f"it was written by an older version of this trainer or is not one of its checkpoints. If you trust "
+            f"the file, convert it once: python -m train.convert_checkpoint {file} NEW.pt") from None
     except Exception as error:  # torch raises many types for a damaged file
         raise ValueError(f"{flag} checkpoint {file} cannot be read ({type(error).__name__}: {error})") from None
 

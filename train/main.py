@@ -27,7 +27,8 @@ from pipeline.datasets import DataError, build_splits
 from pipeline.loaders import LOADERS, build_loader
 from pipeline.phases import phase
 from pipeline.views import ViewExpander
-from train.checkpoint import atomic_save, checkpoint_payload, load_checkpoint, restore_rng_states
+from train.checkpoint import (atomic_save, checkpoint_payload, load_checkpoint, read_checkpoint_file,
+                              restore_rng_states)
 from train.config import PRESETS, TrainConfig, config_from_args
 from train.distributed import barrier, init_distributed, shutdown
 from train.evaluate import evaluate
@@ -103,7 +104,7 @@ def train(config: TrainConfig) -> dict:
         restore_rng_states(payload["rng"])
         best_file = run_log.run_dir / "best.pt"
         if best_file.exists():
-            best_state = torch.load(best_file, map_location="cpu", weights_only=True)["model"]
+            best_state = read_checkpoint_file(str(best_file), "best")["model"]
     else:
         torch.manual_seed(config.seed + context.rank)  # per-rank streams for anything random in the step
         np.random.seed((config.seed + context.rank) % 2**32)

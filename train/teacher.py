@@ -9,7 +9,7 @@ import torch
 
 from models import build_backbone
 from models.hsakd import HsakdNetwork
-from pipeline.datasets import file_digest
+from pipeline.hashing import file_digest
 from train.checkpoint import read_checkpoint_file
 
 BRANCHED_METHODS = ("hsakd_teacher", "hsakd_online")  # their checkpoints hold per-stage joint branches

@@ -1,0 +1,117 @@
+"""Loading a checkpoint or a CIFAR file never runs code: a crafted pickle leaves no trace and ends in one line."""
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, subprocess_env
+from pipeline import datasets
+from pipeline.datasets import DataError
+from train import convert_checkpoint
+from train.checkpoint import read_checkpoint_file, restore_rng_states, rng_states
+from train.main import main
+
+
+class WritesAMarker:
+    """Unpickling this calls os.system: what an attacker's checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def crafted_checkpoint(path, marker):
+    torch.save({"model": {}, "config": {"method": "hsakd_teacher", "model": "resnet8"}, "x": WritesAMarker(marker)},
+               path)
+    return path
+
+
+@pytest.mark.parametrize("flags", [["--resume"], ["--method", "hsakd_student", "--teacher"],
+                                   ["--method", "hsakd_teacher", "--frozen-backbone"]])
+def test_a_crafted_checkpoint_runs_nothing_and_is_one_line(tmp_path, flags):
+    marker = tmp_path / "pwned"
+    evil = crafted_checkpoint(tmp_path / "evil.pt", marker)
+    result = subprocess.run([sys.executable, str(REPO / "train" / "main.py"), *flags, str(evil), "--image-size", "16",
+                             "--out-dir", str(tmp_path / "runs")], capture_output=True, text=True,
+                            env=subprocess_env(), timeout=300)
+    assert not marker.exists()
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "safe load refuses" in lines[0], lines
+    assert "python -m train.convert_checkpoint" in lines[0] and "posix.system" in lines[0]
+
+
+def test_a_crafted_cifar_batch_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [1, 2, 3, 4]}
+        if name == "data_batch_2":
+            batch[b"labels"] = WritesAMarker(marker)
+        (folder / name).write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataError, match=r"corrupt or unsafe CIFAR file .*data_batch_2.*refused to load posix\.system"):
+        datasets.load_cifar("cifar10", str(tmp_path))
+    assert not marker.exists()
+
+
+def test_cifar_pickles_of_python_2_and_protocol_2_still_load(tmp_path):
+    """The published files are protocol-2 pickles; Python 3 writes bytes in them through _codecs.encode."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), b"labels": [0, 9, 5],
+                 b"filenames": [b"a.png", b"b.png", b"c.png"]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    train, test = datasets.load_cifar("cifar10", str(tmp_path))
+    assert train.images.shape == (15, 32, 32, 3) and list(test.labels) == [0, 9, 5]
+
+
+def test_rng_states_round_trip_through_the_safe_unpickler(tmp_path):
+    import random
+
+    random.seed(11), np.random.seed(12), torch.manual_seed(13)
+    np.random.normal()  # leaves a cached gaussian in numpy's legacy state
+    path = tmp_path / "rng.pt"
+    torch.save({"rng": rng_states()}, path)
+    expected = (random.random(), np.random.normal(), np.random.random(), torch.rand(3))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    restore_rng_states(torch.load(path, weights_only=True)["rng"])
+    again = (random.random(), np.random.normal(), np.random.random(), torch.rand(3))
+    assert expected[:3] == again[:3] and torch.equal(expected[3], again[3])
+
+
+def test_an_old_checkpoint_is_refused_then_converted(tmp_path, capsys):
+    """Checkpoints written before this change pickled numpy's RNG state: refused with the way out, converted."""
+    import random
+
+    old_states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    old = tmp_path / "old.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "config": {"method": "sla"}, "rng": old_states}, old)
+    with pytest.raises(ValueError, match="convert it once: python -m train.convert_checkpoint"):
+        read_checkpoint_file(str(old), "--resume")
+    assert convert_checkpoint.main([str(old), str(tmp_path / "new.pt")]) == 0
+    new = read_checkpoint_file(str(tmp_path / "new.pt"), "--resume")
+    assert torch.equal(new["model"]["w"], torch.ones(2))
+    np.random.seed(5)
+    restore_rng_states(new["rng"])
+    assert np.random.random() == (np.random.set_state(old_states["numpy"]), np.random.random())[1]
+    random.seed(5)
+    restore_rng_states(new["rng"])
+    assert random.random() == (random.setstate(old_states["python"]), random.random())[1]
+
+
+def test_best_checkpoint_of_a_run_loads_safely(tiny_config, tmp_path):
+    from train.main import train
+
+    train(tiny_config(method="sla", epochs=1, samples_per_class=10, run_name="safe"))
+    for name in ("best.pt", "last.pt"):
+        torch.load(tmp_path / "runs" / "safe" / name, weights_only=True)  # raises if anything is not plain data
