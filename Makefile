@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 STAMP := $(VENV)/.setup-done
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,9 @@ $(STAMP): requirements.txt requirements-ffcv.txt Makefile
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages FFCV needs:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  echo "(apt waits up to 10 minutes for another apt or dpkg process to release its lock)"; \
+	  $$SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing >/dev/null; \
 	fi
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel

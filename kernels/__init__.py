@@ -1,8 +1,10 @@
 """Public API of the joint-label kernels; other packages import only from here.
 
-Math and layout: ../shared/docs/methods.md (interleaved rows b·M+j, joint label y·M+j).
+Math and layout: docs/methods.md (interleaved rows b·M+j, joint label y·M+j).
 `backend`: "torch" (composite reference), "cpu" (Numba), "cuda" (numba-cuda), "auto"
-(from the tensor's device).
+(from the tensor's device; `backend_for_device` decides it once for a run).
+Precision: the torch and cpu backends compute float64 inputs in float64; the cuda kernels compute in
+float32 and refuse float64 inputs rather than round them silently.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import functools
 import torch
 
 from . import ops, reference
+from .reference import upcast
 from .ops import raise_pending_label_error
 from .families import FAMILIES, TransformFamily, check_family_fits, get_family
 
@@ -30,6 +33,26 @@ def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     if backend == "cuda" and not tensor.is_cuda and not ops.simulator_enabled():
         raise ValueError("kernel backend 'cuda' needs CUDA tensors (or NUMBA_ENABLE_CUDASIM=1); got a CPU tensor")
     return backend
+
+
+def backend_for_device(backend: str, device: torch.device) -> str:
+    """The backend a run uses on `device`, decided once: auto → cuda on CUDA devices, else the Numba CPU kernels."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "cuda" if device.type == "cuda" else "cpu"
+    return backend
+
+
+def identity_rows(rows: torch.Tensor, num_transforms: int) -> torch.Tensor:
+    """[B·M, ...] → [B, ...]: the identity view's row b·M + 0 of every image."""
+    return rows[::num_transforms]
+
+
+def _check_precision(backend: str, tensor: torch.Tensor) -> None:
+    if backend == "cuda" and tensor.dtype == torch.float64:
+        raise ValueError("the cuda kernel backend computes in float32 and does not take float64 tensors; "
+                         "use backend 'torch' for float64 (or pass float32)")
 
 
 def check_joint_shapes(joint_logits: torch.Tensor, num_transforms: int, labels: torch.Tensor | None = None) -> None:
@@ -55,6 +78,7 @@ def joint_cross_entropy(joint_logits, labels, num_transforms, *, reduction="mean
         raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
     check_joint_shapes(joint_logits, num_transforms, labels)
     backend = _resolve_backend(backend, joint_logits)
+    _check_precision(backend, joint_logits)
     if backend == "torch":  # (the CPU op checks its labels inside itself; CUDA labels are not synced for it)
         if not labels.is_cuda and not torch.compiler.is_compiling():
             ops.check_label_range(labels, joint_logits.shape[1] // num_transforms)
@@ -72,6 +96,7 @@ def aggregate_logits(joint_logits, num_transforms, *, backend="auto"):
     """SLA+AG class scores [B, N]: the mean over views of each view's own-transform logits."""
     check_joint_shapes(joint_logits, num_transforms)
     backend = _resolve_backend(backend, joint_logits)
+    _check_precision(backend, joint_logits)
     if backend == "torch":
         return reference.aggregate_logits(joint_logits, num_transforms)
     return ops.call(ops.aggregate_forward, joint_logits, num_transforms, backend)
@@ -93,6 +118,7 @@ def distillation_kl(student_logits, teacher_logits, *, temperature=1.0, backend=
     if temperature <= 0:
         raise ValueError(f"temperature must be positive; got {temperature}")
     backend = _resolve_backend(backend, student_logits)
+    _check_precision(backend, student_logits)
     if backend == "torch":
         return reference.distillation_kl(student_logits, teacher_logits, temperature)
     row_kl, _, _ = ops.call(ops.kl_forward, student_logits, teacher_logits.detach(), float(temperature), backend)
@@ -123,6 +149,7 @@ def _family_tensors(family: TransformFamily, mean: tuple, std: tuple, device: to
 
 
 __all__ = [
-    "BACKENDS", "FAMILIES", "TransformFamily", "aggregate_logits", "check_family_fits", "distillation_kl",
-    "expand_views", "get_family", "joint_cross_entropy", "raise_pending_label_error", "single_view_logits",
+    "BACKENDS", "FAMILIES", "TransformFamily", "aggregate_logits", "backend_for_device",
+    "check_family_fits", "distillation_kl", "expand_views", "get_family", "identity_rows", "joint_cross_entropy",
+    "raise_pending_label_error", "single_view_logits", "upcast",
 ]

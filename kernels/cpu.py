@@ -1,6 +1,6 @@
 """CPU kernels (Numba, parallel over rows). One pass over each row per direction.
 
-Equations (methods.md): L_SLA, SLA+AG, and the τ²·KL distillation term; expand_views builds
+Equations (docs/methods.md): L_SLA, SLA+AG, and the τ²·KL distillation term; expand_views builds
 the M views of the interleaved layout.
 
 Speed on a CPU comes from SIMD, and two things stop LLVM from vectorising the obvious code:

@@ -1,4 +1,4 @@
-"""Transformation families of methods.md: name -> the M views, each a (quarter turns, channel order).
+"""Transformation families of docs/methods.md: name -> the M views, each a (quarter turns, channel order).
 
 View j of a family is `rot90(x, k=quarter_turns[j])` over (H, W) followed by the channel
 reordering `out[c] = in[channel_order[j][c]]`. Row b·M+j of a batch holds view j of image b.
@@ -33,7 +33,7 @@ class TransformFamily:
 
 
 def _product(name: str, turns: tuple[int, ...], orders) -> TransformFamily:
-    # j = rot_index · P + perm_index (methods.md): rotation is the slow index.
+    # j = rot_index · P + perm_index (docs/methods.md): rotation is the slow index.
     pairs = [(t, o) for t in turns for o in orders]
     return TransformFamily(name, tuple(t for t, _ in pairs), tuple(o for _, o in pairs))
 
@@ -60,7 +60,7 @@ def get_family(name: str) -> TransformFamily:
 
 
 def check_family_fits(family: TransformFamily, height: int, width: int, channels: int) -> None:
-    """Raise a clear error where a family is undefined for an image shape (methods.md)."""
+    """Raise a clear error where a family is undefined for an image shape (docs/methods.md)."""
     if family.rotates and height != width:
         raise ValueError(
             f"transformation family {family.name!r} rotates by 90°, which needs square images; "

@@ -1,6 +1,6 @@
 """The composite reference of every kernel, in plain torch ops (the `torch` backend).
 
-Each function is the equation of methods.md written directly; the fused Numba kernels
+Each function is the equation of docs/methods.md written directly; the fused Numba kernels
 are tested against these (and these against float64 math in the tests).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ def upcast(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def joint_targets(labels: torch.Tensor, num_transforms: int) -> torch.Tensor:
-    """Joint label of row b·M+j is labels[b]·M + j (class-major, methods.md)."""
+    """Joint label of row b·M+j is labels[b]·M + j (class-major, docs/methods.md)."""
     transform_ids = torch.arange(num_transforms, device=labels.device)
     return (labels[:, None] * num_transforms + transform_ids[None, :]).reshape(-1)
 

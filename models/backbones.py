@@ -36,7 +36,8 @@ class StagedBackbone(nn.Module):
     """stem → stages (built from their specs) → final → global average pool → features [B, feature_dim].
 
     `branch_final` builds what an auxiliary branch puts between its stage copies and its pooling
-    (default BN-ReLU; MobileNetV2 and ShuffleNetV2 repeat their 1×1 conv to feature_dim)."""
+    (default: like `final`, BN-ReLU for pre-activation nets and nothing for post-activation ones;
+    MobileNetV2 and ShuffleNetV2 repeat their 1×1 conv to feature_dim)."""
 
     def __init__(self, stem: nn.Module, stage_specs: list[StageSpec], final: nn.Module, feature_dim: int,
                  branch_final: Callable[[], nn.Module] | None = None):
@@ -48,7 +49,10 @@ class StagedBackbone(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = feature_dim
         last_channels = self.stage_specs[-1].out_channels
-        self.branch_final = branch_final or (lambda: activated_batch_norm(last_channels))
+        # A branch ends as its backbone does: BN-ReLU only where the backbone has one (pre-activation nets);
+        # post-activation blocks already end in ReLU (the official HSAKD branches).
+        self.branch_final = branch_final or (
+            nn.Identity if isinstance(final, nn.Identity) else (lambda: activated_batch_norm(last_channels)))
         initialise(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from kernels import identity_rows
+
 ALL_VIEWS = "all_views"  # rows b·M + j for every j
 IDENTITY_VIEW = "identity_view"  # rows b·M + 0 only
 
@@ -20,15 +22,15 @@ class HeadSpec:
 class MultiHeadNetwork(nn.Module):
     """Backbone plus named heads; forward returns {head name: logits}."""
 
-    def __init__(self, backbone: nn.Module, head_specs: list[HeadSpec], views_per_image: int):
+    def __init__(self, backbone: nn.Module, head_specs: list[HeadSpec], num_transforms: int):
         super().__init__()
         self.backbone = backbone
         self.head_specs = list(head_specs)
-        self.views_per_image = views_per_image
+        self.num_transforms = num_transforms
         self.heads = nn.ModuleDict({spec.name: nn.Linear(backbone.feature_dim, spec.outputs) for spec in head_specs})
 
     def forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(views)
-        identity_features = features[:: self.views_per_image]
+        identity_features = identity_rows(features, self.num_transforms)
         return {spec.name: self.heads[spec.name](features if spec.rows == ALL_VIEWS else identity_features)
                 for spec in self.head_specs}

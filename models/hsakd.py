@@ -1,9 +1,10 @@
 """HSAKD networks: a staged backbone with an N-way head plus one auxiliary joint classifier
-after every stage (Yang et al., IJCAI 2021; methods.md).
+after every stage (Yang et al., IJCAI 2021; docs/methods.md).
 
 Branch l copies the shape of the stages after l (the last stage's branch is one more copy of
-the last stage at stride 1), then BN-ReLU, global average pooling and a linear layer with
-N·M outputs.
+the last stage at stride 1), then ends as the backbone does (BN-ReLU for pre-activation nets such
+as WRN, nothing more for post-activation ResNets and VGG whose blocks end in ReLU, the 1×1 conv of
+MobileNetV2/ShuffleNetV2), global average pooling and a linear layer with N·M outputs.
 """
 from __future__ import annotations
 
@@ -35,8 +36,6 @@ class HsakdNetwork(nn.Module):
 
     def __init__(self, backbone: StagedBackbone, num_classes: int, num_transforms: int):
         super().__init__()
-        if not backbone.stage_specs:
-            raise ValueError("this backbone does not record its stages; HSAKD branches cannot be built for it")
         self.backbone = backbone
         self.head = nn.Linear(backbone.feature_dim, num_classes)
         self.branches = nn.ModuleList(AuxiliaryBranch(backbone, stage, num_classes * num_transforms)

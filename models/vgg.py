@@ -5,15 +5,12 @@ The first group is the stem; groups 2–5 are the four stages HSAKD's branches a
 """
 from __future__ import annotations
 
-from functools import partial
-
 import torch.nn as nn
 
 from .backbones import StagedBackbone, chain_specs
 
 GROUP_WIDTHS = {  # conv widths per group
     "vgg8": [[64], [128], [256], [512], [512]],
-    "vgg11": [[64], [128], [256, 256], [512, 512], [512, 512]],
     "vgg13": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
 }
 
@@ -32,5 +29,5 @@ def vgg_bn(name: str) -> StagedBackbone:
     stem = conv_group(groups[0], 3)
     # 32×32 → 16, 8, 4 after the first three pools; the last group stays at 4×4 (no fourth pool).
     shapes = [(widths[-1], stride, widths) for widths, stride in zip(groups[1:], [2, 2, 2, 1])]
-    specs = chain_specs(partial(conv_group), groups[0][-1], shapes)
+    specs = chain_specs(conv_group, groups[0][-1], shapes)
     return StagedBackbone(stem, specs, nn.Identity(), specs[-1].out_channels)

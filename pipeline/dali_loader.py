@@ -14,7 +14,7 @@ import torch
 from .batch import Batch, LoaderSettings
 from .datasets import ImageSet
 from .phases import phase
-from .resident import shard_indices, steps_in_epoch
+from .sharding import shard_indices, steps_in_epoch
 
 
 def _dali():

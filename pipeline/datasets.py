@@ -155,13 +155,12 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
     return np.ascontiguousarray(data), labels
 
 
-def load_cifar(name: str, data_root: str, download: bool = True) -> tuple[ImageSet, ImageSet]:
+def load_cifar(name: str, data_root: str) -> tuple[ImageSet, ImageSet]:
+    """The extracted python-pickle folder under data_root, downloaded and md5-checked first when missing."""
     spec = CIFAR[name]
     root = Path(data_root)
     folder = root / spec.folder
     if not folder.is_dir():
-        if not download and not (root / spec.archive).exists():
-            raise DataError(f"{folder} not found; put {spec.archive} (md5 {spec.md5}) or its extracted folder in {root}")
         _fetch_cifar(root, spec)
     parts = [_read_cifar_batch(folder / name_, spec.label_key) for name_ in spec.train_files]
     train_images = np.concatenate([images for images, _ in parts])

@@ -9,7 +9,7 @@ from .batch import Batch, LoaderSettings
 from .beton import beton_for
 from .datasets import ImageSet
 from .phases import phase
-from .resident import evaluation_shard, steps_in_epoch
+from .sharding import evaluation_shard, steps_in_epoch
 
 
 class FfcvLoader:

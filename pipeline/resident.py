@@ -11,7 +11,7 @@ from .augment import random_crop_and_flip
 from .batch import Batch, LoaderSettings
 from .datasets import ImageSet
 from .phases import phase
-from .sharding import check_global_batch, derived_seed, evaluation_shard, training_shard
+from .sharding import derived_seed, shard_indices, steps_in_epoch
 
 
 def fits_on_device(num_bytes: int, device: torch.device, share: float = 0.5) -> None:
@@ -22,21 +22,6 @@ def fits_on_device(num_bytes: int, device: torch.device, share: float = 0.5) -> 
                 f"the resident loader needs {num_bytes / 2**30:.2f} GiB on {device} but only {free / 2**30:.2f} GiB "
                 "is free; use --loader dali or --loader ffcv for this dataset"
             )
-
-
-def shard_indices(num_samples: int, settings: LoaderSettings, epoch: int) -> torch.Tensor:
-    """This rank's indices for the epoch, in step order (the one sharding rule of pipeline/sharding.py)."""
-    if settings.train:
-        return training_shard(num_samples, settings.global_batch, settings.rank, settings.world_size, settings.seed,
-                              epoch)
-    return evaluation_shard(num_samples, settings.rank, settings.world_size)
-
-
-def steps_in_epoch(num_samples: int, settings: LoaderSettings) -> int:
-    if settings.train:
-        check_global_batch(settings.global_batch, settings.world_size, num_samples)
-        return num_samples // settings.global_batch
-    return -(-len(evaluation_shard(num_samples, settings.rank, settings.world_size)) // settings.per_rank_batch)
 
 
 class ResidentLoader:

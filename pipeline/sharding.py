@@ -1,7 +1,12 @@
 """Which dataset indices each rank reads, per epoch; identical on every rank for the same seed and epoch."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from .batch import LoaderSettings
 
 
 def derived_seed(*parts: int) -> int:
@@ -36,3 +41,18 @@ def training_shard(num_samples: int, global_batch: int, rank: int, world_size: i
 def evaluation_shard(num_samples: int, rank: int, world_size: int) -> torch.Tensor:
     """Every index once across ranks (strided), no padding: results are summed, not averaged."""
     return torch.arange(rank, num_samples, world_size)
+
+
+def shard_indices(num_samples: int, settings: LoaderSettings, epoch: int) -> torch.Tensor:
+    """This rank's indices for the epoch, in step order (the one sharding rule, above)."""
+    if settings.train:
+        return training_shard(num_samples, settings.global_batch, settings.rank, settings.world_size, settings.seed,
+                              epoch)
+    return evaluation_shard(num_samples, settings.rank, settings.world_size)
+
+
+def steps_in_epoch(num_samples: int, settings: LoaderSettings) -> int:
+    if settings.train:
+        check_global_batch(settings.global_batch, settings.world_size, num_samples)
+        return num_samples // settings.global_batch
+    return -(-len(evaluation_shard(num_samples, settings.rank, settings.world_size)) // settings.per_rank_batch)

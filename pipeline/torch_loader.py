@@ -11,8 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .batch import Batch, LoaderSettings
 from .datasets import ImageSet
 from .phases import phase
-from .resident import shard_indices, steps_in_epoch
-from .sharding import derived_seed
+from .sharding import derived_seed, shard_indices, steps_in_epoch
 
 
 class AugmentedImages(Dataset):

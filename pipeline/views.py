@@ -17,10 +17,6 @@ class ViewExpander:
     channels_last: bool = True
     backend: str = "auto"
 
-    @property
-    def views_per_image(self) -> int:
-        return self.family.num_transforms
-
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return kernels.expand_views(images, self.family, mean=self.mean, std=self.std, out_dtype=self.out_dtype,
                                     channels_last=self.channels_last, backend=self.backend)

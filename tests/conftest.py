@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -6,6 +7,31 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped where no CUDA device answers."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is present")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def seeded_random_streams():
+    """Every test starts from the same seeds, so a random input is the same input on every run."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture
@@ -32,3 +58,16 @@ def subprocess_env() -> dict:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def run_child(command: list[str], *, expect: int | None = 0, timeout: int = 600, env: dict | None = None,
+              **kwargs) -> subprocess.CompletedProcess:
+    """Run a child process with its output captured. If its exit status is not `expect` (None: any but 0),
+    the failure shows the tails of its stdout and stderr, so a crash in a child is never a bare status."""
+    result = subprocess.run(command, env=env or subprocess_env(), timeout=timeout, capture_output=True, text=True,
+                            **kwargs)
+    ok = result.returncode != 0 if expect is None else result.returncode == expect
+    assert ok, (f"{' '.join(map(str, command[:4]))} ... exited {result.returncode} (expected "
+                f"{'non-zero' if expect is None else expect})\n--- stdout tail ---\n{result.stdout[-2000:]}"
+                f"\n--- stderr tail ---\n{result.stderr[-4000:]}")
+    return result

@@ -28,7 +28,7 @@ def main(out_path: str) -> None:
     shard = training_shard(num_samples=103, global_batch=10, rank=context.rank, world_size=context.world_size,
                            seed=7, epoch=3)
     everything = torch.cat(gather(shard))
-    verdict["shard_sizes"] = [len(shard)] * context.world_size
+    verdict["shard_sizes"] = [int(size) for size in gather(torch.tensor([len(shard)]))]  # every rank's own
     verdict["shards_disjoint"] = len(set(everything.tolist())) == len(everything) == 100
 
     # Gradients: DDP's are the mean of the per-rank local gradients.

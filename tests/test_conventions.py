@@ -1,4 +1,4 @@
-"""Layout and label conventions of methods.md, checked against direct loops."""
+"""Layout and label conventions of docs/methods.md, checked against direct loops."""
 import itertools
 
 import numpy as np

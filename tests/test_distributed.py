@@ -1,18 +1,16 @@
 """Two CPU processes under torchrun (gloo): disjoint shards, averaged gradients, rank 0 alone writes."""
 import json
-import subprocess
 
 import pytest
 
-from conftest import REPO, subprocess_env, torchrun_command
+from conftest import REPO, run_child, torchrun_command
 
 pytestmark = pytest.mark.distributed
 
 
 def test_shards_and_gradient_averaging(tmp_path):
     verdict_path = tmp_path / "verdict.json"
-    subprocess.run(torchrun_command(2, str(REPO / "tests" / "distributed_check.py"), str(verdict_path)),
-                   check=True, env=subprocess_env(), timeout=300, capture_output=True)
+    run_child(torchrun_command(2, str(REPO / "tests" / "distributed_check.py"), str(verdict_path)), timeout=300)
     verdict = json.loads(verdict_path.read_text())
     assert verdict["world_size"] == 2
     assert verdict["shards_disjoint"] and verdict["shard_sizes"] == [50, 50]
@@ -24,8 +22,7 @@ def test_main_trains_under_torchrun_with_two_processes(tmp_path):
     command = torchrun_command(2, str(REPO / "train" / "main.py"), "--dataset", "digits", "--image-size", "16",
                                "--model", "resnet8", "--epochs", "2", "--batch-size", "64", "--log-every", "5",
                                "--samples-per-class", "40", "--out-dir", str(tmp_path), "--run-name", "ddp")
-    result = subprocess.run(command, env=subprocess_env(), timeout=300, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_child(command, timeout=300)
     run_dir = tmp_path / "ddp"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["kind"] == "step"]
@@ -38,7 +35,6 @@ def test_main_trains_under_torchrun_with_two_processes(tmp_path):
 def test_global_batch_must_split_across_ranks(tmp_path):
     command = torchrun_command(2, str(REPO / "train" / "main.py"), "--image-size", "16", "--model", "resnet8",
                                "--batch-size", "63", "--out-dir", str(tmp_path))
-    result = subprocess.run(command, env=subprocess_env(), timeout=300, capture_output=True, text=True)
-    assert result.returncode != 0
+    result = run_child(command, expect=None, timeout=300)
     assert "error: global batch 63 is not divisible by the world size 2" in result.stderr
     assert "Traceback" not in result.stderr.split("error: global batch")[0]

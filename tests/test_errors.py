@@ -1,10 +1,9 @@
 """Bad input ends in one line naming the problem, exit status 2, no traceback."""
-import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_child
 from train.main import main
 
 
@@ -55,8 +54,6 @@ def test_resume_with_an_incompatible_config_is_refused(capsys, tiny_config, tmp_
 
 
 def test_no_traceback_reaches_the_terminal(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "train" / "main.py"), "--method", "nope"],
-                            capture_output=True, text=True, env=subprocess_env(), timeout=120)
-    assert result.returncode == 2
+    result = run_child([sys.executable, str(REPO / "train" / "main.py"), "--method", "nope"], expect=2, timeout=120)
     assert result.stderr.strip().splitlines() == [
         "error: unknown method 'nope'; valid: baseline, da, mt, sla, sla_sd, hsakd_teacher, hsakd_student, hsakd_online"]

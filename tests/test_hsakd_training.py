@@ -3,19 +3,17 @@ teacher that stays frozen, a frozen backbone, online mutual distillation, two pr
 errors for a teacher that does not fit."""
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 
 import kernels
-from conftest import REPO, subprocess_env, torchrun_command
+from conftest import REPO, run_child, subprocess_env, torchrun_command
 from pipeline.batch import Batch
 from train.main import main, train
-from train.method_registry import build_method
-from train.methods import MethodOptions
-from train.teacher import file_sha256
+from train.methods import build_method
+from train.methods.hsakd_checkpoints import file_sha256
 
 TINY = ["--dataset", "digits", "--image-size", "16", "--batch-size", "64", "--log-every", "5"]
 
@@ -30,9 +28,7 @@ def run_main_script(*argv, nproc=0):
     env = subprocess_env()
     if not nproc:
         env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads()))  # one process may use every core
-    result = subprocess.run(command, env=env, timeout=600, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_child(command, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +66,7 @@ def test_teacher_then_student_from_the_command_line(teacher_run, tmp_path):
 def test_the_teacher_stays_frozen_while_the_student_trains(teacher_run, tiny_config):
     torch.manual_seed(0)
     config = tiny_config(method="hsakd_student", teacher=str(teacher_run / "best.pt"))
-    method = build_method("hsakd_student", MethodOptions.from_config(config))
+    method = build_method(config)
     family = kernels.get_family("rotation")
     student = method.build_model("resnet8", 10, family, torch.device("cpu"), channels_last=True)
     before = {name: value.clone() for name, value in method.teacher.state_dict().items()}
@@ -80,7 +76,7 @@ def test_the_teacher_stays_frozen_while_the_student_trains(teacher_run, tiny_con
     for step in range(3):
         views = torch.randn(8 * 4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
         batch = Batch(views, torch.randint(0, 10, (8,)), torch.arange(8))
-        losses = method.losses(method.forward(student, batch.views), batch.labels, 4)
+        losses = method.losses(method.forward(student, batch.views), batch.labels)
         optimizer.zero_grad()
         losses["loss"].backward()
         optimizer.step()

@@ -313,3 +313,13 @@ def test_gradient_written_in_forward_survives_retained_graphs_and_scaling():
     loss.backward()  # accumulates a second, recomputed gradient into the same leaf
     torch.testing.assert_close(first.double(), reference_input.grad, **FP32_TOLERANCE)
     torch.testing.assert_close(logits.grad, 2 * first)
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="only meaningful in the simulator process of test_kernels_simulator.py")
+def test_the_simulator_runs_the_cuda_target():
+    from numba import config
+
+    from kernels import ops
+
+    assert config.ENABLE_CUDASIM and ops.simulator_enabled()
+    assert kernels.backend_for_device("cuda", torch.device("cpu")) == "cuda"

@@ -1,6 +1,5 @@
 """Every loader honours one batch contract and serves the same pixels: resident, torch, DALI, FFCV (on the CPU)."""
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -16,7 +15,7 @@ from pipeline.loaders import LOADERS, build_loader
 from pipeline.resident import fits_on_device
 from pipeline.views import ViewExpander
 
-from conftest import REPO, subprocess_env, torchrun_command
+from conftest import REPO, run_child, torchrun_command
 from image_folders import make_image_folder
 
 BATCH = 24  # global batch in source images; odd-sized eval tails below
@@ -141,10 +140,8 @@ def test_dali_decodes_a_real_image_folder_with_a_corrupt_file_skipped(tmp_path):
 
 def test_make_beton_writes_fingerprinted_files_and_a_mismatch_is_refused(digits, tmp_path):
     out = tmp_path / "betons"
-    result = subprocess.run([sys.executable, "-m", "pipeline.make_beton", "--dataset", "digits", "--image-size", "16",
-                             "--out-dir", str(out)], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
+    run_child([sys.executable, "-m", "pipeline.make_beton", "--dataset", "digits", "--image-size", "16",
+               "--out-dir", str(out)], cwd=REPO, timeout=300)
     for part in ("train", "val", "test"):
         meta = json.loads((out / f"digits-{part}.beton.json").read_text())
         assert meta["num_images"] == len(getattr(digits, part)) and len(meta["fingerprint"]) == 64
@@ -162,10 +159,8 @@ def epoch_batches_named(split_name, split, settings):
 @pytest.mark.distributed
 def test_two_ranks_cover_each_image_once_per_epoch_with_every_loader(tmp_path):
     verdict_path = tmp_path / "verdict.json"
-    result = subprocess.run(torchrun_command(2, str(REPO / "tests" / "shard_check.py"), str(verdict_path),
-                                             str(tmp_path / "betons")),
-                            env=subprocess_env(), timeout=600, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_child(torchrun_command(2, str(REPO / "tests" / "shard_check.py"), str(verdict_path), str(tmp_path / "betons")),
+              timeout=600)
     verdict = json.loads(verdict_path.read_text())
     assert set(verdict) == {f"{name}-{mode}" for name in LOADERS for mode in ("train", "eval")}
     for key, check in verdict.items():

@@ -5,7 +5,7 @@ import pytest
 
 from train import report
 from train.main import main, train
-from train.profiling import PHASES, parse_window
+from train.profiling import PHASES, parse_window, verdict
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_profile_window_breakdown_sums_to_the_step_time(profiled_run, capsys):
                                                          "optimizer"))
     assert abs(profile["phases_sum_s"] - profile["step_time_s"]) <= 0.05 * profile["step_time_s"]
     assert abs(sum(profile["phase_share"].values()) - 1) <= 0.05
-    assert profile["verdict"].split(":")[0] in ("loader-bound", "input-bound", "optimizer-bound", "compute-bound")
+    assert profile["verdict"] == verdict(profile["phase_share"], profile["device_busy_share"])
     trace = json.loads((profiled_run / "trace.json").read_text())
     names = {event.get("name") for event in trace["traceEvents"]}
     assert any("conv" in str(name) for name in names)  # the model's work is in the trace
@@ -52,3 +52,17 @@ def test_bad_profile_windows_are_refused(text, tmp_path, capsys):
         parse_window(text)
     assert main([f"--profile={text}", "--out-dir", str(tmp_path)]) == 2
     assert "error: --profile" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shares,expected", [
+    (dict(data=0.5, forward=0.5), "loader-bound: 50%"),
+    (dict(data=0.1, copy=0.2, expand=0.2, forward=0.5), "input-bound: 50%"),
+    (dict(forward=0.6, optimizer=0.4), "optimizer-bound: 40%"),
+    (dict(data=0.05, teacher=0.25, forward=0.3, loss=0.1, backward=0.3), "compute-bound: 95% of step time in "
+                                                                          "forward, loss and backward (25% in the "
+                                                                          "teacher's forward)"),
+])
+def test_the_verdict_names_the_phase_that_dominates(shares, expected):
+    full = {name: shares.get(name, 0.0) for name in PHASES}
+    assert verdict(full, None).startswith(expected)
+    assert verdict(full, 0.42).endswith("; the GPU was busy 42% of the window")

@@ -1,14 +1,13 @@
 """Loading a checkpoint or a CIFAR file never runs code: a crafted pickle leaves no trace and ends in one line."""
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_child
 from pipeline import datasets
 from pipeline.datasets import DataError
 from train import convert_checkpoint
@@ -37,11 +36,9 @@ def crafted_checkpoint(path, marker):
 def test_a_crafted_checkpoint_runs_nothing_and_is_one_line(tmp_path, flags):
     marker = tmp_path / "pwned"
     evil = crafted_checkpoint(tmp_path / "evil.pt", marker)
-    result = subprocess.run([sys.executable, str(REPO / "train" / "main.py"), *flags, str(evil), "--image-size", "16",
-                             "--out-dir", str(tmp_path / "runs")], capture_output=True, text=True,
-                            env=subprocess_env(), timeout=300)
+    result = run_child([sys.executable, str(REPO / "train" / "main.py"), *flags, str(evil), "--image-size", "16",
+                        "--out-dir", str(tmp_path / "runs")], expect=2, timeout=300)
     assert not marker.exists()
-    assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "safe load refuses" in lines[0], lines
     assert "python -m train.convert_checkpoint" in lines[0] and "posix.system" in lines[0]

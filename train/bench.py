@@ -1,80 +1,10 @@
-"""Benchmarks, printed as tables with ratios against baselines measured in the same run.
-
-    python train/bench.py kernels [--batches 128,256,512] [--classes 10,100,1000] [--output bench.jsonl]
-    python train/bench.py step [--models resnet32,resnet18_cifar] [--num-transforms 1,4] [--output bench.jsonl]
-    python train/bench.py step --method hsakd_student --models resnet8x4 --teacher-model resnet32x4 --num-transforms 4
-    python train/bench.py loader [--images 8192] [--folder-images 2048] [--batch 256] [--output bench.jsonl]
-"""
-from __future__ import annotations
-
-import argparse
+"""`python train/bench.py kernels|loader|step ...`: the benchmark commands of train/bench/ (see its docstring)."""
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from pipeline.loaders import LOADERS as LOADER_NAMES  # noqa: E402
-
-
-def integers(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(",") if part.strip())
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train/bench.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    kernel_parser = commands.add_parser("kernels", help="loss and view kernels against the torch composite")
-    kernel_parser.add_argument("--batches", type=integers, default=(128, 256, 512), help="source images B")
-    kernel_parser.add_argument("--classes", type=integers, default=(10, 100, 1000), help="classes N")
-    kernel_parser.add_argument("--num-transforms", type=int, default=4, help="views per image M")
-    kernel_parser.add_argument("--repeats", type=int, default=50,
-                               help="timed repetitions, backends taking turns (median reported)")
-    kernel_parser.add_argument("--output", default=None, help="append one JSON line per measurement here")
-    loader_parser = commands.add_parser("loader", help="every --loader against the torch DataLoader reference")
-    loader_parser.add_argument("--images", type=int, default=8192, help="CIFAR-shaped images in memory")
-    loader_parser.add_argument("--folder-images", type=int, default=2048, help="JPEG files in the folder case; 0 skips")
-    loader_parser.add_argument("--batch", type=int, default=256, help="source images per batch")
-    loader_parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
-    loader_parser.add_argument("--transforms", default="rotation", help="transformation family (M views)")
-    loader_parser.add_argument("--loaders", default=",".join(LOADER_NAMES), help="comma-separated subset")
-    loader_parser.add_argument("--output", default=None, help="append one JSON line per measurement here")
-    step_parser = commands.add_parser("step", help="whole training steps against the papers' pipeline")
-    step_parser.add_argument("--models", default="resnet32,resnet18_cifar", help="comma-separated backbones")
-    step_parser.add_argument("--num-transforms", type=integers, default=(1, 4), help="M: 1 (baseline) and/or 4 (SLA)")
-    step_parser.add_argument("--data", default="synthetic,digits", help="synthetic (CIFAR-shaped) and/or digits")
-    step_parser.add_argument("--batch", type=int, default=128, help="source images per step")
-    step_parser.add_argument("--steps", type=int, default=20, help="timed steps")
-    step_parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    step_parser.add_argument("--images", type=int, default=4096, help="synthetic images")
-    step_parser.add_argument("--workers", type=int, default=0, help="loader workers; 0 = the cores")
-    step_parser.add_argument("--paths", default="trainer,paper", help="trainer and/or paper")
-    step_parser.add_argument("--method", default="auto", help="auto (baseline at M=1, sla at M=4) or a --method, "
-                                                              "e.g. hsakd_student")
-    step_parser.add_argument("--teacher-model", default="", help="hsakd_student: the (untrained) teacher's "
-                                                                 "architecture; default the student's")
-    step_parser.add_argument("--trainer-precision", default="auto", help="the trainer path's --precision "
-                                                                         "(auto, fp32, bf16); the paper path is fp32")
-    step_parser.add_argument("--output", default=None, help="append one JSON line per configuration here")
-    args = parser.parse_args(argv)
-    if args.command == "step":
-        from train.bench_step import run
-
-        names = lambda text: tuple(part for part in text.split(",") if part)  # noqa: E731
-        run(names(args.models), args.num_transforms, names(args.data), args.batch, args.steps, args.warmup,
-            args.images, args.workers, names(args.paths), args.output, args.method, args.teacher_model,
-            args.trainer_precision)
-    if args.command == "loader":
-        from train.bench_loaders import run
-
-        run(args.images, args.folder_images, args.batch, args.epochs, args.transforms,
-            tuple(name for name in args.loaders.split(",") if name), args.output)
-    if args.command == "kernels":
-        from train.bench_kernels import run
-
-        run(args.batches, args.classes, args.num_transforms, args.repeats, args.output)
-    return 0
-
+from train.bench import main  # noqa: E402  (the package train/bench/, not this file)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ class TrainConfig:
     config_file: str = field(default="", metadata={"help": "YAML file of field: value pairs"})
     out_dir: str = field(default="runs", metadata={"help": "parent folder of run directories"})
     run_name: str = field(default="", metadata={"help": "run directory name (default: a timestamp)"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seeds the split, initialisation, data order and augmentation"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
     resume: str = field(default="", metadata={"help": "checkpoint to continue from (e.g. runs/x/last.pt)"})
     stop_after_epochs: int = field(default=0, metadata={"help": "end this process after N epochs (checkpointed), "
@@ -35,7 +35,7 @@ class TrainConfig:
     crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop"})
     # --- method
     method: str = field(default="sla_sd", metadata={"help": "see --list-methods"})
-    transforms: str = field(default="rotation", metadata={"help": "transformation family of methods.md"})
+    transforms: str = field(default="rotation", metadata={"help": "transformation family of docs/methods.md"})
     temperature: float = field(default=1.0, metadata={"help": "SLA+SD distillation temperature T"})
     sd_weight: float = field(default=1.0, metadata={"help": "SLA+SD weight β of CE(c, y)"})
     sum_over_transforms: bool = field(default=False, metadata={"help": "multiply L_SLA by M (paper's large loss)"})
@@ -51,22 +51,25 @@ class TrainConfig:
                                                                 "device), cuda, cpu, torch (composite reference)"})
     # --- model
     model: str = field(default="resnet20", metadata={"help": "backbone name"})
-    channels_last: bool = True
+    channels_last: bool = field(default=True, metadata={"help": "NHWC activations (faster convolutions)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     # --- optimisation
-    batch_size: int = field(default=64, metadata={"help": "global batch in source images (views = ×M)"})
-    epochs: int = 15
+    batch_size: int = field(default=64, metadata={"help": "global batch in source images, all ranks together "
+                                                           "(the step sees ×M views)"})
+    epochs: int = field(default=15, metadata={"help": "passes over the training split"})
     iterations: int = field(default=0, metadata={"help": "total optimizer steps; overrides --epochs when > 0"})
-    lr: float = field(default=0.1, metadata={"help": "peak learning rate for the global batch"})
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
+    lr: float = field(default=0.1, metadata={"help": "peak SGD learning rate for the global --batch-size (not "
+                                                     "scaled by the world size or M)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum coefficient (heavy ball)"})
+    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "L2 coefficient added to the gradient (SGD's "
+                                                                "weight_decay), per step, not scaled by lr"})
     decay_norm_and_bias: bool = field(default=False, metadata={
         "help": "weight decay on BN weights and biases too, as the papers' SGD(model.parameters()) does "
                 "(the paper presets set it); off, they are not decayed"})
     schedule: str = field(default="cosine", metadata={"help": "multistep or cosine"})
     lr_milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata={"help": "multistep: fractions of training"})
-    lr_gamma: float = 0.1
+    lr_gamma: float = field(default=0.1, metadata={"help": "multistep: lr factor at each milestone"})
     warmup_iterations: int = field(default=0, metadata={"help": "linear warm-up from 0, in optimizer steps"})
     grad_clip_norm: float = field(default=0.0, metadata={"help": "clip the global gradient norm; 0 is off"})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA of weights per step, evaluated when > 0"})
@@ -79,7 +82,7 @@ class TrainConfig:
     log_every: int = field(default=10, metadata={"help": "optimizer steps between progress lines"})
     eval_every: int = field(default=1, metadata={"help": "epochs between validation passes"})
     checkpoint_every: int = field(default=1, metadata={"help": "epochs between checkpoints"})
-    eval_batch_size: int = 256
+    eval_batch_size: int = field(default=256, metadata={"help": "source images per rank per evaluation batch"})
 
 
 # Settings that change what a checkpoint means; a resume must match them.
@@ -104,7 +107,7 @@ PRESETS: dict[str, dict[str, typing.Any]] = {
 # out for selection.
 HSAKD_RECIPE = dict(dataset="cifar100", transforms="rotation", batch_size=64, epochs=240, schedule="multistep",
                     lr_milestones=(150 / 240, 180 / 240, 210 / 240), lr_gamma=0.1, momentum=0.9, nesterov=True,
-                    weight_decay=5e-4, decay_norm_and_bias=True, kd_temperature=3.0, val_split=5000, eval_every=5,
+                    weight_decay=5e-4, decay_norm_and_bias=True, val_split=5000, eval_every=5,
                     checkpoint_every=5, log_every=100)
 HSAKD_PAIRS = [("wrn40_2", "wrn16_2"), ("wrn40_2", "wrn40_1"), ("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"),
                ("vgg13", "mobilenetv2"), ("resnet50_cifar", "mobilenetv2"), ("wrn40_2", "shufflenet_v1"),
@@ -118,16 +121,20 @@ PRESETS.update({f"hsakd-cifar100-{teacher}-{student}": dict(HSAKD_RECIPE, method
                 for teacher, student in HSAKD_PAIRS})
 
 
-def _parse_value(kind, text: str):
+def coerce(kind, value):
+    """A setting's value as its field's type, from command-line text or a YAML value (the one conversion path)."""
     if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
             return True
-        if text.lower() in ("0", "false", "no", "off"):
+        if str(value).lower() in ("0", "false", "no", "off"):
             return False
-        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+        raise ValueError(f"expected true/false, got {value!r}")
     if typing.get_origin(kind) is tuple:
-        return tuple(float(part) for part in str(text).split(",") if part.strip())
-    return kind(text)
+        parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        return tuple(float(part) for part in parts if str(part).strip())
+    return kind(value)
 
 
 def _field_types() -> dict[str, type]:
@@ -146,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            parser.add_argument(flag, type=lambda text, kind=kind: _parse_value(kind, text), help=help_text)
+            parser.add_argument(flag, type=lambda text, kind=kind: coerce(kind, text), help=help_text)
     parser.add_argument("--list-presets", action="store_true", default=False, help="print the preset names and exit")
     parser.add_argument("--list-methods", action="store_true", default=False, help="print the method names and exit")
     parser.add_argument("--debug-errors", action="store_true", default=False,
@@ -161,13 +168,10 @@ def _coerce(values: dict, source: str) -> dict:
         raise ValueError(f"unknown setting(s) {', '.join(unknown)} in {source}; valid: {', '.join(types)}")
     coerced = {}
     for name, value in values.items():
-        kind = types[name]
-        if typing.get_origin(kind) is tuple:
-            coerced[name] = tuple(float(v) for v in (value if isinstance(value, (list, tuple)) else str(value).split(",")))
-        elif kind is bool and isinstance(value, str):
-            coerced[name] = _parse_value(bool, value)
-        else:
-            coerced[name] = kind(value)
+        try:
+            coerced[name] = coerce(types[name], value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{name}: {error} in {source}") from None
     return coerced
 
 
@@ -194,7 +198,17 @@ def resolve_config(command_line: dict) -> TrainConfig:
     return TrainConfig(**values)
 
 
+COMMANDS = ("list_presets", "list_methods", "debug_errors")  # flags of the command, not settings of the run
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def config_from_namespace(namespace: argparse.Namespace) -> TrainConfig:
+    return resolve_config({k: v for k, v in vars(namespace).items() if k not in COMMANDS})
+
+
 def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    namespace = build_parser().parse_args(argv)
-    given = {k: v for k, v in vars(namespace).items() if k not in ("list_presets", "list_methods", "debug_errors")}
-    return resolve_config(given), namespace
+    namespace = parse_arguments(argv)
+    return config_from_namespace(namespace), namespace

@@ -2,6 +2,7 @@
 gloo on CPU and NCCL on GPU; a plain `python train/main.py` is a world of one."""
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -12,7 +13,6 @@ import torch.distributed as dist
 @dataclass(frozen=True)
 class DistributedContext:
     rank: int
-    local_rank: int
     world_size: int
     device: torch.device
 
@@ -48,7 +48,7 @@ def init_distributed(requested_device: str) -> DistributedContext:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
                                 rank=rank, world_size=world_size,
                                 device_id=device if device.type == "cuda" else None)
-    return DistributedContext(rank, local_rank, world_size, device)
+    return DistributedContext(rank, world_size, device)
 
 
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
@@ -62,7 +62,14 @@ def barrier(context: DistributedContext) -> None:
         dist.barrier()
 
 
-def shutdown(context: DistributedContext) -> None:
-    if context.initialised:
+def shutdown(context: DistributedContext, failed: bool = False) -> None:
+    """Destroy the process group while the interpreter is fully alive. Left to interpreter exit, gloo's
+    worker threads still hold DDP's last all-reduce work (tensors with Python references); freeing
+    them during finalisation aborts the process ("terminate called without an active exception").
+    The caller's DDP wrapper and step are gone by now; collect any cycle that still holds them."""
+    if not context.initialised:
+        return
+    gc.collect()
+    if not failed:
         dist.barrier()  # gloo aborts a rank that tears down while its peer still talks to it
-        dist.destroy_process_group()
+    dist.destroy_process_group()

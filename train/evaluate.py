@@ -7,8 +7,7 @@ from .distributed import DistributedContext, all_reduce_sum
 
 
 @torch.no_grad()
-def evaluate(model, method, loader, num_classes: int, num_transforms: int, context: DistributedContext,
-             autocast_context) -> dict:
+def evaluate(model, method, loader, num_classes: int, context: DistributedContext, autocast_context) -> dict:
     """Returns {score: accuracy %, score + "_per_class": [accuracy % per class], "images": n}; sums over ranks."""
     was_training = model.training
     model.eval()
@@ -18,7 +17,7 @@ def evaluate(model, method, loader, num_classes: int, num_transforms: int, conte
         with autocast_context():
             outputs = model(batch.views)
         seen += torch.bincount(batch.labels, minlength=num_classes).double()
-        for score, logits in method.class_scores(outputs, num_transforms).items():
+        for score, logits in method.class_scores(outputs).items():
             hits = logits.argmax(dim=1) == batch.labels
             counts = torch.bincount(batch.labels[hits], minlength=num_classes).double()
             correct[score] = correct.get(score, torch.zeros_like(seen)) + counts

@@ -29,15 +29,16 @@ from pipeline.phases import phase
 from pipeline.views import ViewExpander
 from train.checkpoint import (atomic_save, checkpoint_payload, load_checkpoint, read_checkpoint_file,
                               restore_rng_states)
-from train.config import PRESETS, TrainConfig, config_from_args
+from train.config import PRESETS, TrainConfig, config_from_namespace, parse_arguments
 from train.distributed import barrier, init_distributed, shutdown
 from train.evaluate import evaluate
-from train.method_registry import METHODS, build_method
-from train.methods import MethodOptions
+from train.methods import METHODS, build_method
+from train.mfu import flops_per_view, peak_flops
 from train.profiling import StepProfiler, breakdown_table
 from train.step import TrainStep
 from train.optim import autocast, build_ema, build_optimizer, build_scaler, build_scheduler, resolve_precision
 from train.run_log import RunLog, accuracy_line, format_duration, summary_table
+from train.throughput import TrainingClock
 
 
 def run_directory(config: TrainConfig) -> Path:
@@ -48,18 +49,29 @@ def run_directory(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig) -> dict:
+    """One run; the process group is torn down before returning, on success and on error alike."""
     context = init_distributed(config.device)
+    try:
+        summary = run(config, context)
+    except BaseException:
+        shutdown(context, failed=True)
+        raise
+    shutdown(context)
+    return summary
+
+
+def run(config: TrainConfig, context) -> dict:
     device = context.device
     run_log = RunLog(run_directory(config), enabled=context.is_main)
 
-    method = build_method(config.method, MethodOptions.from_config(config))  # its settings fail fast, before data
+    method = build_method(config)  # its settings fail fast, before data
 
     # ---- data: uint8 images stay whole; views are made on the device, per batch
     splits = build_splits(config.dataset, config.data_root, config.image_size, config.val_split, config.seed,
                           config.samples_per_class, config.imbalance_ratio, config.strict_images)
     num_classes = splits.num_classes
     skipped_images = sorted(set(splits.train.skipped_files) | set(splits.test.skipped_files))  # unreadable files
-    family = kernels.get_family(config.transforms if method.uses_transforms else "none")
+    family = kernels.get_family(method.transform_family)
     kernels.check_family_fits(family, *splits.train.images.shape[1:])
     num_transforms = family.num_transforms
     precision = resolve_precision(config, device)
@@ -79,7 +91,7 @@ def train(config: TrainConfig) -> dict:
 
     # ---- model, identical on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(config.seed)
-    model = method.build_model(config.model, num_classes, family, device, config.channels_last)
+    model = method.build_model(config.model, num_classes, family, device, config.channels_last)  # binds M, backend
     steps_per_epoch = len(train_loader)
     total_steps = config.iterations or config.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -118,29 +130,42 @@ def train(config: TrainConfig) -> dict:
     eval_model = ema.module if ema is not None else model
     step_context = lambda: autocast(precision, device)  # noqa: E731
     train_step = TrainStep(train_model, model, method, optimizer, scheduler, scaler, ema, step_context,
-                           num_transforms, config.grad_clip_norm)
+                           config.grad_clip_norm)
+    # MFU: FLOPs of one view counted once for the model (and a frozen teacher), against the device's peak
+    height, width, channels = splits.train.images.shape[1:]
+    sample_views = torch.zeros(num_transforms, channels, height, width, device=device, dtype=expander.out_dtype)
+    if config.channels_last:
+        sample_views = sample_views.contiguous(memory_format=torch.channels_last)
+    with step_context():
+        view_flops = flops_per_view(model, sample_views, getattr(method, "teacher", None))
+    device_peak, peak_source = peak_flops(device, precision)
     profiler = StepProfiler(config.profile, device, run_log.run_dir, context.rank)
 
     run_log.write_manifest(config, {"world_size": context.world_size, "device": str(device), "precision": precision,
                                     "num_classes": num_classes, "num_transforms": num_transforms,
                                     "train_images": len(splits.train), "val_images": len(splits.val),
                                     "test_images": len(splits.test), "total_steps": total_steps,
+                                    "flops_per_view": view_flops, "peak_flops": device_peak, "peak_source": peak_source,
                                     "skipped_images": skipped_images, **method.provenance()})
     run_log.print(f"{config.method} on {config.dataset} ({len(splits.train)} train / {len(splits.val)} val / "
-                  f"{len(splits.test)} test, {num_classes} classes), {config.transforms if method.uses_transforms else 'none'} "
+                  f"{len(splits.test)} test, {num_classes} classes), {method.transform_family} "
                   f"M={num_transforms}, {config.model}, {precision} on {device} ×{context.world_size}, "
                   f"{total_steps} steps, run dir {run_log.run_dir}")
+    run_log.print(f"MFU is measured against {device_peak / 1e12:.2f} TFLOP/s per device ({peak_source}); "
+                  f"{view_flops / 1e6:,.1f} MFLOP per view, forward and backward")
 
     # ---- training
     images_per_step = config.batch_size  # source images, all ranks together
     run_start = time.perf_counter()
+    clock = TrainingClock(device)
     steps_this_run = 0
     last_val: dict = {}
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)
         model.train()
         loss_sums: dict[str, torch.Tensor] = {}
-        interval_start, data_time, interval_steps = time.perf_counter(), 0.0, 0
+        data_time = 0.0
+        clock.resume()
         batches = iter(train_loader)
         while step < total_steps:
             profiler.begin_step(steps_this_run)
@@ -157,33 +182,33 @@ def train(config: TrainConfig) -> dict:
                 run_log.print(breakdown_table(profile))
             step += 1
             steps_this_run += 1
-            interval_steps += 1
+            clock.step_done()
             for name, value in losses.items():  # summed on the device: no host sync per step
                 loss_sums[name] = loss_sums.get(name, 0.0) + value.detach().float()
 
             if step % config.log_every == 0 or step == total_steps:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)  # honest interval timing
-                    kernels.raise_pending_label_error()  # the CUDA loss kernels flag bad labels, checked here
-                elapsed = time.perf_counter() - interval_start
+                interval_steps, elapsed = clock.interval()  # synchronised on a GPU
+                method.check_deferred_errors()  # what the kernels flagged without a sync (bad labels on CUDA)
                 means = {name: round(float(total) / interval_steps, 5) for name, total in loss_sums.items()}
                 images_per_second = interval_steps * images_per_step / elapsed
-                eta = (time.perf_counter() - run_start) / steps_this_run * (total_steps - step)
+                mfu = view_flops * images_per_second * num_transforms / (device_peak * context.world_size)
+                eta = clock.all_seconds / steps_this_run * (total_steps - step)
                 lr = scheduler.get_last_lr()[0]
                 run_log.record("step", epoch=epoch, step=step, lr=lr, images_per_s=round(images_per_second, 2),
-                               views_per_s=round(images_per_second * num_transforms, 2),
+                               views_per_s=round(images_per_second * num_transforms, 2), mfu=round(mfu, 5),
                                data_time_s=round(data_time, 4), compute_time_s=round(elapsed - data_time, 4),
                                **means)
                 parts = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
                 run_log.print(f"epoch {epoch + 1}/{epochs} step {step}/{total_steps} loss {means['loss']:.4f}"
                               f"{' (' + parts + ')' if parts else ''} lr {lr:.4g} {images_per_second:,.0f} img/s "
-                              f"data {100 * data_time / elapsed:.0f}% ETA {format_duration(eta)}")
-                loss_sums, interval_start, data_time, interval_steps = {}, time.perf_counter(), 0.0, 0
+                              f"MFU {100 * mfu:.1f}% data {100 * data_time / elapsed:.0f}% ETA {format_duration(eta)}")
+                loss_sums, data_time = {}, 0.0
 
+        clock.pause()  # evaluation and checkpoints are not training time
         finished = step >= total_steps
         stopping = finished or epoch + 1 - start_epoch == config.stop_after_epochs
         if (epoch + 1) % config.eval_every == 0 or finished:
-            last_val = evaluate(eval_model, method, val_loader, num_classes, num_transforms, context, step_context)
+            last_val = evaluate(eval_model, method, val_loader, num_classes, context, step_context)
             score = last_val[method.primary_score]
             improved = score > best_score
             if improved:
@@ -207,18 +232,19 @@ def train(config: TrainConfig) -> dict:
         run_log.record("paused", epoch=epoch + 1, step=step, wall_time_s=round(wall_time, 2))
         run_log.print(f"stopped after epoch {epoch + 1} at step {step}/{total_steps}; continue with "
                       f"--resume {run_log.run_dir / 'last.pt'}")
-        shutdown(context)
         return {"completed": False, "step": step, "run_dir": str(run_log.run_dir)}
 
     # ---- test, once, with the weights that scored best on validation
     if best_state is not None:
         eval_model.load_state_dict(best_state)
-    test = evaluate(eval_model, method, test_loader, num_classes, num_transforms, context, step_context)
+    test = evaluate(eval_model, method, test_loader, num_classes, context, step_context)
     run_log.record("test", split="test", **test)
+    images_per_second, throughput_note = clock.images_per_second(images_per_step)
     summary = {"completed": True, "method": config.method, "dataset": config.dataset, "model": config.model,
                "transforms": family.name, "num_transforms": num_transforms, "steps": step,
-               "wall_time_s": round(wall_time, 2),
-               "images_per_s": round(steps_this_run * images_per_step / max(wall_time, 1e-9), 2),
+               "wall_time_s": round(wall_time, 2), "training_time_s": round(clock.all_seconds, 2),
+               "images_per_s": round(images_per_second, 2), "images_per_s_counts": throughput_note,
+               "mfu": round(view_flops * images_per_second * num_transforms / (device_peak * context.world_size), 5),
                "best_val": best_score, "primary_score": method.primary_score, "skipped_images": len(skipped_images),
                "val": {k: v for k, v in last_val.items() if "per_class" not in k},
                "test": {k: v for k, v in test.items() if "per_class" not in k},
@@ -227,21 +253,22 @@ def train(config: TrainConfig) -> dict:
     rows = [("method / model", f"{config.method} / {config.model}, {family.name} (M={num_transforms})"),
             ("data", f"{config.dataset}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test"
                      + (f", {len(skipped_images)} unreadable images skipped" if skipped_images else "")),
-            ("steps", f"{step} ({format_duration(wall_time)} this run, {summary['images_per_s']:,.0f} img/s)"),
+            ("steps", f"{step} ({format_duration(wall_time)} this run, {summary['images_per_s']:,.0f} img/s "
+                      f"in training steps, MFU {100 * summary['mfu']:.1f}%)"),
             (f"best val {method.primary_score}", f"{best_score:.2f}%")]
     rows += [(f"test {score}", f"{test[score]:.2f}%  (per-class mean {np.mean(test[score + '_per_class']):.2f}%)")
-             for score in ("SD", "SI", "AG", "peer") if score in test]
+             for score in method.score_names() if not score.startswith("branch")]
     if "teacher" in method.provenance():
         rows.append(("teacher", f"{method.provenance()['teacher_model']} from {method.provenance()['teacher']}"))
     rows.append(("run directory", str(run_log.run_dir)))
     run_log.print(summary_table(rows))
-    shutdown(context)
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
+    namespace = parse_arguments(argv)
     try:
-        config, namespace = config_from_args(argv)
+        config = config_from_namespace(namespace)
         if namespace.list_presets:
             print("\n".join(sorted(PRESETS)))
             return 0
@@ -252,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (ValueError, DataError, FileNotFoundError) as error:
         # A bad setting or bad data is the user's to fix: one line naming it, no traceback.
-        if "--debug-errors" in sys.argv:
+        if namespace.debug_errors:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -14,20 +14,19 @@ from pipeline.phases import phase
 class TrainStep:
     train_model: torch.nn.Module  # what the step calls: maybe DDP-wrapped and/or compiled
     model: torch.nn.Module  # the plain module: its parameters are clipped and averaged into the EMA
-    method: object  # train.methods.Method
+    method: object  # train.methods.Method, bound to the run's M and kernel backend
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: torch.amp.GradScaler | None
     ema: torch.optim.swa_utils.AveragedModel | None
     autocast: Callable  # () → the step's autocast context
-    num_transforms: int
     grad_clip_norm: float = 0.0
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         with phase("forward"), self.autocast():
             outputs = self.method.forward(self.train_model, batch.views)
         with phase("loss"), self.autocast():
-            losses = self.method.losses(outputs, batch.labels, self.num_transforms)
+            losses = self.method.losses(outputs, batch.labels)
         with phase("backward"):  # DDP's gradient all-reduce overlaps this phase
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:

@@ -9,7 +9,7 @@ import torch
 
 import kernels
 from kernels import reference
-from train.bench_report import append_json_lines, bench_device, device_name, print_header
+from train.bench.common import append_json_lines, bench_device, device_name, print_header
 
 
 def _seconds(function, device: torch.device) -> float:
@@ -77,14 +77,22 @@ def kernel_cases(batch: int, classes: int, num_transforms: int, device: torch.de
         (grad,) = torch.autograd.grad(loss, student)
         return grad
 
-    def views(backend):
-        return kernels.expand_views(images, "rotation", backend=backend, **stats)
+    cases = {"joint_cross_entropy": (joint_ce, 2 * matrix_bytes),  # read logits, write gradient
+             "aggregate_logits": (aggregate, matrix_bytes + rows * classes * 4),  # read the M diagonals, write gradient
+             "distillation_kl": (distill, 3 * matrix_bytes)}  # read student and teacher, write gradient
+    family = view_family(num_transforms)
+    if family is not None:
+        def views(backend):
+            return kernels.expand_views(images, family, backend=backend, **stats)
 
-    view_bytes = images.numel() * (1 + 4 * num_transforms)
-    return {"joint_cross_entropy": (joint_ce, 2 * matrix_bytes),  # read logits, write gradient
-            "aggregate_logits": (aggregate, matrix_bytes + rows * classes * 4),  # read the M diagonals, write gradient
-            "distillation_kl": (distill, 3 * matrix_bytes),  # read student and teacher, write gradient
-            "expand_views(rotation)": (views, view_bytes)}  # read uint8 once, write M float32 views
+        # read uint8 once, write the family's views in float32
+        cases[f"expand_views({family.name})"] = (views, images.numel() * (1 + 4 * family.num_transforms))
+    return cases
+
+
+def view_family(num_transforms: int):
+    """The first transformation family with M views (the bytes of the view case follow it), or None."""
+    return next((family for family in kernels.FAMILIES.values() if family.num_transforms == num_transforms), None)
 
 
 def run(batches=(128, 256, 512), classes_list=(10, 100, 1000), num_transforms=4, repeats=20,

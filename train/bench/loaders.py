@@ -16,7 +16,7 @@ from pipeline.batch import LoaderSettings
 from pipeline.datasets import ImageSet, channel_statistics, load_image_folder
 from pipeline.loaders import LOADERS, build_loader
 from pipeline.views import ViewExpander
-from train.bench_report import append_json_lines, available_cores, bench_device, device_name, print_header
+from train.bench.common import append_json_lines, available_cores, bench_device, device_name, print_header
 
 
 def cifar_shaped(num_images: int, seed: int = 0) -> ImageSet:

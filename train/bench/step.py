@@ -3,15 +3,12 @@ backward, optimizer; all-reduce under torchrun), this trainer's path against the
 (torch DataLoader, fp32, NCHW, torch.rot90 stacking, eager torch losses) in the same run."""
 from __future__ import annotations
 
-import functools
-import math
 import resource
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import kernels
 from models import build_backbone
@@ -21,71 +18,19 @@ from pipeline.batch import LoaderSettings
 from pipeline.datasets import build_splits, channel_statistics
 from pipeline.loaders import build_loader
 from pipeline.views import ViewExpander
-from train.bench_loaders import cifar_shaped
-from train.bench_report import append_json_lines, available_cores, bench_device, device_name, print_header
+from train.bench.loaders import cifar_shaped
+from train.bench.common import append_json_lines, available_cores, bench_device, device_name, print_header
 from train.config import TrainConfig
-from train.method_registry import build_method
-from train.methods import MethodOptions
+from train.methods import build_method
+from train.mfu import flops_per_view, peak_flops
 from train.profiling import PhaseClock, breakdown
 from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
 from train.step import TrainStep
 
-# Dense peak rates (FLOP/s) by device name, for the MFU estimate: bf16 tensor cores, fp32 otherwise.
-GPU_PEAKS = {"H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-             "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-             "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}}
 PATHS = {  # name → the settings that differ between this trainer and the papers' code
     "trainer": dict(loader="resident", precision="auto", channels_last=True, kernels="auto"),
     "paper": dict(loader="torch", precision="fp32", channels_last=False, kernels="torch"),
 }
-
-
-def best_rate(operation, flops: float, device: torch.device, repeats: int = 10) -> float:
-    operation()  # warm-up: thread pools, kernel selection
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        operation()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return flops / best
-
-
-@functools.lru_cache(maxsize=None)
-def peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
-    """The datasheet peak on known GPUs, else the best measured rate of a large matmul and of a
-    channels_last 3×3 convolution (a floor for the true peak: MFU against it is an upper estimate)."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peaks in GPU_PEAKS.items():
-            if key in name:
-                return peaks[precision], f"{key} datasheet dense {precision}"
-    size = 2048 if device.type == "cpu" else 8192
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-    matrix = torch.randn(size, size, device=device, dtype=dtype)
-    images = torch.randn(256, 64, 16, 16, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device, dtype, memory_format=torch.channels_last)
-    with torch.no_grad():
-        rates = {f"{size}² {precision} matmul": best_rate(lambda: matrix @ matrix, 2 * size**3, device),
-                 f"3×3 conv 64ch 16² {precision}": best_rate(lambda: conv(images), 2 * 256 * 64 * 64 * 9 * 16 * 16,
-                                                             device)}
-    best = max(rates, key=rates.get)
-    measured = ", ".join(f"{name} {rate / 1e9:,.0f} GFLOP/s" for name, rate in rates.items())
-    return rates[best], f"best measured rate ({best}; measured: {measured})"
-
-
-def forward_flops_per_view(model: torch.nn.Module, views: torch.Tensor) -> float:
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(views)
-    return counter.get_total_flops() / len(views)
-
-
-def flops_per_view(model: torch.nn.Module, views: torch.Tensor, teacher: torch.nn.Module | None = None) -> float:
-    """Forward + backward FLOPs of one view (backward counted as twice the forward), plus a frozen
-    teacher's forward where there is one."""
-    flops = 3 * forward_flops_per_view(model, views)
-    return flops + (forward_flops_per_view(teacher, views) if teacher is not None else 0.0)
 
 
 def write_untrained_teacher(path: Path, model_name: str, num_classes: int, family) -> str:
@@ -119,10 +64,10 @@ def measure(path: str, settings: dict, model_name: str, method_name: str, family
             steps: int, warmup: int, device: torch.device, workers: int, teacher: str = "") -> dict:
     config = TrainConfig(method=method_name, transforms=family_name, model=model_name, batch_size=batch,
                          precision=settings["precision"], channels_last=settings["channels_last"],
-                         kernels=settings["kernels"], schedule="cosine", lr=0.05)
+                         kernels=settings["kernels"], schedule="cosine", lr=0.05, teacher=teacher)
     precision = resolve_precision(config, device)
     input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    method = build_method(method_name, MethodOptions(kernel_backend=settings["kernels"], teacher=teacher))
+    method = build_method(config)
     family = kernels.get_family(family_name)
     mean, std = channel_statistics(split.images[:1024])
     expander = ViewExpander(family, mean, std, input_dtype if device.type == "cuda" else torch.float32,
@@ -133,7 +78,7 @@ def measure(path: str, settings: dict, model_name: str, method_name: str, family
     model = method.build_model(model_name, split.num_classes, family, device, settings["channels_last"])
     optimizer = build_optimizer(config, model, device)
     step = TrainStep(model, model, method, optimizer, build_scheduler(config, optimizer, warmup + steps + 1),
-                     build_scaler(precision, device), None, lambda: autocast(precision, device), family.num_transforms)
+                     build_scaler(precision, device), None, lambda: autocast(precision, device))
 
     def batches():
         epoch = 0
@@ -159,7 +104,7 @@ def measure(path: str, settings: dict, model_name: str, method_name: str, family
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     shares = phase_shares(step, stream, max(2, steps // 4), device)
-    views_per_image = family.num_transforms
+    num_transforms = family.num_transforms
     sample = next(stream).views
     flops = flops_per_view(model, sample, getattr(method, "teacher", None))
     peak, peak_source = peak_flops(device, precision)
@@ -168,14 +113,14 @@ def measure(path: str, settings: dict, model_name: str, method_name: str, family
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"benchmark": "step", "path": path, "model": model_name, "method": method_name, "transforms": family_name,
             "teacher_model": method.provenance().get("teacher_model"),
-            "num_transforms": views_per_image, "batch": batch, "device": str(device), "precision": precision,
+            "num_transforms": num_transforms, "batch": batch, "device": str(device), "precision": precision,
             "loader": settings["loader"], "channels_last": settings["channels_last"], "kernels": settings["kernels"],
-            "images_per_s": round(images_per_s, 1), "views_per_s": round(images_per_s * views_per_image, 1),
+            "images_per_s": round(images_per_s, 1), "views_per_s": round(images_per_s * num_transforms, 1),
             "ms_per_step": round(1e3 * seconds / steps, 2), "loader_wait_share": round(wait / seconds, 4),
             "compute_s": round(seconds - wait, 4), "loader_wait_s": round(wait, 4),
             "peak_memory_bytes": int(memory), "memory_kind": "device" if device.type == "cuda" else "host peak RSS",
             "flops_per_view": flops, "peak_flops": peak, "peak_source": peak_source,
-            "mfu": round(flops * images_per_s * views_per_image / peak, 5), "phase_share": shares,
+            "mfu": round(flops * images_per_s * num_transforms / peak, 5), "phase_share": shares,
             "teacher_share": shares["teacher"]}
 
 

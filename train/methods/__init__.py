@@ -1,0 +1,33 @@
+"""Every training method by name (`--method`): one module per family, one line each here.
+
+A new method is a subclass of `Method` (train/methods/base.py) in its family's module plus its line
+in METHODS; its options are fields of train/config.py:TrainConfig.
+"""
+from __future__ import annotations
+
+from train.config import TrainConfig
+from train.methods.base import Method
+from train.methods.baselines import Baseline, MultiTask, TransformsAsAugmentation
+from train.methods.hsakd import HsakdOnline, HsakdStudent, HsakdTeacher
+from train.methods.sla import SLA, SLASelfDistillation
+
+METHODS: dict[str, type[Method]] = {method.name: method for method in (
+    Baseline,
+    TransformsAsAugmentation,
+    MultiTask,
+    SLA,
+    SLASelfDistillation,
+    HsakdTeacher,
+    HsakdStudent,
+    HsakdOnline,
+)}
+
+
+def build_method(config: TrainConfig) -> Method:
+    """The method `config.method` names, its settings checked (before any data is read)."""
+    if config.method not in METHODS:
+        raise ValueError(f"unknown method {config.method!r}; valid: {', '.join(METHODS)}")
+    return METHODS[config.method](config)
+
+
+__all__ = ["METHODS", "Method", "build_method"]

@@ -1,0 +1,113 @@
+"""The method API. A method is made from the run's TrainConfig (its options are fields there), checks
+its settings at once, and is bound, when it builds its model, to everything fixed for the run: the
+transformation family (so M, `num_transforms`) and the kernel backend, decided once from the device.
+After that a step calls `forward(model, views)`, `losses(outputs, labels)` and, in evaluation,
+`class_scores(outputs)`; nothing else needs to know M or the backend.
+
+Row layout (docs/methods.md): views are interleaved, row b·M + j is view j of image b, view 0 is the
+identity, and a joint label is y·M + j.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+import kernels
+from kernels import identity_rows
+from train.config import TrainConfig
+
+
+def per_view_labels(labels: torch.Tensor, num_transforms: int) -> torch.Tensor:
+    """Class label of every row b·M+j: y[b]."""
+    return labels.repeat_interleave(num_transforms)
+
+
+def transform_labels(batch: int, num_transforms: int, device) -> torch.Tensor:
+    """Transform label of every row b·M+j: j."""
+    return torch.arange(num_transforms, device=device).repeat(batch)
+
+
+def views_mean(class_logits: torch.Tensor, num_transforms: int) -> torch.Tensor:
+    """[B·M, N] → [B, N]: the mean of an N-way head's logits over an image's views."""
+    return kernels.upcast(class_logits).reshape(-1, num_transforms, class_logits.shape[1]).mean(dim=1)
+
+
+def place(network: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    network = network.to(device)
+    return network.to(memory_format=torch.channels_last) if channels_last else network
+
+
+class Method:
+    name = ""
+    uses_transforms = True  # False: trains on the identity view alone (M = 1)
+    primary_score = "SI"  # the score used for model selection
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.family: kernels.TransformFamily | None = None
+        self.backend = ""
+
+    # ---- fixed for the run
+    @property
+    def transform_family(self) -> str:
+        """The name of the transformation family this method trains with."""
+        return self.config.transforms if self.uses_transforms else "none"
+
+    @property
+    def num_transforms(self) -> int:
+        """M, once bound."""
+        return self.family.num_transforms
+
+    def bind(self, family: kernels.TransformFamily, device: torch.device) -> None:
+        """Fix M and the kernel backend (auto → by device, once; cf. nanoGPT's `self.flash`)."""
+        self.family = family
+        self.backend = kernels.backend_for_device(self.config.kernels, device)
+
+    def build_model(self, model_name: str, num_classes: int, family: kernels.TransformFamily, device: torch.device,
+                    channels_last: bool) -> nn.Module:
+        """Bind the method, then return the trained network on `device` (channels_last when asked)."""
+        self.bind(family, device)
+        return place(self.network(model_name, num_classes), device, channels_last)
+
+    def network(self, model_name: str, num_classes: int) -> nn.Module:
+        raise NotImplementedError
+
+    # ---- per step
+    def forward(self, model: nn.Module, views: torch.Tensor):
+        """The training forward pass; a method with a teacher adds the teacher's outputs here."""
+        return model(views)
+
+    def losses(self, outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"loss": the total to minimise, part name: value, ...}."""
+        raise NotImplementedError
+
+    def class_scores(self, outputs) -> dict[str, torch.Tensor]:
+        """{score name: [B, N] class logits} for evaluation; the names are `score_names()`."""
+        raise NotImplementedError
+
+    def score_names(self) -> tuple[str, ...]:
+        """The scores `class_scores` returns (once bound), in the order the summary prints them."""
+        raise NotImplementedError
+
+    def check_deferred_errors(self) -> None:
+        """Raise what the kernels flagged without a host sync (a label out of range on CUDA); the loop
+        calls this at its logging sync."""
+        kernels.raise_pending_label_error()
+
+    # ---- files outside the run
+    def provenance(self) -> dict:
+        """What outside this run the method depends on (e.g. a teacher checkpoint's path and hash)."""
+        return {}
+
+    def check_resume(self, checkpoint: dict) -> None:
+        """Refuse to resume a checkpoint trained against a different file than this run depends on."""
+        recorded = checkpoint.get("provenance", {})
+        for key, value in self.provenance().items():
+            if key.endswith("_sha256") and recorded.get(key) != value:
+                what = key[: -len("_sha256")]
+                raise ValueError(f"the --resume checkpoint was trained with --{what.replace('_', '-')} "
+                                 f"{recorded.get(what)} (sha256 {recorded.get(key)}), but this run's "
+                                 f"{self.provenance().get(what)} has sha256 {value}")
+
+
+__all__ = ["Method", "identity_rows", "per_view_labels", "place", "transform_labels", "views_mean"]

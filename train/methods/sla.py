@@ -1,0 +1,56 @@
+"""SLA (Lee et al., ICML 2020; docs/methods.md, "SLA"): one joint N·M head on the joint labels y·M + j,
+evaluated by single (SI) and aggregated (AG) inference, and SLA+SD, its self-distilled N-way head."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+import kernels
+from kernels import upcast
+from models import ALL_VIEWS, IDENTITY_VIEW, HeadSpec
+from train.methods.baselines import HeadsMethod
+
+
+class SLA(HeadsMethod):
+    """L_SLA = mean over rows of CE(joint logits, y·M + j)."""
+    name, primary_score = "sla", "AG"
+
+    def head_specs(self, num_classes):
+        return [HeadSpec("joint", num_classes * self.num_transforms, ALL_VIEWS)]
+
+    def sla_loss(self, outputs, labels):
+        return kernels.joint_cross_entropy(outputs["joint"], labels, self.num_transforms,
+                                           sum_over_transforms=self.config.sum_over_transforms, backend=self.backend)
+
+    def losses(self, outputs, labels):
+        return {"loss": self.sla_loss(outputs, labels)}
+
+    def class_scores(self, outputs):
+        joint = outputs["joint"]
+        return {"SI": kernels.single_view_logits(joint, self.num_transforms),
+                "AG": kernels.aggregate_logits(joint, self.num_transforms, backend=self.backend)}
+
+    def score_names(self):
+        return ("SI", "AG")
+
+
+class SLASelfDistillation(SLA):
+    """SLA+SD: L_SLA + T²·KL(softmax(AG/T).detach() ‖ softmax(c/T)) + β·CE(c, y)."""
+    name, primary_score = "sla_sd", "SD"
+
+    def head_specs(self, num_classes):
+        return super().head_specs(num_classes) + [HeadSpec("sd", num_classes, IDENTITY_VIEW)]
+
+    def losses(self, outputs, labels):
+        sla = self.sla_loss(outputs, labels)
+        aggregated = kernels.aggregate_logits(outputs["joint"].detach(), self.num_transforms, backend=self.backend)
+        distill = kernels.distillation_kl(outputs["sd"], aggregated, temperature=self.config.temperature,
+                                          backend=self.backend)
+        sd_ce = F.cross_entropy(upcast(outputs["sd"]), labels)
+        return {"loss": sla + distill + self.config.sd_weight * sd_ce, "sla": sla, "distill": distill,
+                "sd_ce": sd_ce}
+
+    def class_scores(self, outputs):
+        return {"SD": outputs["sd"], **super().class_scores(outputs)}
+
+    def score_names(self):
+        return ("SD", "SI", "AG")

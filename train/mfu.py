@@ -1,0 +1,118 @@
+"""Model FLOPs utilisation: FLOPs of one view counted once for a model, against the device's peak.
+
+Peaks: datasheet dense rates for GPUs whose exact variant the name tells (an H100 PCIe, NVL and SXM
+differ by 30%); otherwise, and on CPUs, the best measured rate of a large matmul and of a channels_last
+3×3 convolution (a floor for the true peak, so MFU against it is an upper estimate). A CPU's measured
+peak is cached per machine, precision and thread count, so runs do not pay for it twice.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+# Dense peaks (FLOP/s) by the device-name pattern that identifies the variant, most specific first.
+GPU_PEAKS = (
+    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12}),
+    ("H100 NVL", {"bf16": 835e12, "fp16": 835e12, "fp32": 60e12}),
+    ("H100 80GB HBM3", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),  # SXM5
+    ("H100 SXM", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
+    ("H200 NVL", {"bf16": 835e12, "fp16": 835e12, "fp32": 60e12}),
+    ("H200", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),  # SXM (the NVL is matched above)
+    ("A100-SXM4", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),
+    ("A100-PCIE", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),
+)
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sla-trainer" / "peak_flops.json"
+
+
+def datasheet_peak(device_name: str, precision: str) -> tuple[float, str] | None:
+    for pattern, peaks in GPU_PEAKS:
+        if pattern in device_name:
+            return peaks[precision], f"{pattern} datasheet dense {precision}"
+    return None  # an unknown variant (an "H100" alone could be any of three): measure instead
+
+
+def best_rate(operation, flops: float, device: torch.device, repeats: int = 10) -> float:
+    operation()  # warm-up: thread pools, kernel selection
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        operation()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return flops / best
+
+
+def measured_peak(device: torch.device, precision: str) -> tuple[float, str]:
+    size = 2048 if device.type == "cpu" else 8192
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(0)  # the measurement leaves the run's random streams as they were
+        matrix = torch.randn(size, size, device=device, dtype=dtype)
+        images = torch.randn(256, 64, 16, 16, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device, dtype, memory_format=torch.channels_last)
+        rates = {f"{size}² {precision} matmul": best_rate(lambda: matrix @ matrix, 2 * size**3, device),
+                 f"3×3 conv 64ch 16² {precision}": best_rate(lambda: conv(images), 2 * 256 * 64 * 64 * 9 * 16 * 16,
+                                                             device)}
+    best = max(rates, key=rates.get)
+    measured = ", ".join(f"{name} {rate / 1e9:,.0f} GFLOP/s" for name, rate in rates.items())
+    return rates[best], f"best measured rate ({best}; measured: {measured})"
+
+
+def _cpu_key(precision: str) -> str:
+    return f"{platform.processor() or platform.machine()}|{os.cpu_count()}|{torch.get_num_threads()}|" \
+           f"{torch.__version__}|{precision}"
+
+
+@functools.lru_cache(maxsize=None)
+def peak_flops(device: torch.device, precision: str, use_cache: bool = True) -> tuple[float, str]:
+    """(peak FLOP/s, where the figure comes from) for `precision` on `device`."""
+    if device.type == "cuda":
+        known = datasheet_peak(torch.cuda.get_device_name(device), precision)
+        return known if known is not None else measured_peak(device, precision)
+    key = _cpu_key(precision)
+    cached = {}
+    if use_cache and CACHE.is_file():
+        try:
+            cached = json.loads(CACHE.read_text())
+        except (OSError, ValueError):
+            cached = {}
+    if key in cached:
+        return cached[key][0], cached[key][1] + " (cached)"
+    peak = measured_peak(device, precision)
+    if use_cache:
+        try:
+            CACHE.parent.mkdir(parents=True, exist_ok=True)
+            temporary = CACHE.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({**cached, key: list(peak)}))
+            os.replace(temporary, CACHE)
+        except OSError:
+            pass  # a read-only home: measure again next time
+    return peak
+
+
+def forward_flops_per_view(model: torch.nn.Module, views: torch.Tensor) -> float:
+    """Forward FLOPs per view, counted in eval mode (BN statistics untouched) without gradients."""
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(views)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / len(views)
+
+
+def flops_per_view(model: torch.nn.Module, views: torch.Tensor, teacher: torch.nn.Module | None = None) -> float:
+    """Forward + backward FLOPs of one view (backward counted as twice the forward), plus a frozen
+    teacher's forward where there is one."""
+    flops = 3 * forward_flops_per_view(model, views)
+    return flops + (forward_flops_per_view(teacher, views) if teacher is not None else 0.0)
