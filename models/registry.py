@@ -27,6 +27,7 @@ BACKBONES = {
     "resnet50": lambda: resnet_four_stage(Bottleneck, [3, 4, 6, 3], imagenet_stem=True),
     "vgg8": lambda: vgg_bn("vgg8"),
     "vgg13": lambda: vgg_bn("vgg13"),
+    "vgg16": lambda: vgg_bn("vgg16"),
     "mobilenetv2": lambda: mobilenet_v2(0.5),
     "shufflenet_v1": lambda: shufflenet_v1(3),
     "shufflenet_v2": lambda: shufflenet_v2(),

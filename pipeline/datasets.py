@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .hashing import file_digest
+from .label_groups import group_primary_labels
 from .safe_pickle import load_restricted
 
 DATASETS = ("digits", "cifar10", "cifar100", "folder")
@@ -36,6 +37,10 @@ class ImageSet:
     class_names: list[str]
     skipped_files: list[str] = field(default_factory=list)  # unreadable images passed over
     files: tuple[str, ...] = ()  # for folder data: the file of each image, for loaders that decode themselves
+    coarse_labels: np.ndarray | None = None  # CIFAR-100: each image's superclass, as the archive gives it
+    coarse_names: tuple[str, ...] = ()
+    fine_labels: np.ndarray | None = None  # under grouped primary labels: each image's original class, numbered
+    # in block order (group g's classes are fine labels start_g .. start_g + size_g − 1; pipeline/label_groups.py)
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
@@ -51,7 +56,9 @@ class ImageSet:
 
     def subset(self, indices: np.ndarray) -> "ImageSet":
         files = tuple(self.files[i] for i in indices) if self.files else ()
-        return replace(self, images=self.images[indices], labels=self.labels[indices], files=files)
+        pick = lambda labels: None if labels is None else labels[indices]  # noqa: E731
+        return replace(self, images=self.images[indices], labels=self.labels[indices], files=files,
+                       coarse_labels=pick(self.coarse_labels), fine_labels=pick(self.fine_labels))
 
 
 @dataclass
@@ -61,6 +68,7 @@ class DatasetSplits:
     test: ImageSet
     mean: tuple[float, float, float]  # per channel, on the [0, 1] scale
     std: tuple[float, float, float]
+    group_sizes: tuple[int, ...] = ()  # under grouped primary labels: fine classes per primary class
 
     @property
     def num_classes(self) -> int:
@@ -103,6 +111,7 @@ class CifarArchive:
     label_key: bytes
     meta_file: str
     names_key: bytes
+    coarse_key: bytes  # b"" where the archive has no superclasses
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -111,10 +120,10 @@ class CifarArchive:
 CIFAR = {
     "cifar10": CifarArchive("cifar-10-batches-py", "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
                             tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels",
-                            "batches.meta", b"label_names", 10,
+                            "batches.meta", b"label_names", b"", 10,
                             (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": CifarArchive("cifar-100-python", "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
-                             ("train",), "test", b"fine_labels", "meta", b"fine_label_names", 100,
+                             ("train",), "test", b"fine_labels", "meta", b"fine_label_names", b"coarse_labels", 100,
                              (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
@@ -142,7 +151,8 @@ def _fetch_cifar(root: Path, spec: CifarArchive) -> None:
         tar.extractall(root, filter="data")
 
 
-def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_batch(path: Path, label_key: bytes, coarse_key: bytes = b"") -> tuple[np.ndarray, np.ndarray,
+                                                                                     np.ndarray | None]:
     if not path.exists():
         raise DataError(f"missing CIFAR file {path}: the extracted folder is incomplete")
     try:
@@ -150,9 +160,10 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
             batch = load_restricted(f)
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.asarray(batch[label_key], dtype=np.int64)
+        coarse = np.asarray(batch[coarse_key], dtype=np.int64) if coarse_key else None
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as error:
         raise DataError(f"corrupt or unsafe CIFAR file {path}: {type(error).__name__}: {error}") from None
-    return np.ascontiguousarray(data), labels
+    return np.ascontiguousarray(data), labels, coarse
 
 
 def load_cifar(name: str, data_root: str) -> tuple[ImageSet, ImageSet]:
@@ -162,17 +173,23 @@ def load_cifar(name: str, data_root: str) -> tuple[ImageSet, ImageSet]:
     folder = root / spec.folder
     if not folder.is_dir():
         _fetch_cifar(root, spec)
-    parts = [_read_cifar_batch(folder / name_, spec.label_key) for name_ in spec.train_files]
-    train_images = np.concatenate([images for images, _ in parts])
-    train_labels = np.concatenate([labels for _, labels in parts])
-    test_images, test_labels = _read_cifar_batch(folder / spec.test_file, spec.label_key)
+    parts = [_read_cifar_batch(folder / name_, spec.label_key, spec.coarse_key) for name_ in spec.train_files]
+    train_images = np.concatenate([images for images, _, _ in parts])
+    train_labels = np.concatenate([labels for _, labels, _ in parts])
+    train_coarse = np.concatenate([coarse for _, _, coarse in parts]) if spec.coarse_key else None
+    test_images, test_labels, test_coarse = _read_cifar_batch(folder / spec.test_file, spec.label_key, spec.coarse_key)
+    names, coarse_names = [str(c) for c in range(spec.num_classes)], ()
     try:
         with open(folder / spec.meta_file, "rb") as f:
-            names = [n.decode() for n in load_restricted(f)[spec.names_key]]
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError):
-        names = [str(c) for c in range(spec.num_classes)]
-    return (ImageSet(train_images, train_labels, spec.num_classes, names),
-            ImageSet(test_images, test_labels, spec.num_classes, names))
+            meta = load_restricted(f)
+        names = [n.decode() for n in meta[spec.names_key]]
+        coarse_names = tuple(n.decode() for n in meta.get(b"coarse_label_names", []))
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, AttributeError):
+        pass
+    return (ImageSet(train_images, train_labels, spec.num_classes, names, coarse_labels=train_coarse,
+                     coarse_names=coarse_names),
+            ImageSet(test_images, test_labels, spec.num_classes, names, coarse_labels=test_coarse,
+                     coarse_names=coarse_names))
 
 
 # ---------------------------------------------------------------------------- folder
@@ -283,7 +300,8 @@ def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[flo
 
 
 def build_splits(dataset: str, data_root: str, image_size: int, val_split: float, seed: int,
-                 samples_per_class: int = 0, imbalance_ratio: float = 1.0, strict_images: bool = False) -> DatasetSplits:
+                 samples_per_class: int = 0, imbalance_ratio: float = 1.0, strict_images: bool = False,
+                 primary_labels: str = "fine") -> DatasetSplits:
     if dataset == "digits":
         train_full, test = load_digits(image_size)
     elif dataset in CIFAR:
@@ -304,4 +322,5 @@ def build_splits(dataset: str, data_root: str, image_size: int, val_split: float
         mean, std = CIFAR[dataset].mean, CIFAR[dataset].std
     else:
         mean, std = channel_statistics(train.images)
-    return DatasetSplits(train, val, test, mean, std)
+    splits = DatasetSplits(train, val, test, mean, std)
+    return group_primary_labels(splits, primary_labels, train_full) if primary_labels != "fine" else splits

@@ -80,3 +80,46 @@ def test_step_bench_reports_the_teacher_share_of_a_student_step(tmp_path):
     assert record["method"] == "hsakd_student" and record["teacher_model"] == "resnet20"
     assert 0 < record["teacher_share"] < 1 and record["teacher_share"] == record["phase_share"]["teacher"]
     assert abs(sum(record["phase_share"].values()) - 1) < 0.05  # the phases account for the step
+
+
+
+def test_step_bench_alternates_rounds_under_a_background_load(tmp_path, monkeypatch):
+    import subprocess
+
+    from train.bench import common
+
+    spawned = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        spawned.append(real_popen(*args, **kwargs))
+        return spawned[-1]
+
+    monkeypatch.setattr(common.subprocess, "Popen", recording_popen)
+    out = tmp_path / "rounds.jsonl"
+    assert main(["step", "--models", "resnet8", "--num-transforms", "4", "--data", "synthetic", "--steps", "1",
+                 "--warmup", "1", "--batch", "4", "--images", "16", "--workers", "1", "--rounds", "3",
+                 "--background-load", "1", "--output", str(out)]) == 0
+    assert len(spawned) == 1 and spawned[0].poll() is not None  # the load ran and was stopped
+    trainer, paper = sorted(read_lines(out), key=lambda r: r["path"], reverse=True)
+    assert trainer["path"] == "trainer" and paper["path"] == "paper"
+    for record in (trainer, paper):
+        assert record["rounds"] == 3 and record["background_load"] == 1 and len(record["round_images_per_s"]) == 3
+        rates = sorted(record["round_images_per_s"])
+        assert abs(record["images_per_s"] - rates[1]) <= 0.01 * rates[1] + 0.1  # the median round is reported
+    expected = [t / p for t, p in zip(trainer["round_images_per_s"], paper["round_images_per_s"])]
+    assert all(abs(r - e) <= 0.01 * e + 0.01 for r, e in zip(trainer["round_vs_paper"], expected))
+
+
+def test_step_bench_times_maxls_two_updates_against_the_official_way(tmp_path):
+    out = tmp_path / "maxl.jsonl"
+    assert main(["step", "--method", "maxl", "--models", "resnet8", "--data", "synthetic", "--steps", "1",
+                 "--warmup", "1", "--batch", "6", "--images", "24", "--workers", "1", "--rounds", "2",
+                 "--output", str(out)]) == 0
+    records = read_lines(out)
+    assert {(r["update"], r["path"]) for r in records} == {(u, p) for u in ("learner", "meta")
+                                                           for p in ("trainer", "paper")}
+    for record in records:
+        paper = next(r for r in records if r["path"] == "paper" and r["update"] == record["update"])
+        assert abs(record["vs_paper"] - record["images_per_s"] / paper["images_per_s"]) <= 0.01 * record["vs_paper"] + 0.01
+    assert all(r["precision"] == "fp32" and not r["channels_last"] for r in records if r["path"] == "paper")

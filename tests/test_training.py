@@ -13,7 +13,10 @@ def read_records(run_dir, kind):
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-@pytest.mark.parametrize("method", sorted(name for name in METHODS if not name.startswith("hsakd")))  # HSAKD: test_hsakd_training.py
+OWN_TESTS = ("hsakd", "maxl")  # test_hsakd_training.py, test_maxl.py
+
+
+@pytest.mark.parametrize("method", sorted(name for name in METHODS if not name.startswith(OWN_TESTS)))
 def test_method_trains_and_reports_its_scores(method, tiny_config, tmp_path):
     epochs = 10 if method in ("sla", "sla_sd") else 4
     summary = train(tiny_config(method=method, epochs=epochs, run_name=method))

@@ -96,7 +96,7 @@ def load_checkpoint(path: str, config: TrainConfig) -> dict:
 
 
 def checkpoint_payload(config: TrainConfig, model, optimizer, scheduler, scaler, ema, epoch: int, step: int,
-                       best_score: float, provenance: dict) -> dict:
+                       best_score: float, provenance: dict, method_state: dict | None = None) -> dict:
     return {
         "config": dataclasses.asdict(config),
         "provenance": provenance,  # the files the run builds on (a teacher checkpoint) and their hashes
@@ -105,6 +105,7 @@ def checkpoint_payload(config: TrainConfig, model, optimizer, scheduler, scaler,
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
+        "method_state": method_state or {},  # what a method keeps beyond the model (MAXL: its generator)
         "epoch": epoch,  # epochs completed
         "step": step,  # optimizer steps completed
         "best_score": best_score,

@@ -33,6 +33,9 @@ class TrainConfig:
     loader_workers: int = field(default=0, metadata={"help": "loader worker processes/threads; 0 = this rank's cores"})
     beton_dir: str = field(default="", metadata={"help": "ffcv .beton folder (default: <data-root>/ffcv)"})
     crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop"})
+    primary_labels: str = field(default="fine", metadata={
+        "help": "fine (the data's classes), coarse (CIFAR-100's 20 superclasses), or class ids grouped like "
+                "0,2,4,6,8/1,3,5,7,9; under a grouping the original classes are MAXL's human auxiliary labels"})
     # --- method
     method: str = field(default="sla_sd", metadata={"help": "see --list-methods"})
     transforms: str = field(default="rotation", metadata={"help": "transformation family of docs/methods.md"})
@@ -47,6 +50,24 @@ class TrainConfig:
     frozen_backbone: str = field(default="", metadata={"help": "hsakd_teacher: a run checkpoint whose backbone and "
                                                                "class head are frozen; only the branches learn"})
     peer_model: str = field(default="", metadata={"help": "hsakd_online: the second network (default: --model)"})
+    aux_per_class: str = field(default="5", metadata={"help": "maxl: auxiliary labels ψ per primary class, one "
+                                                                  "number for all or a comma-separated list"})
+    generator_model: str = field(default="", metadata={"help": "maxl: the label generator's backbone (default: "
+                                                                   "--model)"})
+    focal_gamma: float = field(default=2.0, metadata={"help": "maxl, maxl_human: focal loss γ on the primary and "
+                                                              "auxiliary targets; 0 is cross-entropy"})
+    entropy_weight: float = field(default=0.2, metadata={"help": "maxl: weight λ of the generated labels' "
+                                                                 "negative batch entropy in θ2's objective"})
+    maxl_order: str = field(default="second", metadata={"help": "maxl: meta-gradient through the look-ahead step, "
+                                                                "second (exact) or first (finite differences)"})
+    maxl_interleave: bool = field(default=False, metadata={"help": "maxl: update θ1 and θ2 on every batch instead "
+                                                                   "of the paper's pass of θ1, then pass of θ2"})
+    generator_lr: float = field(default=1e-3, metadata={"help": "maxl: the generator's peak SGD learning rate "
+                                                                "(no momentum, as the paper; same schedule as --lr)"})
+    generator_weight_decay: float = field(default=5e-4, metadata={"help": "maxl: the generator's L2 coefficient"})
+    log_grad_similarity: bool = field(default=False, metadata={
+        "help": "maxl, maxl_human: log cos(∇L_pri, ∇L_aux) over the shared backbone, averaged over each logging "
+                "interval (an extra backward pass per step)"})
     kernels: str = field(default="auto", metadata={"help": "loss/view kernels: auto (Numba CUDA or CPU by "
                                                                 "device), cuda, cpu, torch (composite reference)"})
     # --- model
@@ -88,7 +109,8 @@ class TrainConfig:
 # Settings that change what a checkpoint means; a resume must match them.
 RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "method",
                      "transforms", "model", "batch_size", "seed", "peer_model", "kd_temperature",
-                     "decay_norm_and_bias")  # the last: the optimizer's parameter groups
+                     "decay_norm_and_bias",  # the optimizer's parameter groups
+                     "primary_labels", "aux_per_class", "generator_model", "maxl_interleave")
 
 PRESETS: dict[str, dict[str, typing.Any]] = {
     # SLA paper recipe (Lee et al. 2020): batch 128, lr 0.1, wd 1e-4 on every parameter, 80k iterations, ×0.1 at
@@ -119,6 +141,17 @@ PRESETS.update({f"hsakd-cifar100-{teacher}-{student}": dict(HSAKD_RECIPE, method
                                                              teacher_model=teacher,
                                                              lr=0.01 if student in SMALL_LR_STUDENTS else 0.05)
                 for teacher, student in HSAKD_PAIRS})
+
+# MAXL recipe (Liu et al. 2019, official code): CIFAR-100's 20 superclasses as primary labels, ψ = 5, VGG-16 (BN)
+# for both networks, θ1 SGD lr 0.01 without momentum or weight decay, θ2 SGD lr 1e-3 wd 5e-4, both ×0.5 every
+# 50 of 200 epochs, batch 100.
+MAXL_RECIPE = dict(dataset="cifar100", primary_labels="coarse", model="vgg16", aux_per_class="5", batch_size=100,
+                   epochs=200, lr=0.01, momentum=0.0, weight_decay=0.0, generator_lr=1e-3,
+                   generator_weight_decay=5e-4, schedule="multistep", lr_milestones=(0.25, 0.5, 0.75), lr_gamma=0.5,
+                   focal_gamma=2.0, entropy_weight=0.2, val_split=5000, eval_every=5, checkpoint_every=5,
+                   log_every=100)
+PRESETS["maxl-cifar100-vgg16"] = dict(MAXL_RECIPE, method="maxl")
+PRESETS["maxl-human-cifar100-vgg16"] = dict(MAXL_RECIPE, method="maxl_human")
 
 
 def coerce(kind, value):

@@ -1,4 +1,5 @@
-"""Accuracy of every class score a method produces (SD, SI, AG, ...), overall and per class."""
+"""Accuracy of every class score a method produces (SD, SI, AG, ...), and of its other per-image measures
+(MAXL's auxiliary agreement), overall and per class."""
 from __future__ import annotations
 
 import torch
@@ -16,9 +17,11 @@ def evaluate(model, method, loader, num_classes: int, context: DistributedContex
     for batch in loader:
         with autocast_context():
             outputs = model(batch.views)
+            extra_hits = method.evaluation_hits(outputs, batch)
         seen += torch.bincount(batch.labels, minlength=num_classes).double()
-        for score, logits in method.class_scores(outputs).items():
-            hits = logits.argmax(dim=1) == batch.labels
+        hits_by_score = {score: logits.argmax(dim=1) == batch.labels
+                         for score, logits in method.class_scores(outputs).items()}
+        for score, hits in {**hits_by_score, **extra_hits}.items():
             counts = torch.bincount(batch.labels[hits], minlength=num_classes).double()
             correct[score] = correct.get(score, torch.zeros_like(seen)) + counts
     model.train(was_training)

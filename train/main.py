@@ -68,8 +68,10 @@ def run(config: TrainConfig, context) -> dict:
 
     # ---- data: uint8 images stay whole; views are made on the device, per batch
     splits = build_splits(config.dataset, config.data_root, config.image_size, config.val_split, config.seed,
-                          config.samples_per_class, config.imbalance_ratio, config.strict_images)
+                          config.samples_per_class, config.imbalance_ratio, config.strict_images,
+                          config.primary_labels)
     num_classes = splits.num_classes
+    method.see_data(splits)
     skipped_images = sorted(set(splits.train.skipped_files) | set(splits.test.skipped_files))  # unreadable files
     family = kernels.get_family(method.transform_family)
     kernels.check_family_fits(family, *splits.train.images.shape[1:])
@@ -92,7 +94,7 @@ def run(config: TrainConfig, context) -> dict:
     # ---- model, identical on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(config.seed)
     model = method.build_model(config.model, num_classes, family, device, config.channels_last)  # binds M, backend
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = len(train_loader) * method.passes_per_epoch
     total_steps = config.iterations or config.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = build_optimizer(config, model, device)
@@ -101,7 +103,7 @@ def run(config: TrainConfig, context) -> dict:
     ema = build_ema(config, model)
 
     # ---- resume: every state that decides the next step comes back
-    start_epoch, step, best_score, best_state = 0, 0, -math.inf, None
+    start_epoch, step, best_score, best_state, payload = 0, 0, -math.inf, None, None
     if config.resume:
         payload = load_checkpoint(config.resume, config)
         method.check_resume(payload)
@@ -129,8 +131,10 @@ def run(config: TrainConfig, context) -> dict:
         train_model = torch.compile(train_model)
     eval_model = ema.module if ema is not None else model
     step_context = lambda: autocast(precision, device)  # noqa: E731
-    train_step = TrainStep(train_model, model, method, optimizer, scheduler, scaler, ema, step_context,
-                           config.grad_clip_norm)
+    train_step = method.make_step(TrainStep(train_model, model, method, optimizer, scheduler, scaler, ema,
+                                            step_context, config.grad_clip_norm), total_steps)
+    if payload is not None:
+        method.load_state_dict(payload.get("method_state", {}))  # e.g. MAXL's generator, its optimizer and schedule
     # MFU: FLOPs of one view counted once for the model (and a frozen teacher), against the device's peak
     height, width, channels = splits.train.images.shape[1:]
     sample_views = torch.zeros(num_transforms, channels, height, width, device=device, dtype=expander.out_dtype)
@@ -161,12 +165,11 @@ def run(config: TrainConfig, context) -> dict:
     steps_this_run = 0
     last_val: dict = {}
     for epoch in range(start_epoch, epochs):
-        train_loader.set_epoch(epoch)
         model.train()
         loss_sums: dict[str, torch.Tensor] = {}
         data_time = 0.0
         clock.resume()
-        batches = iter(train_loader)
+        batches = method.epoch_batches(train_loader, epoch)  # reshuffled per epoch (per pass for MAXL)
         while step < total_steps:
             profiler.begin_step(steps_this_run)
             fetch_start = time.perf_counter()
@@ -223,7 +226,8 @@ def run(config: TrainConfig, context) -> dict:
             run_log.print(f"epoch {epoch + 1}/{epochs} val {accuracy_line(last_val)}{'  (best)' if improved else ''}")
         if context.is_main and ((epoch + 1) % config.checkpoint_every == 0 or stopping):
             atomic_save(checkpoint_payload(config, model, optimizer, scheduler, scaler, ema, epoch + 1, step,
-                                           best_score, method.provenance()), run_log.run_dir / "last.pt")
+                                           best_score, method.provenance(), method.state_dict()),
+                        run_log.run_dir / "last.pt")
         if stopping:
             break
     barrier(context)

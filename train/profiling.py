@@ -14,7 +14,8 @@ import torch
 
 from pipeline import phases
 
-PHASES = ("data", "copy", "expand", "teacher", "forward", "loss", "backward", "optimizer")  # teacher: HSAKD students
+PHASES = ("data", "copy", "expand", "teacher", "forward", "loss", "backward", "optimizer",
+          "meta")  # teacher: HSAKD students; meta: MAXL's generator step (look-ahead and its gradient)
 LOADER_PHASES = ("data", "copy", "expand")  # "data" is waiting for the loader beyond its copy and expansion
 
 
@@ -139,7 +140,7 @@ def breakdown(clock: PhaseClock, device_busy: float | None, wall: float) -> dict
 
 def verdict(shares: dict[str, float], device_busy_share: float | None) -> str:
     loader = sum(shares[name] for name in LOADER_PHASES)
-    compute = sum(shares[name] for name in ("teacher", "forward", "loss", "backward"))
+    compute = sum(shares[name] for name in ("teacher", "forward", "loss", "backward", "meta"))
     if shares["data"] >= 0.3:
         text = f"loader-bound: {100 * shares['data']:.0f}% of step time waiting for data"
     elif loader >= 0.4:

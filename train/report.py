@@ -45,10 +45,13 @@ def save(figure, path: Path) -> Path:
 
 def loss_figure(steps: list[dict], out: Path) -> Path:
     figure, axes = plt.subplots(figsize=(7, 4))
-    parts = [key for key in steps[0] if key not in ("kind", "time", "epoch", "step", "lr", "images_per_s",
-                                                    "views_per_s", "data_time_s", "compute_time_s")]
+    not_losses = ("kind", "time", "epoch", "step", "lr", "images_per_s", "views_per_s", "mfu", "data_time_s",
+                  "compute_time_s", "grad_cosine")
+    parts = list(dict.fromkeys(key for s in steps for key in s if key not in not_losses))  # MAXL's passes differ
     for part in parts:
-        axes.plot([s["step"] for s in steps], [s[part] for s in steps], label=part, linewidth=2 if part == "loss" else 1)
+        logged = [s for s in steps if part in s]
+        axes.plot([s["step"] for s in logged], [s[part] for s in logged], label=part,
+                  linewidth=2 if part == "loss" else 1)
     axes.set(xlabel="step", ylabel="loss (interval mean)", title="training loss and its parts")
     axes.legend()
     return save(figure, out / "loss.png")
@@ -56,12 +59,23 @@ def loss_figure(steps: list[dict], out: Path) -> Path:
 
 def accuracy_figure(epochs: list[dict], out: Path) -> Path:
     figure, axes = plt.subplots(figsize=(7, 4))
-    for score in ("SD", "SI", "AG"):
+    for score in ("SD", "SI", "AG", "aux_agreement"):
         if score in epochs[0]:
             axes.plot([e["epoch"] for e in epochs], [e[score] for e in epochs], marker="o", label=score)
     axes.set(xlabel="epoch", ylabel="validation accuracy (%)", title="SD / SI / AG accuracy")
     axes.legend()
     return save(figure, out / "accuracy.png")
+
+
+def gradient_similarity_figure(steps: list[dict], out: Path) -> Path:
+    """MAXL with --log-grad-similarity: cos(∇L_pri, ∇L_aux) on the shared layers (the paper's usefulness)."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    logged = [s for s in steps if "grad_cosine" in s]
+    axes.plot([s["step"] for s in logged], [s["grad_cosine"] for s in logged], marker=".")
+    axes.axhline(0, color="grey", linewidth=0.5)
+    axes.set(xlabel="step", ylabel="cosine similarity", ylim=(-1, 1),
+             title="primary vs auxiliary gradient on the shared layers")
+    return save(figure, out / "grad_similarity.png")
 
 
 def throughput_figure(steps: list[dict], out: Path) -> Path:
@@ -91,6 +105,8 @@ def render(run_dir: Path) -> list[Path]:
     written = []
     if steps:
         written += [loss_figure(steps, out), throughput_figure(steps, out)]
+        if any("grad_cosine" in s for s in steps):
+            written.append(gradient_similarity_figure(steps, out))
     if epochs:
         written.append(accuracy_figure(epochs, out))
     if profiles:

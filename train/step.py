@@ -27,12 +27,17 @@ class TrainStep:
             outputs = self.method.forward(self.train_model, batch.views)
         with phase("loss"), self.autocast():
             losses = self.method.losses(outputs, batch.labels)
+        self.update(losses["loss"])
+        return losses
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward, optimizer, schedule and EMA for the trained model's `loss`."""
         with phase("backward"):  # DDP's gradient all-reduce overlaps this phase
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
-                self.scaler.scale(losses["loss"]).backward()
+                self.scaler.scale(loss).backward()
             else:
-                losses["loss"].backward()
+                loss.backward()
         with phase("optimizer"):
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
@@ -46,4 +51,3 @@ class TrainStep:
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
-        return losses

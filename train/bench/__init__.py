@@ -2,6 +2,7 @@
 
     python train/bench.py kernels [--batches 128,256,512] [--classes 10,100,1000] [--output bench.jsonl]
     python train/bench.py step [--models resnet32,resnet18_cifar] [--num-transforms 1,4] [--output bench.jsonl]
+    python train/bench.py step --models resnet32 --num-transforms 4 --data synthetic --rounds 5 --background-load 2
     python train/bench.py step --method hsakd_student --models resnet8x4 --teacher-model resnet32x4 --num-transforms 4
     python train/bench.py loader [--images 8192] [--folder-images 2048] [--batch 256] [--output bench.jsonl]
 """
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "architecture; default the student's")
     step_parser.add_argument("--trainer-precision", default="auto", help="the trainer path's --precision "
                                                                          "(auto, fp32, bf16); the paper path is fp32")
+    step_parser.add_argument("--rounds", type=int, default=1,
+                             help="timed rounds, the paths taking turns (median round reported, each round's ratio "
+                                  "printed)")
+    step_parser.add_argument("--background-load", type=int, default=0,
+                             help="busy processes competing for the cores during the run (load sensitivity)")
     step_parser.add_argument("--output", default=None, help="append one JSON line per configuration here")
     args = parser.parse_args(argv)
     if args.command == "step":
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         names = lambda text: tuple(part for part in text.split(",") if part)  # noqa: E731
         run(names(args.models), args.num_transforms, names(args.data), args.batch, args.steps, args.warmup,
             args.images, args.workers, names(args.paths), args.output, args.method, args.teacher_model,
-            args.trainer_precision)
+            args.trainer_precision, args.rounds, args.background_load)
     if args.command == "loader":
         from train.bench.loaders import run
 

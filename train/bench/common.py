@@ -1,8 +1,11 @@
 """What every benchmark command shares: the device it measures, its table header, its JSON lines."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 
 import torch
 
@@ -28,3 +31,25 @@ def append_json_lines(path: str | None, records: list[dict]) -> None:
     if path:
         with open(path, "a") as f:
             f.writelines(json.dumps(record) + "\n" for record in records)
+
+
+@contextlib.contextmanager
+def busy_processes(count: int):
+    """`count` processes that spin on a core each while the block runs: a reproducible stand-in for another job
+    loading the machine (the load-sensitivity comparison in BENCHMARKS.md)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def endless_batches(loader):
+    """The loader's batches, epoch after epoch (reshuffled each), for as many steps as a benchmark times."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1

@@ -3,7 +3,9 @@ backward, optimizer; all-reduce under torchrun), this trainer's path against the
 (torch DataLoader, fp32, NCHW, torch.rot90 stacking, eager torch losses) in the same run."""
 from __future__ import annotations
 
+import os
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +21,8 @@ from pipeline.datasets import build_splits, channel_statistics
 from pipeline.loaders import build_loader
 from pipeline.views import ViewExpander
 from train.bench.loaders import cifar_shaped
-from train.bench.common import append_json_lines, available_cores, bench_device, device_name, print_header
+from train.bench.common import (append_json_lines, available_cores, bench_device, busy_processes, device_name,
+                                endless_batches, print_header)
 from train.config import TrainConfig
 from train.methods import build_method
 from train.mfu import flops_per_view, peak_flops
@@ -60,83 +63,133 @@ def phase_shares(step, stream, steps: int, device: torch.device) -> dict[str, fl
     return {name: round(share, 4) for name, share in shares.items()}
 
 
-def measure(path: str, settings: dict, model_name: str, method_name: str, family_name: str, split, batch: int,
-            steps: int, warmup: int, device: torch.device, workers: int, teacher: str = "") -> dict:
-    config = TrainConfig(method=method_name, transforms=family_name, model=model_name, batch_size=batch,
-                         precision=settings["precision"], channels_last=settings["channels_last"],
-                         kernels=settings["kernels"], schedule="cosine", lr=0.05, teacher=teacher)
-    precision = resolve_precision(config, device)
-    input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    method = build_method(config)
-    family = kernels.get_family(family_name)
-    mean, std = channel_statistics(split.images[:1024])
-    expander = ViewExpander(family, mean, std, input_dtype if device.type == "cuda" else torch.float32,
-                            settings["channels_last"], "torch" if path == "paper" else "auto")
-    loader = build_loader(settings["loader"], split, LoaderSettings(expander, device, batch, train=True,
-                                                                    workers=workers))
-    torch.manual_seed(0)
-    model = method.build_model(model_name, split.num_classes, family, device, settings["channels_last"])
-    optimizer = build_optimizer(config, model, device)
-    step = TrainStep(model, model, method, optimizer, build_scheduler(config, optimizer, warmup + steps + 1),
-                     build_scaler(precision, device), None, lambda: autocast(precision, device))
+class PreparedPath:
+    """One path's loader, model and step, built once so that rounds of timed steps can alternate between paths."""
 
-    def batches():
-        epoch = 0
-        while True:
-            loader.set_epoch(epoch)
-            yield from loader
-            epoch += 1
+    def __init__(self, path: str, settings: dict, model_name: str, method_name: str, family_name: str, split,
+                 batch: int, warmup: int, total_steps: int, device: torch.device, workers: int, teacher: str = ""):
+        self.model_name = model_name
+        config = TrainConfig(method=method_name, transforms=family_name, model=model_name, batch_size=batch,
+                             precision=settings["precision"], channels_last=settings["channels_last"],
+                             kernels=settings["kernels"], schedule="cosine", lr=0.05, teacher=teacher)
+        self.path, self.settings, self.device, self.batch = path, settings, device, batch
+        self.precision = resolve_precision(config, device)
+        input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self.method = build_method(config)
+        self.family = kernels.get_family(family_name)
+        mean, std = channel_statistics(split.images[:1024])
+        expander = ViewExpander(self.family, mean, std, input_dtype if device.type == "cuda" else torch.float32,
+                                settings["channels_last"], "torch" if path == "paper" else "auto")
+        self.loader = build_loader(settings["loader"], split, LoaderSettings(expander, device, batch, train=True,
+                                                                             workers=workers))
+        torch.manual_seed(0)
+        self.model = self.method.build_model(model_name, split.num_classes, self.family, device,
+                                             settings["channels_last"])
+        optimizer = build_optimizer(config, self.model, device)
+        self.step = TrainStep(self.model, self.model, self.method, optimizer,
+                              build_scheduler(config, optimizer, warmup + total_steps + 1),
+                              build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
+        self.stream = endless_batches(self.loader)
+        for _ in range(warmup):
+            self.step(next(self.stream))
+        self.seconds: list[float] = []  # one entry per timed round
+        self.waits: list[float] = []
 
-    stream = batches()
-    for _ in range(warmup):
-        step(next(stream))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    wait = 0.0
-    start = time.perf_counter()
-    for _ in range(steps):
-        fetch = time.perf_counter()
-        current = next(stream)
-        wait += time.perf_counter() - fetch
-        step(current)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    shares = phase_shares(step, stream, max(2, steps // 4), device)
-    num_transforms = family.num_transforms
-    sample = next(stream).views
-    flops = flops_per_view(model, sample, getattr(method, "teacher", None))
-    peak, peak_source = peak_flops(device, precision)
-    images_per_s = steps * batch / seconds
-    memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"benchmark": "step", "path": path, "model": model_name, "method": method_name, "transforms": family_name,
-            "teacher_model": method.provenance().get("teacher_model"),
-            "num_transforms": num_transforms, "batch": batch, "device": str(device), "precision": precision,
-            "loader": settings["loader"], "channels_last": settings["channels_last"], "kernels": settings["kernels"],
-            "images_per_s": round(images_per_s, 1), "views_per_s": round(images_per_s * num_transforms, 1),
-            "ms_per_step": round(1e3 * seconds / steps, 2), "loader_wait_share": round(wait / seconds, 4),
-            "compute_s": round(seconds - wait, 4), "loader_wait_s": round(wait, 4),
-            "peak_memory_bytes": int(memory), "memory_kind": "device" if device.type == "cuda" else "host peak RSS",
-            "flops_per_view": flops, "peak_flops": peak, "peak_source": peak_source,
-            "mfu": round(flops * images_per_s * num_transforms / peak, 5), "phase_share": shares,
-            "teacher_share": shares["teacher"]}
+    def time_round(self, steps: int) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        wait = 0.0
+        start = time.perf_counter()
+        for _ in range(steps):
+            fetch = time.perf_counter()
+            current = next(self.stream)
+            wait += time.perf_counter() - fetch
+            self.step(current)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds.append(time.perf_counter() - start)
+        self.waits.append(wait)
+
+    def record(self, steps: int) -> dict:
+        """The median round's figures, plus every round's images/s (the spread shows how steady the machine was)."""
+        device, batch = self.device, self.batch
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        shares = phase_shares(self.step, self.stream, max(2, steps // 4), device)
+        num_transforms = self.family.num_transforms
+        sample = next(self.stream).views
+        flops = flops_per_view(self.model, sample, getattr(self.method, "teacher", None))
+        peak, peak_source = peak_flops(device, self.precision)
+        seconds = statistics.median(self.seconds)
+        wait = self.waits[self.seconds.index(sorted(self.seconds)[len(self.seconds) // 2])]
+        images_per_s = steps * batch / seconds
+        memory = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        settings = self.settings
+        return {"benchmark": "step", "path": self.path, "model": self.model_name, "method": self.method.name,
+                "transforms": self.family.name, "teacher_model": self.method.provenance().get("teacher_model"),
+                "num_transforms": num_transforms, "batch": batch, "device": str(device), "precision": self.precision,
+                "loader": settings["loader"], "channels_last": settings["channels_last"],
+                "kernels": settings["kernels"], "rounds": len(self.seconds),
+                "images_per_s": round(images_per_s, 1), "views_per_s": round(images_per_s * num_transforms, 1),
+                "round_images_per_s": [round(steps * batch / s, 1) for s in self.seconds],
+                "ms_per_step": round(1e3 * seconds / steps, 2), "loader_wait_share": round(wait / seconds, 4),
+                "compute_s": round(seconds - wait, 4), "loader_wait_s": round(wait, 4),
+                "peak_memory_bytes": int(memory), "memory_kind": "device" if device.type == "cuda" else "host peak RSS",
+                "flops_per_view": flops, "peak_flops": peak, "peak_source": peak_source,
+                "mfu": round(flops * images_per_s * num_transforms / peak, 5), "phase_share": shares,
+                "teacher_share": shares["teacher"]}
+
+
+def measure_paths(paths, settings: dict, model_name: str, method_name: str, family_name: str, split, batch: int,
+                  steps: int, warmup: int, rounds: int, device: torch.device, workers: int,
+                  teacher: str = "") -> dict[str, dict]:
+    """Builds every path, then times `rounds` rounds of `steps` steps, the paths taking turns within each round
+    (a slow spell of the machine lands on both); each path reports its median round, and each round's ratio
+    against the paper path is kept."""
+    prepared = {}
+    for path in paths:
+        prepared[path] = PreparedPath(path, settings[path], model_name, method_name, family_name, split, batch,
+                                      warmup, rounds * steps, device, workers, teacher)
+    for round_index in range(rounds):
+        order = list(prepared.values())
+        for path in order if round_index % 2 == 0 else reversed(order):
+            path.time_round(steps)
+    records = {name: path.record(steps) for name, path in prepared.items()}
+    if "paper" in prepared:
+        paper = prepared["paper"].seconds
+        for name, path in prepared.items():
+            records[name]["round_vs_paper"] = [round(p / s, 2) for p, s in zip(paper, path.seconds)]
+    return records
 
 
 def run(models=("resnet32", "resnet18_cifar"), num_transforms=(1, 4), data=("synthetic", "digits"), batch: int = 128,
         steps: int = 20, warmup: int = 5, num_images: int = 4096, workers: int = 0, paths=("trainer", "paper"),
         output: str | None = None, method: str = "auto", teacher_model: str = "",
-        trainer_precision: str = "auto") -> list[dict]:
+        trainer_precision: str = "auto", rounds: int = 1, background_load: int = 0) -> list[dict]:
     """`method` auto: baseline at M = 1, sla at M = 4; hsakd_student distils from an untrained
     `teacher_model` (default: the student's own architecture). `trainer_precision` is the trainer
-    path's --precision (the paper path is fp32, as the papers' code)."""
+    path's --precision (the paper path is fp32, as the papers' code). `rounds` alternates the paths
+    that many times; `background_load` busy processes compete for the cores while everything runs."""
+    if rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {rounds}")
+    with busy_processes(background_load):
+        return _run(models, num_transforms, data, batch, steps, warmup, num_images, workers, paths, output, method,
+                    teacher_model, trainer_precision, rounds, background_load)
+
+
+def _run(models, num_transforms, data, batch, steps, warmup, num_images, workers, paths, output, method,
+         teacher_model, trainer_precision, rounds, background_load) -> list[dict]:
     device = bench_device()
     settings = {**PATHS, "trainer": {**PATHS["trainer"], "precision": trainer_precision}}
     print(f"device {device_name(device)}, {available_cores()} cores, torch threads {torch.get_num_threads()}, "
-          f"batch {batch}, {steps} timed steps after {warmup}")
+          f"batch {batch}, {rounds} round(s) of {steps} timed steps after {warmup}, "
+          f"{background_load} busy background process(es), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')!r}")
     print_header(f"{'model':<16}{'M':>3} {'data':<10}{'path':<9}{'img/s':>9}{'views/s':>10}{'ms/step':>9}"
                  f"{'wait':>7}{'teacher':>8}{'mem MB':>9}{'MFU':>8}{'vs paper':>10}")
+    if method == "maxl":
+        return _run_maxl(models, data, batch, steps, warmup, num_images, workers, paths, output, settings, rounds,
+                         device)
     scratch = tempfile.TemporaryDirectory(prefix="bench-teacher-")
     records = []
     sources = {"synthetic": lambda: cifar_shaped(num_images),
@@ -154,11 +207,12 @@ def run(models=("resnet32", "resnet18_cifar"), num_transforms=(1, 4), data=("syn
                     teacher = write_untrained_teacher(Path(scratch.name) / f"{model_name}-{m}.pt",
                                                       teacher_model or model_name, split.num_classes,
                                                       kernels.get_family(family_name))
-                results = {path: measure(path, settings[path], model_name, method_name, family_name, split, batch,
-                                         steps, warmup, device, workers, teacher) for path in paths}
+                results = measure_paths(paths, settings, model_name, method_name, family_name, split, batch,
+                                        steps, warmup, rounds, device, workers, teacher)
                 baseline = results.get("paper", {}).get("images_per_s")
                 for path, record in results.items():
                     record["data"] = data_name
+                    record["background_load"] = background_load
                     record["vs_paper"] = round(record["images_per_s"] / baseline, 2) if baseline else None
                     records.append(record)
                     ratio = f"{record['vs_paper']:.2f}x" if baseline else "-"
@@ -167,9 +221,35 @@ def run(models=("resnet32", "resnet18_cifar"), num_transforms=(1, 4), data=("syn
                           f"{100 * record['loader_wait_share']:>6.1f}%{100 * record['teacher_share']:>7.1f}%"
                           f"{record['peak_memory_bytes'] / 2**20:>9,.0f}"
                           f"{100 * record['mfu']:>7.2f}%{ratio:>10}")
+                if rounds > 1 and baseline:
+                    print(f"{'':<16}rounds vs paper: "
+                          + ", ".join(f"{r:.2f}x" for r in results["trainer"]["round_vs_paper"]))
     if records:
         print(f"MFU peak: {records[0]['peak_source']} = {records[0]['peak_flops'] / 1e12:.2f} TFLOP/s "
               f"({records[0]['precision']}); the paper path's peak is its own precision's")
     scratch.cleanup()
+    append_json_lines(output, records)
+    return records
+
+
+def _run_maxl(models, data, batch, steps, warmup, num_images, workers, paths, output, settings, rounds,
+              device) -> list[dict]:
+    from train.bench import maxl_step
+
+    print_header(f"{'model':<16}{'data':<10}{'update':<9}{'order':<8}{'path':<9}{'precision':<10}{'img/s':>9}"
+                 f"{'ms/step':>10}{'vs paper':>10}")
+    sources = {"synthetic": lambda: cifar_shaped(num_images),
+               "digits": lambda: build_splits("digits", "unused", 32, 0.1, 0).train}
+    records = []
+    for data_name in data:
+        split = sources[data_name]()
+        for model_name in models:
+            for record in maxl_step.run(model_name, split, data_name, batch, steps, warmup, rounds, device, workers,
+                                        settings, paths):
+                records.append(record)
+                ratio = f"{record['vs_paper']:.2f}x" if "vs_paper" in record else "-"
+                print(f"{model_name:<16}{data_name:<10}{record['update']:<9}{record['maxl_order']:<8}"
+                      f"{record['path']:<9}{record['precision']:<10}{record['images_per_s']:>9,.0f}"
+                      f"{record['ms_per_step']:>10.1f}{ratio:>10}")
     append_json_lines(output, records)
     return records

@@ -9,6 +9,7 @@ from train.config import TrainConfig
 from train.methods.base import Method
 from train.methods.baselines import Baseline, MultiTask, TransformsAsAugmentation
 from train.methods.hsakd import HsakdOnline, HsakdStudent, HsakdTeacher
+from train.methods.maxl import Maxl, MaxlHuman
 from train.methods.sla import SLA, SLASelfDistillation
 
 METHODS: dict[str, type[Method]] = {method.name: method for method in (
@@ -20,6 +21,8 @@ METHODS: dict[str, type[Method]] = {method.name: method for method in (
     HsakdTeacher,
     HsakdStudent,
     HsakdOnline,
+    Maxl,
+    MaxlHuman,
 )}
 
 

@@ -89,6 +89,36 @@ class Method:
         """The scores `class_scores` returns (once bound), in the order the summary prints them."""
         raise NotImplementedError
 
+    def evaluation_hits(self, outputs, batch) -> dict[str, torch.Tensor]:
+        """{name: [B] bool} for evaluation measures other than class accuracy (MAXL: the auxiliary head's
+        agreement with the label generator); each name is also in `score_names()`."""
+        return {}
+
+    # ---- methods with more than one network or update (MAXL); the defaults serve single-step methods
+    def see_data(self, splits) -> None:
+        """Called once with the run's DatasetSplits before the model is built, for methods that need more
+        than the class labels (MAXL's human auxiliary labels)."""
+
+    passes_per_epoch = 1  # loader passes per epoch (MAXL's Algorithm 1: the learner's pass, then the generator's)
+
+    def epoch_batches(self, loader, epoch: int):
+        """The epoch's training batches, in order."""
+        loader.set_epoch(epoch)
+        return iter(loader)
+
+    def make_step(self, step, total_steps: int):
+        """The callable the loop runs per batch: `step` (train.step.TrainStep) itself, or a method's own step
+        built around it (MAXL adds its generator's optimizer and schedule)."""
+        return step
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs beyond the model, optimizer and schedule (MAXL: its generator's)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state of its own, but the checkpoint has {sorted(state)}")
+
     def check_deferred_errors(self) -> None:
         """Raise what the kernels flagged without a host sync (a label out of range on CUDA); the loop
         calls this at its logging sync."""

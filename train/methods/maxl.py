@@ -1,0 +1,225 @@
+"""MAXL, meta auxiliary learning (docs/methods.md, "MAXL"): `maxl` trains a learner θ1 on the primary
+labels and on auxiliary labels that a generator θ2 produces, θ2 learning by the meta step of
+train/methods/maxl_meta.py; `maxl_human` trains the same learner on given fine labels instead.
+
+Schedule (paper's Algorithm 1): every epoch is a pass updating θ1 with θ2's labels fixed, then a pass
+updating θ2 (`passes_per_epoch` = 2, the loader reshuffled for each); `--maxl-interleave` does both
+updates on every batch. Both learning-rate schedules follow the run's steps, so their milestones fall
+at the same epochs as the paper's.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from models import build_backbone
+from models.maxl import LabelGenerator, MaxlLearner
+from pipeline.phases import phase
+from train.methods.base import Method, place
+from train.methods.maxl_losses import ClassBlocks, focal_loss, mask_softmax, negative_entropy
+from train.methods.maxl_meta import OBJECTIVES, MetaSettings
+
+LEARNER, GENERATOR, BOTH = "learner", "generator", "both"
+
+
+def aux_sizes(text: str, num_classes: int) -> list[int]:
+    """--aux-per-class: one ψ for every class ("5") or one per class ("3,5,2")."""
+    try:
+        sizes = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--aux-per-class must be an integer or a comma-separated list of integers, "
+                         f"got {text!r}") from None
+    if len(sizes) == 1:
+        sizes = sizes * num_classes
+    if len(sizes) != num_classes:
+        raise ValueError(f"--aux-per-class lists {len(sizes)} values but the data has {num_classes} primary classes")
+    if min(sizes) < 1:
+        raise ValueError(f"--aux-per-class: every class needs ψ_c ≥ 1, got {sizes}")
+    return sizes
+
+
+class MaxlHuman(Method):
+    """`maxl_human`: the learner's auxiliary head learns given fine labels (the paper's "human" baseline);
+    the data's primary labels must be a grouping (`--primary-labels coarse` or groups of class ids)."""
+    name, uses_transforms = "maxl_human", False
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.transforms not in ("none", "rotation"):  # rotation: the trainer's default, unused here
+            raise ValueError(f"{self.name} trains on the identity view; --transforms {config.transforms} "
+                             "is not combined with MAXL (use --transforms none)")
+        if config.focal_gamma < 0:
+            raise ValueError(f"--focal-gamma must be ≥ 0, got {config.focal_gamma}")
+        self.blocks: ClassBlocks | None = None
+        self.fine_labels: torch.Tensor | None = None  # per training image, in block order
+
+    def see_data(self, splits) -> None:
+        if splits.train.fine_labels is None:
+            raise ValueError(f"{self.name} needs fine labels under grouped primary labels: pass --primary-labels "
+                             "coarse (CIFAR-100) or a grouping of class ids such as 0,1,2/3,4/5,6,7,8,9")
+        self.blocks = ClassBlocks(splits.group_sizes)
+        self.fine_labels = torch.as_tensor(splits.train.fine_labels)
+
+    def network(self, model_name, num_classes):
+        return MaxlLearner(build_backbone(model_name), num_classes, self.blocks.num_aux)
+
+    def auxiliary_targets(self, batch) -> torch.Tensor:
+        """Class indices of the fine labels of the batch's images."""
+        return self.fine_labels.to(batch.labels.device)[batch.indices]
+
+    def learner_losses(self, outputs, labels, aux_targets) -> dict[str, torch.Tensor]:
+        gamma = self.config.focal_gamma
+        primary = focal_loss(outputs["primary"], labels, gamma)
+        auxiliary = focal_loss(outputs["auxiliary"], aux_targets, gamma)
+        return {"loss": primary + auxiliary, "primary": primary, "auxiliary": auxiliary}
+
+    def losses(self, outputs, labels):
+        raise RuntimeError(f"{self.name} runs its own step (make_step)")
+
+    def class_scores(self, outputs):
+        return {"SI": outputs["primary"]}
+
+    def score_names(self):
+        return ("SI",)
+
+    def make_step(self, step, total_steps):
+        return MaxlStep(step, self)
+
+
+class Maxl(MaxlHuman):
+    """`maxl`: auxiliary labels from the generator θ2, trained by the meta step."""
+    name = "maxl"
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.maxl_order not in OBJECTIVES:
+            raise ValueError(f"unknown --maxl-order {config.maxl_order!r}; valid: {', '.join(OBJECTIVES)}")
+        self.generator: LabelGenerator | None = None
+        self.generator_optimizer = None
+        self.generator_scheduler = None
+        self.current_pass = BOTH if config.maxl_interleave else LEARNER
+
+    @property
+    def passes_per_epoch(self) -> int:
+        return 1 if self.config.maxl_interleave else 2
+
+    def see_data(self, splits) -> None:
+        self.blocks = ClassBlocks(aux_sizes(self.config.aux_per_class, splits.num_classes))
+
+    def build_model(self, model_name, num_classes, family, device, channels_last):
+        learner = super().build_model(model_name, num_classes, family, device, channels_last)
+        backbone = build_backbone(self.config.generator_model or model_name)
+        self.generator = place(LabelGenerator(backbone, self.blocks.num_aux), device, channels_last)
+        self.generator_optimizer = torch.optim.SGD(self.generator.parameters(), lr=self.config.generator_lr,
+                                                   weight_decay=self.config.generator_weight_decay)
+        return learner
+
+    def make_step(self, step, total_steps):
+        from train.optim import build_scheduler
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise ValueError("maxl runs in one process for now: its meta step is not wrapped in DDP yet "
+                             "(use --nproc_per_node=1; maxl_human runs under torchrun)")
+        self.generator_scheduler = build_scheduler(self.config, self.generator_optimizer, total_steps)
+        return MaxlStep(step, self)
+
+    def epoch_batches(self, loader, epoch: int):
+        if self.config.maxl_interleave:
+            yield from super().epoch_batches(loader, epoch)
+            return
+        for index, name in enumerate((LEARNER, GENERATOR)):  # Algorithm 1: θ1's pass, then θ2's
+            self.current_pass = name
+            yield from super().epoch_batches(loader, 2 * epoch + index)
+
+    def auxiliary_targets(self, batch) -> torch.Tensor:
+        return mask_softmax(self.generator(batch.views), batch.labels, self.blocks)
+
+    def learner_losses(self, outputs, labels, aux_targets):
+        losses = super().learner_losses(outputs, labels, aux_targets)
+        losses["label_entropy"] = -negative_entropy(aux_targets.float())
+        return losses
+
+    def meta_objective(self, learner, views, labels, lr: float):
+        settings = MetaSettings(lr, self.config.focal_gamma, self.config.entropy_weight, self.blocks)
+        return OBJECTIVES[self.config.maxl_order](learner, self.generator(views), views, labels, settings)
+
+    def evaluation_hits(self, outputs, batch):
+        was_training = self.generator.training
+        self.generator.eval()
+        generated = mask_softmax(self.generator(batch.views), batch.labels, self.blocks)
+        self.generator.train(was_training)
+        return {"aux_agreement": outputs["auxiliary"].argmax(dim=1) == generated.argmax(dim=1)}
+
+    def score_names(self):
+        return ("SI", "aux_agreement")
+
+    def state_dict(self):
+        return {"generator": self.generator.state_dict(), "generator_optimizer": self.generator_optimizer.state_dict(),
+                "generator_scheduler": self.generator_scheduler.state_dict()}
+
+    def load_state_dict(self, state):
+        if set(state) != {"generator", "generator_optimizer", "generator_scheduler"}:
+            raise ValueError(f"the --resume checkpoint has no MAXL generator state (holds {sorted(state)})")
+        self.generator.load_state_dict(state["generator"])
+        self.generator_optimizer.load_state_dict(state["generator_optimizer"])
+        self.generator_scheduler.load_state_dict(state["generator_scheduler"])
+
+
+def gradient_cosine(primary: torch.Tensor, auxiliary: torch.Tensor, shared: list[torch.Tensor]) -> torch.Tensor:
+    """cos(∇ L_pri, ∇ L_aux) over the shared layers' parameters (the paper's "usefulness" of the task)."""
+    first = torch.autograd.grad(primary, shared, retain_graph=True, allow_unused=True)
+    second = torch.autograd.grad(auxiliary, shared, retain_graph=True, allow_unused=True)
+    pairs = [(a.flatten().float(), b.flatten().float()) for a, b in zip(first, second) if a is not None and b is not None]
+    return F.cosine_similarity(torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs]), dim=0)
+
+
+class MaxlStep:
+    """One MAXL step on a batch: θ1's update, θ2's meta update, or both, as the method's pass says."""
+
+    def __init__(self, base, method: MaxlHuman):
+        self.base = base  # train.step.TrainStep: θ1's model, optimizer, schedule, scaler and EMA
+        self.method = method
+
+    def __call__(self, batch) -> dict[str, torch.Tensor]:
+        which = getattr(self.method, "current_pass", LEARNER)
+        losses = {}
+        if which in (LEARNER, BOTH):
+            losses.update(self.update_learner(batch))
+        if which in (GENERATOR, BOTH):
+            losses.update(self.update_generator(batch))
+            if which == GENERATOR:
+                self.base.scheduler.step()  # θ1's schedule follows the run's steps through θ2's pass too
+        if isinstance(self.method, Maxl):
+            with warnings.catch_warnings():  # in θ1's pass θ2's schedule advances before θ2's first step, on purpose
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                self.method.generator_scheduler.step()
+        return losses
+
+    def update_learner(self, batch) -> dict[str, torch.Tensor]:
+        base = self.base
+        with phase("forward"), base.autocast():
+            outputs = base.train_model(batch.views)
+            with torch.no_grad():
+                aux_targets = self.method.auxiliary_targets(batch)  # θ2's labels are fixed for θ1's update
+        with phase("loss"), base.autocast():
+            losses = self.method.learner_losses(outputs, batch.labels, aux_targets)
+        if self.method.config.log_grad_similarity:
+            shared = [p for p in base.model.backbone.parameters() if p.requires_grad]
+            losses["grad_cosine"] = gradient_cosine(losses["primary"], losses["auxiliary"], shared).detach()
+        base.update(losses["loss"])
+        return losses
+
+    def update_generator(self, batch) -> dict[str, torch.Tensor]:
+        method, base = self.method, self.base
+        lr = base.optimizer.param_groups[0]["lr"]  # α: θ1's current learning rate
+        with phase("meta"):
+            with base.autocast():
+                objective, parts = method.meta_objective(base.model, batch.views, batch.labels, lr)
+            method.generator_optimizer.zero_grad(set_to_none=True)
+            objective.backward(inputs=list(method.generator.parameters()))
+            method.generator_optimizer.step()
+        return {"meta_loss": objective.detach(), **parts, **({"loss": objective.detach()}
+                                                              if method.current_pass == GENERATOR else {})}

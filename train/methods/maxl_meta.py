@@ -1,0 +1,96 @@
+"""MAXL's meta step (docs/methods.md, "MAXL", step 2): the gradient of the label generator θ2 through one
+look-ahead SGD step of the learner θ1.
+
+    θ1⁺ = θ1 − α ∇θ1 [L_pri(θ1) + L_aux(θ1, y_aux(θ2))]      (y_aux: θ2's mask-softmax labels)
+    objective(θ2) = L_pri(θ1⁺) + λ H(ȳ_aux)
+
+`second_order_objective` keeps θ1⁺ in the graph (torch.func.functional_call, create_graph=True), so the
+gradient is exact. `first_order_surrogate` replaces the Hessian-vector product by a central finite
+difference (DARTS): its value is not the objective, but its gradient with respect to θ2 is the
+approximate meta-gradient, entropy term included.
+
+Every learner forward here runs in train mode on copies of θ1's buffers: BatchNorm uses the batch's
+statistics and θ1's running statistics are left as they were.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call
+
+from train.methods.maxl_losses import ClassBlocks, focal_loss, mask_softmax, negative_entropy
+
+
+@dataclass
+class MetaSettings:
+    lr: float  # α: θ1's current learning rate
+    gamma: float  # focal loss γ
+    entropy_weight: float  # λ
+    blocks: ClassBlocks
+
+
+def learner_weights(learner: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    return dict(learner.named_parameters()), dict(learner.named_buffers())
+
+
+def forward_with(learner: torch.nn.Module, parameters: dict, buffers: dict, images: torch.Tensor) -> dict:
+    """The learner with these parameters, BatchNorm updating copies of the buffers (θ1's stay untouched)."""
+    copies = {name: buffer.clone() for name, buffer in buffers.items()}
+    return functional_call(learner, {**parameters, **copies}, (images,))
+
+
+def training_loss(outputs: dict, labels: torch.Tensor, aux_targets: torch.Tensor, gamma: float) -> torch.Tensor:
+    """θ1's objective: L_pri + L_aux, both focal, batch means."""
+    return focal_loss(outputs["primary"], labels, gamma) + focal_loss(outputs["auxiliary"], aux_targets, gamma)
+
+
+def second_order_objective(learner: torch.nn.Module, generator_logits: torch.Tensor, images: torch.Tensor,
+                           labels: torch.Tensor, settings: MetaSettings) -> tuple[torch.Tensor, dict]:
+    """L_pri(θ1⁺) + λH, differentiable with respect to `generator_logits` (and so θ2) to second order."""
+    parameters, buffers = learner_weights(learner)
+    aux_targets = mask_softmax(generator_logits, labels, settings.blocks)
+    inner = training_loss(forward_with(learner, parameters, buffers, images), labels, aux_targets, settings.gamma)
+    names = [name for name, p in parameters.items() if p.requires_grad]
+    grads = torch.autograd.grad(inner, [parameters[n] for n in names], create_graph=True, allow_unused=True)
+    fast = dict(parameters)
+    for name, grad in zip(names, grads):
+        if grad is not None:
+            fast[name] = parameters[name] - settings.lr * grad
+    look_ahead = focal_loss(forward_with(learner, fast, buffers, images)["primary"], labels, settings.gamma)
+    entropy = negative_entropy(aux_targets)
+    return look_ahead + settings.entropy_weight * entropy, {"meta_primary": look_ahead.detach(),
+                                                            "label_entropy": -entropy.detach()}
+
+
+def first_order_surrogate(learner: torch.nn.Module, generator_logits: torch.Tensor, images: torch.Tensor,
+                          labels: torch.Tensor, settings: MetaSettings, epsilon: float = 0.01) -> tuple[torch.Tensor, dict]:
+    """A scalar whose θ2-gradient is −α·(∇θ2 L(θ1 + εv) − ∇θ2 L(θ1 − εv)) / 2ε + λ∇θ2 H, v = ∇ L_pri(θ1⁺),
+    ε = epsilon / ‖v‖ (DARTS); unlike the official shortcut it keeps the entropy term."""
+    parameters, buffers = learner_weights(learner)
+    names = [name for name, p in parameters.items() if p.requires_grad]
+    aux_targets = mask_softmax(generator_logits, labels, settings.blocks)
+    inner = training_loss(forward_with(learner, parameters, buffers, images), labels, aux_targets.detach(),
+                          settings.gamma)
+    grads = torch.autograd.grad(inner, [parameters[n] for n in names], allow_unused=True)
+    fast = {name: (parameters[name] - settings.lr * grad if grad is not None else parameters[name]).detach()
+            .requires_grad_() for name, grad in zip(names, grads)}
+    look_ahead = focal_loss(forward_with(learner, {**parameters, **fast}, buffers, images)["primary"], labels,
+                            settings.gamma)
+    direction = torch.autograd.grad(look_ahead, list(fast.values()), allow_unused=True)
+    direction = [torch.zeros_like(fast[n]) if d is None else d for n, d in zip(names, direction)]
+    norm = torch.sqrt(sum((d.float() ** 2).sum() for d in direction))
+    step = epsilon / norm.clamp_min(1e-12)
+    with torch.no_grad():
+        plus = {n: parameters[n] + step * d for n, d in zip(names, direction)}
+        minus = {n: parameters[n] - step * d for n, d in zip(names, direction)}
+    loss_plus = training_loss(forward_with(learner, {**parameters, **plus}, buffers, images), labels, aux_targets,
+                              settings.gamma)
+    loss_minus = training_loss(forward_with(learner, {**parameters, **minus}, buffers, images), labels, aux_targets,
+                               settings.gamma)
+    entropy = negative_entropy(aux_targets)
+    surrogate = -settings.lr * (loss_plus - loss_minus) / (2 * step) + settings.entropy_weight * entropy
+    return surrogate, {"meta_primary": look_ahead.detach(), "label_entropy": -entropy.detach()}
+
+
+OBJECTIVES = {"second": second_order_objective, "first": first_order_surrogate}
