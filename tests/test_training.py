@@ -100,3 +100,15 @@ def test_weight_decay_reaches_norm_and_bias_only_when_asked(decay_norm_and_bias)
         expected = 1e-3 if decay_norm_and_bias or parameter.ndim > 1 else 0.0
         assert decay_of[id(parameter)] == expected
     assert all(preset["decay_norm_and_bias"] for name, preset in PRESETS.items() if name.startswith("sla-"))
+
+
+def test_progress_lines_average_every_step_of_their_interval_across_epochs(tiny_config, tmp_path):
+    settings = dict(method="baseline", epochs=2, samples_per_class=20, batch_size=32, precision="fp32")  # 6 steps/epoch
+    train(tiny_config(run_name="every", log_every=1, **settings))
+    train(tiny_config(run_name="fours", log_every=4, **settings))
+    every = {r["step"]: r["loss"] for r in read_records(tmp_path / "runs" / "every", "step")}
+    fours = read_records(tmp_path / "runs" / "fours", "step")
+    assert [r["step"] for r in fours] == [4, 8, 12]  # the interval 5–8 spans the two epochs
+    for record in fours:
+        steps = range(record["step"] - 3, record["step"] + 1)
+        assert abs(record["loss"] - sum(every[s] for s in steps) / 4) < 1e-4, record

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,6 +92,11 @@ def run(config: TrainConfig, context) -> dict:
         global_batch=config.eval_batch_size * context.world_size, train=False, **shared),
         split_name=f"{config.dataset}-{part}") for part, split in (("val", splits.val), ("test", splits.test)))
 
+    if device.type == "cpu":
+        if os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive":
+            run_log.print("warning: OMP_WAIT_POLICY=passive makes every parallel region wait for the scheduler; "
+                          "on a loaded CPU the trainer's step ran 10x slower with it (BENCHMARKS.md, load sensitivity)")
+
     # ---- model, identical on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(config.seed)
     model = method.build_model(config.model, num_classes, family, device, config.channels_last)  # binds M, backend
@@ -164,10 +170,11 @@ def run(config: TrainConfig, context) -> dict:
     clock = TrainingClock(device)
     steps_this_run = 0
     last_val: dict = {}
+    loss_sums: dict[str, torch.Tensor] = {}  # since the last progress line, which may lie in the previous epoch
+    loss_counts: dict[str, int] = {}  # steps that reported each part (MAXL's two passes report different parts)
+    data_time = 0.0
     for epoch in range(start_epoch, epochs):
         model.train()
-        loss_sums: dict[str, torch.Tensor] = {}
-        data_time = 0.0
         clock.resume()
         batches = method.epoch_batches(train_loader, epoch)  # reshuffled per epoch (per pass for MAXL)
         while step < total_steps:
@@ -188,11 +195,12 @@ def run(config: TrainConfig, context) -> dict:
             clock.step_done()
             for name, value in losses.items():  # summed on the device: no host sync per step
                 loss_sums[name] = loss_sums.get(name, 0.0) + value.detach().float()
+                loss_counts[name] = loss_counts.get(name, 0) + 1
 
             if step % config.log_every == 0 or step == total_steps:
                 interval_steps, elapsed = clock.interval()  # synchronised on a GPU
                 method.check_deferred_errors()  # what the kernels flagged without a sync (bad labels on CUDA)
-                means = {name: round(float(total) / interval_steps, 5) for name, total in loss_sums.items()}
+                means = {name: round(float(total) / loss_counts[name], 5) for name, total in loss_sums.items()}
                 images_per_second = interval_steps * images_per_step / elapsed
                 mfu = view_flops * images_per_second * num_transforms / (device_peak * context.world_size)
                 eta = clock.all_seconds / steps_this_run * (total_steps - step)
@@ -205,7 +213,7 @@ def run(config: TrainConfig, context) -> dict:
                 run_log.print(f"epoch {epoch + 1}/{epochs} step {step}/{total_steps} loss {means['loss']:.4f}"
                               f"{' (' + parts + ')' if parts else ''} lr {lr:.4g} {images_per_second:,.0f} img/s "
                               f"MFU {100 * mfu:.1f}% data {100 * data_time / elapsed:.0f}% ETA {format_duration(eta)}")
-                loss_sums, data_time = {}, 0.0
+                loss_sums, loss_counts, data_time = {}, {}, 0.0
 
         clock.pause()  # evaluation and checkpoints are not training time
         finished = step >= total_steps

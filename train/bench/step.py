@@ -184,12 +184,13 @@ def _run(models, num_transforms, data, batch, steps, warmup, num_images, workers
     settings = {**PATHS, "trainer": {**PATHS["trainer"], "precision": trainer_precision}}
     print(f"device {device_name(device)}, {available_cores()} cores, torch threads {torch.get_num_threads()}, "
           f"batch {batch}, {rounds} round(s) of {steps} timed steps after {warmup}, "
-          f"{background_load} busy background process(es), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')!r}")
-    print_header(f"{'model':<16}{'M':>3} {'data':<10}{'path':<9}{'img/s':>9}{'views/s':>10}{'ms/step':>9}"
-                 f"{'wait':>7}{'teacher':>8}{'mem MB':>9}{'MFU':>8}{'vs paper':>10}")
+          f"{background_load} busy background process(es), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')!r}, "
+          f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS', '')!r}")
     if method == "maxl":
         return _run_maxl(models, data, batch, steps, warmup, num_images, workers, paths, output, settings, rounds,
                          device)
+    print_header(f"{'model':<16}{'M':>3} {'data':<10}{'path':<9}{'img/s':>9}{'views/s':>10}{'ms/step':>9}"
+                 f"{'wait':>7}{'teacher':>8}{'mem MB':>9}{'MFU':>8}{'vs paper':>10}")
     scratch = tempfile.TemporaryDirectory(prefix="bench-teacher-")
     records = []
     sources = {"synthetic": lambda: cifar_shaped(num_images),

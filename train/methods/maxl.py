@@ -143,7 +143,8 @@ class Maxl(MaxlHuman):
         return losses
 
     def meta_objective(self, learner, views, labels, lr: float):
-        settings = MetaSettings(lr, self.config.focal_gamma, self.config.entropy_weight, self.blocks)
+        settings = MetaSettings(lr, self.config.focal_gamma, self.config.entropy_weight, self.blocks,
+                                contiguous=views.device.type == "cpu")
         return OBJECTIVES[self.config.maxl_order](learner, self.generator(views), views, labels, settings)
 
     def evaluation_hits(self, outputs, batch):

@@ -28,10 +28,16 @@ class MetaSettings:
     gamma: float  # focal loss γ
     entropy_weight: float  # λ
     blocks: ClassBlocks
+    # Run the learner in NCHW whatever its parameters' layout: on a CPU, BatchNorm's double backward (a
+    # composite of reductions) took 1.6x longer on channels_last tensors (bench.py step --method maxl).
+    contiguous: bool = False
 
 
-def learner_weights(learner: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    return dict(learner.named_parameters()), dict(learner.named_buffers())
+def learner_weights(learner: torch.nn.Module, settings: MetaSettings) -> tuple[dict, dict]:
+    parameters = dict(learner.named_parameters())
+    if settings.contiguous:  # differentiable copies: gradients still reach θ1's parameters
+        parameters = {name: p.contiguous() for name, p in parameters.items()}
+    return parameters, dict(learner.named_buffers())
 
 
 def forward_with(learner: torch.nn.Module, parameters: dict, buffers: dict, images: torch.Tensor) -> dict:
@@ -48,7 +54,8 @@ def training_loss(outputs: dict, labels: torch.Tensor, aux_targets: torch.Tensor
 def second_order_objective(learner: torch.nn.Module, generator_logits: torch.Tensor, images: torch.Tensor,
                            labels: torch.Tensor, settings: MetaSettings) -> tuple[torch.Tensor, dict]:
     """L_pri(θ1⁺) + λH, differentiable with respect to `generator_logits` (and so θ2) to second order."""
-    parameters, buffers = learner_weights(learner)
+    parameters, buffers = learner_weights(learner, settings)
+    images = images.contiguous() if settings.contiguous else images
     aux_targets = mask_softmax(generator_logits, labels, settings.blocks)
     inner = training_loss(forward_with(learner, parameters, buffers, images), labels, aux_targets, settings.gamma)
     names = [name for name, p in parameters.items() if p.requires_grad]
@@ -67,7 +74,8 @@ def first_order_surrogate(learner: torch.nn.Module, generator_logits: torch.Tens
                           labels: torch.Tensor, settings: MetaSettings, epsilon: float = 0.01) -> tuple[torch.Tensor, dict]:
     """A scalar whose θ2-gradient is −α·(∇θ2 L(θ1 + εv) − ∇θ2 L(θ1 − εv)) / 2ε + λ∇θ2 H, v = ∇ L_pri(θ1⁺),
     ε = epsilon / ‖v‖ (DARTS); unlike the official shortcut it keeps the entropy term."""
-    parameters, buffers = learner_weights(learner)
+    parameters, buffers = learner_weights(learner, settings)
+    images = images.contiguous() if settings.contiguous else images
     names = [name for name, p in parameters.items() if p.requires_grad]
     aux_targets = mask_softmax(generator_logits, labels, settings.blocks)
     inner = training_loss(forward_with(learner, parameters, buffers, images), labels, aux_targets.detach(),
