@@ -293,3 +293,20 @@ def test_coarse_primary_labels_group_cifar100_classes_into_blocks():
     blocks = ClassBlocks(splits.group_sizes)
     assert torch.equal(blocks.class_of(torch.as_tensor(splits.train.fine_labels)), torch.as_tensor(coarse))
     assert np.array_equal(splits.val.labels, coarse[:10]) and len(np.unique(splits.train.fine_labels)) == 100
+
+
+def test_maxl_trains_under_torchrun_with_two_processes(tmp_path):
+    from conftest import REPO, run_child, torchrun_command
+
+    command = torchrun_command(2, str(REPO / "train" / "main.py"), "--method", "maxl", "--dataset", "digits",
+                               "--image-size", "16", "--model", "resnet8", "--epochs", "1", "--batch-size", "32",
+                               "--samples-per-class", "16", "--aux-per-class", "2", "--log-every", "2",
+                               "--out-dir", str(tmp_path), "--run-name", "ddp")
+    run_child(command, timeout=300)
+    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert any("meta_primary" in r for r in steps) and any("primary" in r for r in steps)
+    summary = next(r for r in records if r["kind"] == "summary")
+    assert summary["completed"] and "aux_agreement" in summary["test"]
+    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["method_state"]
+    assert all(torch.isfinite(t).all() for t in state["generator"].values() if t.is_floating_point())

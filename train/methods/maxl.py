@@ -97,6 +97,7 @@ class Maxl(MaxlHuman):
         if config.maxl_order not in OBJECTIVES:
             raise ValueError(f"unknown --maxl-order {config.maxl_order!r}; valid: {', '.join(OBJECTIVES)}")
         self.generator: LabelGenerator | None = None
+        self.train_generator = None  # what the meta step calls: the generator, DDP-wrapped under torchrun
         self.generator_optimizer = None
         self.generator_scheduler = None
         self.current_pass = BOTH if config.maxl_interleave else LEARNER
@@ -112,6 +113,7 @@ class Maxl(MaxlHuman):
         learner = super().build_model(model_name, num_classes, family, device, channels_last)
         backbone = build_backbone(self.config.generator_model or model_name)
         self.generator = place(LabelGenerator(backbone, self.blocks.num_aux), device, channels_last)
+        self.train_generator = self.generator
         self.generator_optimizer = torch.optim.SGD(self.generator.parameters(), lr=self.config.generator_lr,
                                                    weight_decay=self.config.generator_weight_decay)
         return learner
@@ -121,8 +123,10 @@ class Maxl(MaxlHuman):
 
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
-            raise ValueError("maxl runs in one process for now: its meta step is not wrapped in DDP yet "
-                             "(use --nproc_per_node=1; maxl_human runs under torchrun)")
+            # Each rank takes the look-ahead step with its own shard's θ1 gradient; DDP averages θ2's meta-gradients.
+            device = next(self.generator.parameters()).device
+            self.train_generator = torch.nn.parallel.DistributedDataParallel(
+                self.generator, device_ids=[device.index] if device.type == "cuda" else None)
         self.generator_scheduler = build_scheduler(self.config, self.generator_optimizer, total_steps)
         return MaxlStep(step, self)
 
@@ -145,7 +149,7 @@ class Maxl(MaxlHuman):
     def meta_objective(self, learner, views, labels, lr: float):
         settings = MetaSettings(lr, self.config.focal_gamma, self.config.entropy_weight, self.blocks,
                                 contiguous=views.device.type == "cpu")
-        return OBJECTIVES[self.config.maxl_order](learner, self.generator(views), views, labels, settings)
+        return OBJECTIVES[self.config.maxl_order](learner, self.train_generator(views), views, labels, settings)
 
     def evaluation_hits(self, outputs, batch):
         was_training = self.generator.training
