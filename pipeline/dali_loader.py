@@ -126,6 +126,7 @@ class DaliLoader:
     # ---- the loader protocol
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.settings.expander.begin_epoch(epoch)  # stochastic views are drawn per (epoch, step)
 
     def __len__(self) -> int:
         return self.num_steps if not self.from_files else len(self.iterator_or_build())

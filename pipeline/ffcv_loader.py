@@ -39,6 +39,7 @@ class FfcvLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.loader.next_epoch = epoch  # FFCV shuffles by (seed, epoch)
+        self.settings.expander.begin_epoch(epoch)  # stochastic views are drawn per (epoch, step)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -35,6 +35,7 @@ class ResidentLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.settings.expander.begin_epoch(epoch)  # stochastic views are drawn per (epoch, step)
 
     def __len__(self) -> int:
         return self.num_steps

@@ -64,6 +64,7 @@ class TorchLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.epoch = epoch
+        self.settings.expander.begin_epoch(epoch)  # stochastic views are drawn per (epoch, step)
         self.generator.manual_seed(derived_seed(self.settings.seed, epoch, self.settings.rank, 2))  # worker seeds
 
     def __len__(self) -> int:

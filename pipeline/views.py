@@ -17,6 +17,9 @@ class ViewExpander:
     channels_last: bool = True
     backend: str = "auto"
 
+    def begin_epoch(self, epoch: int) -> None:
+        """The family's views are the same every epoch (pipeline/random_views.py's expander draws per epoch)."""
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return kernels.expand_views(images, self.family, mean=self.mean, std=self.std, out_dtype=self.out_dtype,
                                     channels_last=self.channels_last, backend=self.backend)

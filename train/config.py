@@ -68,6 +68,18 @@ class TrainConfig:
     log_grad_similarity: bool = field(default=False, metadata={
         "help": "maxl, maxl_human: log cos(∇L_pri, ∇L_aux) over the shared backbone, averaged over each logging "
                 "interval (an extra backward pass per step)"})
+    views: str = field(default="", metadata={"help": "simclr, moco_v2, byol: the random-view recipe (simclr, byol, "
+                                                    "moco_v2; default: the method's own)"})
+    projector_hidden: int = field(default=2048, metadata={"help": "contrastive: projector (and BYOL predictor) "
+                                                                  "hidden width"})
+    projector_dim: int = field(default=256, metadata={"help": "contrastive: projection dimension"})
+    contrastive_temperature: float = field(default=0.0, metadata={
+        "help": "contrastive τ of NT-Xent / InfoNCE; 0 takes the method's (SimCLR 0.5, MoCo v2 0.2)"})
+    queue_size: int = field(default=4096, metadata={"help": "moco_v2: negatives kept in the queue"})
+    target_momentum: float = field(default=0.99, metadata={
+        "help": "moco_v2: key encoder EMA m; byol: the base of its cosine schedule to 1"})
+    knn_k: int = field(default=200, metadata={"help": "k-NN monitor: neighbours that vote"})
+    knn_temperature: float = field(default=0.1, metadata={"help": "k-NN monitor: vote weight exp(cos/T)"})
     kernels: str = field(default="auto", metadata={"help": "loss/view kernels: auto (Numba CUDA or CPU by "
                                                                 "device), cuda, cpu, torch (composite reference)"})
     # --- model
@@ -110,7 +122,8 @@ class TrainConfig:
 RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "method",
                      "transforms", "model", "batch_size", "seed", "peer_model", "kd_temperature",
                      "decay_norm_and_bias",  # the optimizer's parameter groups
-                     "primary_labels", "aux_per_class", "generator_model", "maxl_interleave")
+                     "primary_labels", "aux_per_class", "generator_model", "maxl_interleave",
+                     "views", "projector_hidden", "projector_dim", "queue_size")
 
 PRESETS: dict[str, dict[str, typing.Any]] = {
     # SLA paper recipe (Lee et al. 2020): batch 128, lr 0.1, wd 1e-4 on every parameter, 80k iterations, ×0.1 at

@@ -27,6 +27,7 @@ from pipeline.batch import LoaderSettings
 from pipeline.datasets import DataError, build_splits
 from pipeline.loaders import LOADERS, build_loader
 from pipeline.phases import phase
+from pipeline.random_views import RandomViewExpander, get_recipe
 from pipeline.views import ViewExpander
 from train.checkpoint import (atomic_save, checkpoint_payload, load_checkpoint, read_checkpoint_file,
                               restore_rng_states)
@@ -86,8 +87,22 @@ def run(config: TrainConfig, context) -> dict:
     shared = dict(expander=expander, device=device, rank=context.rank, world_size=context.world_size,
                   seed=config.seed, crop_padding=config.crop_padding, workers=config.loader_workers,
                   cache_dir=config.beton_dir or str(Path(config.data_root) / "ffcv"))
+    recipe = method.training_view_recipe()  # contrastive methods: random views instead of the family's
+    views_per_image = num_transforms
+    train_shared = shared
+    if recipe is not None:
+        random_expander = RandomViewExpander(get_recipe(recipe), splits.train.images.shape[1], splits.mean,
+                                             splits.std, expander.out_dtype, config.channels_last, config.seed,
+                                             context.rank)
+        train_shared = dict(shared, expander=random_expander, crop_padding=-1)  # the recipe crops and flips
+        views_per_image = random_expander.num_views
     train_loader = build_loader(config.loader, splits.train, LoaderSettings(
-        global_batch=config.batch_size, train=True, **shared), split_name=f"{config.dataset}-train")
+        global_batch=config.batch_size, train=True, **train_shared), split_name=f"{config.dataset}-train")
+    bank_loader = None  # k-NN evaluation: the training split in order, identity views, whole on every rank
+    if method.needs_training_features:
+        bank_loader = build_loader(config.loader, splits.train, LoaderSettings(
+            global_batch=config.eval_batch_size, train=False, **dict(shared, rank=0, world_size=1)),
+            split_name=f"{config.dataset}-train")
     val_loader, test_loader = (build_loader(config.loader, split, LoaderSettings(
         global_batch=config.eval_batch_size * context.world_size, train=False, **shared),
         split_name=f"{config.dataset}-{part}") for part, split in (("val", splits.val), ("test", splits.test)))
@@ -153,6 +168,7 @@ def run(config: TrainConfig, context) -> dict:
 
     run_log.write_manifest(config, {"world_size": context.world_size, "device": str(device), "precision": precision,
                                     "num_classes": num_classes, "num_transforms": num_transforms,
+                                    "views_per_image": views_per_image, "view_recipe": recipe,
                                     "train_images": len(splits.train), "val_images": len(splits.val),
                                     "test_images": len(splits.test), "total_steps": total_steps,
                                     "flops_per_view": view_flops, "peak_flops": device_peak, "peak_source": peak_source,
@@ -202,11 +218,11 @@ def run(config: TrainConfig, context) -> dict:
                 method.check_deferred_errors()  # what the kernels flagged without a sync (bad labels on CUDA)
                 means = {name: round(float(total) / loss_counts[name], 5) for name, total in loss_sums.items()}
                 images_per_second = interval_steps * images_per_step / elapsed
-                mfu = view_flops * images_per_second * num_transforms / (device_peak * context.world_size)
+                mfu = view_flops * images_per_second * views_per_image / (device_peak * context.world_size)
                 eta = clock.all_seconds / steps_this_run * (total_steps - step)
                 lr = scheduler.get_last_lr()[0]
                 run_log.record("step", epoch=epoch, step=step, lr=lr, images_per_s=round(images_per_second, 2),
-                               views_per_s=round(images_per_second * num_transforms, 2), mfu=round(mfu, 5),
+                               views_per_s=round(images_per_second * views_per_image, 2), mfu=round(mfu, 5),
                                data_time_s=round(data_time, 4), compute_time_s=round(elapsed - data_time, 4),
                                **means)
                 parts = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
@@ -219,6 +235,7 @@ def run(config: TrainConfig, context) -> dict:
         finished = step >= total_steps
         stopping = finished or epoch + 1 - start_epoch == config.stop_after_epochs
         if (epoch + 1) % config.eval_every == 0 or finished:
+            method.before_evaluation(eval_model, bank_loader, step_context)  # e.g. the k-NN bank
             last_val = evaluate(eval_model, method, val_loader, num_classes, context, step_context)
             score = last_val[method.primary_score]
             improved = score > best_score
@@ -249,6 +266,7 @@ def run(config: TrainConfig, context) -> dict:
     # ---- test, once, with the weights that scored best on validation
     if best_state is not None:
         eval_model.load_state_dict(best_state)
+    method.before_evaluation(eval_model, bank_loader, step_context)
     test = evaluate(eval_model, method, test_loader, num_classes, context, step_context)
     run_log.record("test", split="test", **test)
     images_per_second, throughput_note = clock.images_per_second(images_per_step)
@@ -256,7 +274,7 @@ def run(config: TrainConfig, context) -> dict:
                "transforms": family.name, "num_transforms": num_transforms, "steps": step,
                "wall_time_s": round(wall_time, 2), "training_time_s": round(clock.all_seconds, 2),
                "images_per_s": round(images_per_second, 2), "images_per_s_counts": throughput_note,
-               "mfu": round(view_flops * images_per_second * num_transforms / (device_peak * context.world_size), 5),
+               "mfu": round(view_flops * images_per_second * views_per_image / (device_peak * context.world_size), 5),
                "best_val": best_score, "primary_score": method.primary_score, "skipped_images": len(skipped_images),
                "val": {k: v for k, v in last_val.items() if "per_class" not in k},
                "test": {k: v for k, v in test.items() if "per_class" not in k},

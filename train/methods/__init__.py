@@ -8,6 +8,7 @@ from __future__ import annotations
 from train.config import TrainConfig
 from train.methods.base import Method
 from train.methods.baselines import Baseline, MultiTask, TransformsAsAugmentation
+from train.methods.contrastive import BYOL, MocoV2, SimCLR
 from train.methods.hsakd import HsakdOnline, HsakdStudent, HsakdTeacher
 from train.methods.maxl import Maxl, MaxlHuman
 from train.methods.sla import SLA, SLASelfDistillation
@@ -23,6 +24,9 @@ METHODS: dict[str, type[Method]] = {method.name: method for method in (
     HsakdOnline,
     Maxl,
     MaxlHuman,
+    SimCLR,
+    MocoV2,
+    BYOL,
 )}
 
 

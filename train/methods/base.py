@@ -111,6 +111,17 @@ class Method:
         built around it (MAXL adds its generator's optimizer and schedule)."""
         return step
 
+    # ---- contrastive methods: random training views and evaluation on a feature bank
+    needs_training_features = False  # True: `before_evaluation` gets a loader over the training split
+
+    def training_view_recipe(self) -> str | None:
+        """The random-view recipe (pipeline/random_views.py) the training loader draws, or None for the
+        transformation family's M views."""
+        return None
+
+    def before_evaluation(self, model, training_split_loader, autocast_context) -> None:
+        """Called before every evaluation (the k-NN monitor embeds the training split here)."""
+
     def state_dict(self) -> dict:
         """What a checkpoint needs beyond the model, optimizer and schedule (MAXL: its generator's)."""
         return {}

@@ -1,0 +1,193 @@
+"""SimCLR, MoCo v2 and BYOL: each loss against a float64 transcription of its paper's formula, the queue's
+order, the momentum networks' EMA rule, the k-NN monitor, exact resumption, and a digits run that beats
+the same network at initialisation on the k-NN monitor."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from train.main import train
+from train.methods.contrastive_losses import info_nce, knn_scores, normalised_mse, nt_xent
+
+
+def test_nt_xent_matches_the_papers_formula_in_float64():
+    torch.manual_seed(0)
+    z = torch.randn(10, 7, dtype=torch.float64, requires_grad=True)  # 5 images × 2 views, interleaved
+    tau = 0.3
+    loss = nt_xent(z, tau)
+    zn = z / z.norm(dim=1, keepdim=True)
+    terms = []
+    for i in range(10):
+        j = i ^ 1  # the other view of the same image
+        others = [k for k in range(10) if k != i]
+        denominator = sum(torch.exp(zn[i] @ zn[k] / tau) for k in others)
+        terms.append(-torch.log(torch.exp(zn[i] @ zn[j] / tau) / denominator))
+    reference = torch.stack(terms).mean()
+    assert torch.allclose(loss, reference, rtol=1e-12)
+    (ours,) = torch.autograd.grad(loss, z)
+    (theirs,) = torch.autograd.grad(reference, z)
+    assert torch.allclose(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_info_nce_matches_the_formula_and_sends_no_gradient_to_keys():
+    torch.manual_seed(1)
+    q = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    queue = torch.nn.functional.normalize(torch.randn(9, 6, dtype=torch.float64), dim=1)
+    loss = info_nce(q, k, queue, 0.2)
+    qn, kn = (t / t.norm(dim=1, keepdim=True) for t in (q, k))
+    reference = torch.stack([-torch.log(torch.exp(qn[i] @ kn[i] / 0.2)
+                                        / (torch.exp(qn[i] @ kn[i] / 0.2) + torch.exp(queue @ qn[i] / 0.2).sum()))
+                             for i in range(4)]).mean()
+    assert torch.allclose(loss, reference, rtol=1e-12)
+    loss.backward()
+    assert k.grad is None and q.grad is not None
+
+
+def test_byol_loss_is_two_minus_twice_the_cosine():
+    torch.manual_seed(2)
+    p = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(5, 4, dtype=torch.float64)
+    reference = torch.stack([((p[i] / p[i].norm() - z[i] / z[i].norm()) ** 2).sum() for i in range(5)]).mean()
+    loss = normalised_mse(p, z)
+    assert torch.allclose(loss, reference, rtol=1e-12)
+    (ours,) = torch.autograd.grad(loss, p)
+    (theirs,) = torch.autograd.grad(reference, p)
+    assert torch.allclose(ours, theirs, rtol=1e-10)
+
+
+def test_knn_scores_are_the_weighted_votes_of_the_nearest_bank_features():
+    torch.manual_seed(3)
+    bank = torch.nn.functional.normalize(torch.randn(30, 5, dtype=torch.float64), dim=1)
+    labels = torch.randint(0, 4, (30,))
+    queries = torch.randn(6, 5, dtype=torch.float64)
+    scores = knn_scores(queries, bank, labels, 4, k=7, temperature=0.1)
+    for i in range(6):
+        sims = bank @ (queries[i] / queries[i].norm())
+        expected = torch.zeros(4, dtype=torch.float64)
+        for j in sims.argsort(descending=True)[:7]:
+            expected[labels[j]] += math.exp(sims[j].item() / 0.1)
+        assert torch.allclose(scores[i], expected, rtol=1e-10)
+
+
+def small(tiny_config, **overrides):
+    values = dict(epochs=2, batch_size=32, samples_per_class=16, projector_hidden=64, projector_dim=32,
+                  queue_size=48, knn_k=20)
+    values.update(overrides)
+    return tiny_config(**values)
+
+
+def test_moco_queue_is_a_ring_buffer_of_the_newest_keys(tiny_config):
+    from train.methods import build_method
+
+    import kernels
+
+    method = build_method(small(tiny_config, method="moco_v2", queue_size=5))
+    method.build_model("resnet8", 10, kernels.get_family("none"), torch.device("cpu"), channels_last=False)
+    first, second = torch.eye(3, 32), torch.eye(3, 32) * 2
+    method.enqueue(first)
+    method.enqueue(second)
+    method.enqueue(torch.eye(7, 32)[2:])  # more keys than room: the newest 5 fill the queue, oldest first
+    assert torch.equal(method.queue.roll(-method.queue_pointer, 0), torch.eye(7, 32)[2:])
+    method.queue_pointer = 0
+    method.queue.zero_()
+    method.enqueue(first)
+    method.enqueue(second)
+    assert torch.equal(method.queue[3:5], second[:2]) and torch.equal(method.queue[0], second[2])
+    assert torch.equal(method.queue[1:3], first[1:3]) and method.queue_pointer == 1
+
+
+def test_the_momentum_network_gets_no_gradient_and_moves_by_the_ema_rule(tiny_config):
+    from train.methods import build_method
+    from train.methods.contrastive import MomentumStep
+
+    import kernels
+
+    config = small(tiny_config, method="moco_v2", target_momentum=0.9)
+    method = build_method(config)
+    model = method.build_model("resnet8", 10, kernels.get_family("none"), torch.device("cpu"), channels_last=False)
+    method.total_steps = 10
+    before_target = {n: p.clone() for n, p in method.target.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    class Base:  # a step that moves the online network
+        def __init__(self):
+            self.model = model
+
+        def __call__(self, batch):
+            optimizer.zero_grad()
+            outputs = method.forward(model, batch.views)
+            losses = method.losses(outputs, batch.labels)
+            losses["loss"].backward()
+            optimizer.step()
+            return losses
+
+    views = torch.randn(8, 3, 16, 16)
+    MomentumStep(Base(), method)(type("B", (), {"views": views, "labels": torch.zeros(4, dtype=torch.int64)})())
+    assert all(p.grad is None for p in method.target.parameters())
+    online = dict(model.named_parameters())
+    for name, param in method.target.named_parameters():
+        expected = 0.9 * before_target[name] + 0.1 * online[name].detach()
+        assert torch.allclose(param, expected, atol=1e-6), name
+    assert any(not torch.equal(before_target[n], p) for n, p in method.target.named_parameters())
+
+
+def test_byol_momentum_follows_the_cosine_schedule_to_one(tiny_config):
+    from train.methods import build_method
+
+    method = build_method(small(tiny_config, method="byol", target_momentum=0.996))
+    method.total_steps, method.steps_done = 100, 0
+    assert math.isclose(method.momentum(), 0.996)
+    method.steps_done = 50
+    assert math.isclose(method.momentum(), 1 - 0.004 * 0.5)
+    method.steps_done = 100
+    assert math.isclose(method.momentum(), 1.0)
+
+
+def knn_at_initialisation(config):
+    """The k-NN monitor of the same network at its seeded initialisation (no training step)."""
+    return train(config.__class__(**{**config.__dict__, "iterations": 1, "lr": 0.0, "run_name": "init"}))
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco_v2", "byol"])
+def test_contrastive_pretraining_beats_its_initialisation_and_resumes_exactly(tiny_config, tmp_path, method):
+    config = small(tiny_config, method=method, epochs=3, samples_per_class=40, batch_size=64, lr=0.1,
+                   precision="fp32")
+    straight = train(config.__class__(**{**config.__dict__, "run_name": "straight"}))
+    steps = [json.loads(line) for line in (tmp_path / "runs" / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in steps if r["kind"] == "step")
+    if method == "simclr":  # the issue's check; MoCo's and BYOL's short runs are too close to their start to tell
+        initial = knn_at_initialisation(config)
+        assert straight["test"]["kNN"] > initial["test"]["kNN"] + 1, ("kNN after, at initialisation",
+                                                                     straight["test"]["kNN"], initial["test"]["kNN"])
+    paused = train(config.__class__(**{**config.__dict__, "run_name": "resumed", "stop_after_epochs": 1}))
+    assert paused["completed"] is False
+    resumed = train(config.__class__(**{**config.__dict__, "run_name": "x",
+                                        "resume": str(tmp_path / "runs" / "resumed" / "last.pt")}))
+    a = torch.load(tmp_path / "runs" / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "runs" / "resumed" / "last.pt", weights_only=True)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for key in a["method_state"].get("target", {}):
+        assert torch.equal(a["method_state"]["target"][key], b["method_state"]["target"][key]), key
+    assert resumed["test"] == straight["test"]
+    manifest = json.loads((tmp_path / "runs" / "straight" / "config.json").read_text())
+    assert manifest["views_per_image"] == 2 and manifest["view_recipe"] == method
+
+
+def test_contrastive_methods_refuse_a_transformation_family(tiny_config):
+    with pytest.raises(ValueError, match="--transforms none"):
+        train(small(tiny_config, method="simclr", transforms="color_perm"))
+    with pytest.raises(ValueError, match="unknown view recipe"):
+        train(small(tiny_config, method="simclr", views="nope"))
+
+
+def test_gathered_negatives_over_two_ranks_equal_one_process_with_the_whole_batch(tmp_path):
+    from conftest import REPO, run_child, torchrun_command
+
+    verdict = tmp_path / "verdict.json"
+    run_child(torchrun_command(2, str(REPO / "tests" / "negatives_check.py"), str(verdict)), timeout=300)
+    result = json.loads(verdict.read_text())
+    assert abs(result["loss"] - result["reference"]) < 1e-12 and result["gradients_match"], result

@@ -1,0 +1,244 @@
+"""Contrastive self-supervised pretraining (docs/methods.md, "Self-supervised family"): `simclr`, `moco_v2`
+and `byol`, on stochastic views made for the whole batch on the training device (pipeline/random_views.py).
+
+The training loader yields V = 2 random views per image (rows b·2 + v); labels are not used for training.
+Evaluation is a weighted k-NN monitor on the backbone's frozen features: before each evaluation the
+method embeds the training split (identity views) into a bank, and a validation image's class scores are
+its k nearest bank features' votes (k = `--knn-k`, temperature `--knn-temperature`, cosine).
+
+MoCo v2's key encoder and BYOL's target network are exponential moving averages of the trained network;
+they are the method's state (in checkpoints), outside the optimizer, and receive no gradient.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+
+from models import build_backbone
+from train.methods.base import Method
+from train.methods.contrastive_losses import info_nce, knn_scores, normalised_mse, nt_xent
+
+
+def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
+    """Linear → BN → ReLU → Linear: the projector (and BYOL's predictor) of the papers' CIFAR recipes."""
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, outputs))
+
+
+class ContrastiveNetwork(nn.Module):
+    """backbone → features h (what evaluation uses) → projector → z; BYOL adds a predictor → p."""
+
+    def __init__(self, backbone: nn.Module, hidden: int, dim: int, predictor: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = mlp(backbone.feature_dim, hidden, dim)
+        self.predictor = mlp(dim, hidden, dim) if predictor else None
+
+    def forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(views)
+        if not self.training:
+            return {"features": features}  # evaluation needs only h
+        projection = self.projector(features)
+        outputs = {"features": features, "projection": projection}
+        if self.predictor is not None:
+            outputs["prediction"] = self.predictor(projection)
+        return outputs
+
+
+class ContrastiveMethod(Method):
+    uses_transforms = False  # evaluation sees the identity view; training views come from `view_recipe`
+    primary_score = "kNN"
+    view_recipe = "simclr"
+    default_temperature = 0.5
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.transforms not in ("none", "rotation"):  # rotation: the trainer's default, unused here
+            raise ValueError(f"{self.name} draws random views (--views); --transforms {config.transforms} is not "
+                             "combined with it (use --transforms none)")
+        self.temperature = config.contrastive_temperature or self.default_temperature
+        self.bank: torch.Tensor | None = None
+        self.bank_labels: torch.Tensor | None = None
+        self.num_classes = 0
+
+    needs_training_features = True
+
+    def training_view_recipe(self) -> str:
+        return self.config.views or self.view_recipe
+
+    def network(self, model_name, num_classes):
+        self.num_classes = num_classes
+        return ContrastiveNetwork(build_backbone(model_name), self.config.projector_hidden, self.config.projector_dim,
+                                  predictor=self.uses_predictor)
+
+    uses_predictor = False
+
+    # ---- evaluation: k-NN on frozen features
+    @torch.no_grad()
+    def before_evaluation(self, model, bank_loader, autocast_context) -> None:
+        """Embed the training split (identity views, evaluation mode) as the k-NN bank."""
+        was_training = model.training
+        model.eval()
+        features, labels = [], []
+        for batch in bank_loader:
+            with autocast_context():
+                features.append(torch.nn.functional.normalize(model(batch.views)["features"].float(), dim=1))
+            labels.append(batch.labels)
+        model.train(was_training)
+        self.bank, self.bank_labels = torch.cat(features), torch.cat(labels)
+
+    def class_scores(self, outputs):
+        return {"kNN": knn_scores(outputs["features"], self.bank, self.bank_labels, self.num_classes,
+                                  self.config.knn_k, self.config.knn_temperature)}
+
+    def score_names(self):
+        return ("kNN",)
+
+    # ---- momentum networks (MoCo, BYOL)
+    def make_step(self, step, total_steps):
+        self.total_steps = total_steps
+        return MomentumStep(step, self) if hasattr(self, "target") else step
+
+
+class SimCLR(ContrastiveMethod):
+    """NT-Xent over the 2B views, negatives from every rank (Chen et al. 2020)."""
+    name = "simclr"
+
+    def losses(self, outputs, labels):
+        return {"loss": nt_xent(outputs["projection"], self.temperature)}
+
+
+class EmaTarget(ContrastiveMethod):
+    """A method with a momentum copy of the trained network (no gradient, updated after each step)."""
+
+    def build_model(self, model_name, num_classes, family, device, channels_last):
+        model = super().build_model(model_name, num_classes, family, device, channels_last)
+        self.target = copy.deepcopy(model).requires_grad_(False)
+        self.target.predictor = None  # BYOL's target has no predictor
+        self.steps_done = 0
+        return model
+
+    def momentum(self) -> float:
+        """The EMA coefficient for the step just taken: constant, or BYOL's cosine schedule to 1."""
+        base = self.config.target_momentum
+        if not self.cosine_momentum:
+            return base
+        progress = self.steps_done / max(1, self.total_steps)
+        return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
+
+    cosine_momentum = False
+
+    def after_update(self, model: nn.Module) -> None:
+        """After the optimizer step: the momentum network's EMA (MoCo also enqueues this step's keys)."""
+        self.update_target(model)
+
+    @torch.no_grad()
+    def update_target(self, model: nn.Module) -> None:
+        m = self.momentum()
+        online = dict(model.named_parameters())
+        for name, target in self.target.named_parameters():
+            target.mul_(m).add_(online[name].detach(), alpha=1 - m)
+        online_buffers = dict(model.named_buffers())
+        for name, buffer in self.target.named_buffers():
+            buffer.copy_(online_buffers[name])
+        self.steps_done += 1
+
+    @torch.no_grad()
+    def target_projections(self, views: torch.Tensor) -> torch.Tensor:
+        self.target.train()  # batch statistics, as the papers' key/target forward
+        return self.target.projector(self.target.backbone(views))
+
+    def state_dict(self):
+        return {"target": self.target.state_dict(), "steps_done": self.steps_done, **self.extra_state()}
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state):
+        self.target.load_state_dict(state["target"])
+        self.steps_done = state["steps_done"]
+
+
+class MocoV2(EmaTarget):
+    """MoCo v2 (Chen et al. 2020): query = view 0 through the trained network, key = view 1 through the
+    momentum encoder, a queue of `--queue-size` past keys as negatives. BN: per rank, keys not shuffled
+    across ranks (stated; SyncBN or shuffling is not done here)."""
+    name, view_recipe, default_temperature = "moco_v2", "moco_v2", 0.2
+
+    def build_model(self, model_name, num_classes, family, device, channels_last):
+        model = super().build_model(model_name, num_classes, family, device, channels_last)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        queue = torch.randn(self.config.queue_size, self.config.projector_dim, generator=generator)
+        self.queue = torch.nn.functional.normalize(queue, dim=1).to(device)
+        self.queue_pointer = 0
+        return model
+
+    def losses(self, outputs, labels):
+        views = outputs["views"]
+        queries = outputs["projection"]
+        keys = self.target_projections(views[1::2])
+        loss = info_nce(queries, keys, self.queue, self.temperature)
+        self.pending_keys = torch.nn.functional.normalize(keys.float(), dim=1)  # enqueued after the update
+        return {"loss": loss}
+
+    def after_update(self, model):
+        super().after_update(model)
+        self.enqueue(self.pending_keys)
+
+    def forward(self, model, views):
+        outputs = model(views[0::2])  # only view 0 is a query
+        outputs["views"] = views
+        return outputs
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Keys of this step replace the oldest ones (a ring buffer)."""
+        from train.methods.contrastive_losses import gather_with_gradient
+
+        keys = gather_with_gradient(keys)[0]
+        size = self.queue.shape[0]
+        pointer = (self.queue_pointer + max(0, keys.shape[0] - size)) % size  # more keys than room: the newest
+        keys = keys[-size:]
+        positions = (pointer + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.queue[positions] = keys
+        self.queue_pointer = int((pointer + keys.shape[0]) % size)
+
+    def extra_state(self):
+        return {"queue": self.queue, "queue_pointer": self.queue_pointer}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.queue.copy_(state["queue"])
+        self.queue_pointer = state["queue_pointer"]
+
+
+class BYOL(EmaTarget):
+    """BYOL (Grill et al. 2020): the online network's prediction of each view regresses the target network's
+    projection of the other view (normalised MSE, symmetric); target momentum on the paper's cosine schedule."""
+    name, view_recipe, uses_predictor, cosine_momentum = "byol", "byol", True, True
+
+    def losses(self, outputs, labels):
+        targets = self.target_projections(outputs["views"])
+        predictions = outputs["prediction"]
+        swapped = targets.view(-1, 2, targets.shape[1]).flip(1).reshape_as(targets)  # row b·2+v ← view 1−v
+        return {"loss": 2 * normalised_mse(predictions, swapped)}  # both directions: mean over 2B pairs, ×2
+
+    def forward(self, model, views):
+        outputs = model(views)
+        outputs["views"] = views  # the target network sees them in `losses`
+        return outputs
+
+
+class MomentumStep:
+    """The loop's step, then the momentum network's EMA update."""
+
+    def __init__(self, base, method: EmaTarget):
+        self.base, self.method = base, method
+
+    def __call__(self, batch):
+        losses = self.base(batch)
+        self.method.after_update(self.base.model)
+        return losses

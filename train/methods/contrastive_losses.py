@@ -1,0 +1,60 @@
+"""The contrastive family's losses (docs/methods.md, "Self-supervised family"), on the interleaved view
+layout: row b·V + v is view v of image b, so with two views the positive of row i is row i ^ 1."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels import upcast
+
+
+def gather_with_gradient(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every rank's rows (rank order) and where this rank's start; under torchrun the all-gather keeps the
+    gradient of the local part (torch.distributed.nn), so negatives come from the whole global batch."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_world_size() == 1:
+        return rows, 0
+    # torch's functional collective with autograd: the backward reduce-scatters (sums) every rank's gradient
+    from torch.distributed._functional_collectives import all_gather_single_autograd, wait_tensor
+
+    gathered = all_gather_single_autograd(rows.contiguous(), gather_dim=0, group=torch.distributed.group.WORLD)
+    return wait_tensor(gathered), torch.distributed.get_rank() * rows.shape[0]
+
+
+def nt_xent(projections: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent over the 2B views: for each row, −log of its positive's share of exp(cos/τ) over
+    every other row of the (global) batch, its own row excluded; mean over the local rows."""
+    z = F.normalize(upcast(projections), dim=1)
+    everyone, offset = gather_with_gradient(z)
+    logits = z @ everyone.T / temperature
+    rows = torch.arange(z.shape[0], device=z.device)
+    logits[rows, rows + offset] = float("-inf")  # a view is not its own negative
+    positives = (rows ^ 1) + offset
+    return F.cross_entropy(logits, positives)
+
+
+def info_nce(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoCo's InfoNCE: the positive logit q·k⁺ first, then q against every queued key; keys carry no gradient."""
+    q = F.normalize(upcast(queries), dim=1)
+    k = F.normalize(upcast(keys), dim=1).detach()
+    positive = (q * k).sum(dim=1, keepdim=True)
+    negatives = q @ queue.detach().T
+    logits = torch.cat([positive, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.int64, device=q.device))
+
+
+def normalised_mse(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BYOL: ‖p̂ − ẑ‖² = 2 − 2·cos(p, z) per pair, batch mean; no gradient into the target."""
+    p = F.normalize(upcast(predictions), dim=1)
+    z = F.normalize(upcast(targets), dim=1).detach()
+    return (2 - 2 * (p * z).sum(dim=1)).mean()
+
+
+def knn_scores(features: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
+               k: int = 200, temperature: float = 0.1) -> torch.Tensor:
+    """[B, N] class scores of a weighted k-NN vote (InstDisc's monitor): the k most cosine-similar bank
+    features vote for their class with weight exp(cos/T)."""
+    sims = F.normalize(upcast(features), dim=1) @ bank.T
+    top, index = sims.topk(min(k, bank.shape[0]), dim=1)
+    votes = torch.zeros(features.shape[0], num_classes, device=features.device, dtype=top.dtype)
+    return votes.scatter_add_(1, bank_labels[index], (top / temperature).exp())
