@@ -191,3 +191,34 @@ def test_gathered_negatives_over_two_ranks_equal_one_process_with_the_whole_batc
     run_child(torchrun_command(2, str(REPO / "tests" / "negatives_check.py"), str(verdict)), timeout=300)
     result = json.loads(verdict.read_text())
     assert abs(result["loss"] - result["reference"]) < 1e-12 and result["gradients_match"], result
+
+
+def test_linear_eval_and_init_from_read_a_pretrained_backbone(tiny_config, tmp_path):
+    from train.methods import build_method
+
+    import kernels
+
+    pretrain = train(small(tiny_config, method="simclr", run_name="pre", epochs=1))
+    checkpoint = tmp_path / "runs" / "pre" / "last.pt"
+    saved = torch.load(checkpoint, weights_only=True)["model"]
+    backbone = {k[len("backbone."):]: v for k, v in saved.items() if k.startswith("backbone.")}
+
+    probe = train(tiny_config(method="linear_eval", pretrained=str(checkpoint), run_name="probe", epochs=4, lr=1.0,
+                              weight_decay=0.0))
+    assert probe["test"]["SI"] > 30.0  # chance is 10%
+    trained = torch.load(tmp_path / "runs" / "probe" / "last.pt", weights_only=True)["model"]
+    for name, tensor in backbone.items():  # frozen: weights and BN statistics as pretrained
+        assert torch.equal(trained["backbone." + name], tensor), name
+    config = json.loads((tmp_path / "runs" / "probe" / "config.json").read_text())
+    assert config["pretrained_method"] == "simclr" and len(config["pretrained_sha256"]) == 64
+
+    method = build_method(tiny_config(method="sla", init_from=str(checkpoint)))
+    model = method.build_model("resnet8", 10, kernels.get_family("rotation"), torch.device("cpu"), False)
+    for name, tensor in backbone.items():
+        assert torch.equal(model.backbone.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="holds a resnet8 backbone, but this run's --model is resnet20"):
+        build_method(tiny_config(method="baseline", init_from=str(checkpoint), model="resnet20")).build_model(
+            "resnet20", 10, kernels.get_family("none"), torch.device("cpu"), False)
+    with pytest.raises(ValueError, match="linear_eval needs --pretrained"):
+        build_method(tiny_config(method="linear_eval"))
+    assert pretrain["completed"]

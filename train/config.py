@@ -68,6 +68,10 @@ class TrainConfig:
     log_grad_similarity: bool = field(default=False, metadata={
         "help": "maxl, maxl_human: log cos(∇L_pri, ∇L_aux) over the shared backbone, averaged over each logging "
                 "interval (an extra backward pass per step)"})
+    pretrained: str = field(default="", metadata={"help": "linear_eval: the run checkpoint whose frozen backbone "
+                                                          "the linear classifier reads (e.g. a simclr best.pt)"})
+    init_from: str = field(default="", metadata={"help": "start the backbone from this run checkpoint (same --model; "
+                                                         "e.g. simclr pretraining, then sla)"})
     views: str = field(default="", metadata={"help": "simclr, moco_v2, byol: the random-view recipe (simclr, byol, "
                                                     "moco_v2; default: the method's own)"})
     projector_hidden: int = field(default=2048, metadata={"help": "contrastive: projector (and BYOL predictor) "
@@ -123,7 +127,7 @@ RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", 
                      "transforms", "model", "batch_size", "seed", "peer_model", "kd_temperature",
                      "decay_norm_and_bias",  # the optimizer's parameter groups
                      "primary_labels", "aux_per_class", "generator_model", "maxl_interleave",
-                     "views", "projector_hidden", "projector_dim", "queue_size")
+                     "views", "projector_hidden", "projector_dim", "queue_size", "pretrained", "init_from")
 
 PRESETS: dict[str, dict[str, typing.Any]] = {
     # SLA paper recipe (Lee et al. 2020): batch 128, lr 0.1, wd 1e-4 on every parameter, 80k iterations, ×0.1 at

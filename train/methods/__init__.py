@@ -11,6 +11,7 @@ from train.methods.baselines import Baseline, MultiTask, TransformsAsAugmentatio
 from train.methods.contrastive import BYOL, MocoV2, SimCLR
 from train.methods.hsakd import HsakdOnline, HsakdStudent, HsakdTeacher
 from train.methods.maxl import Maxl, MaxlHuman
+from train.methods.pretrained import LinearEval
 from train.methods.sla import SLA, SLASelfDistillation
 
 METHODS: dict[str, type[Method]] = {method.name: method for method in (
@@ -27,6 +28,7 @@ METHODS: dict[str, type[Method]] = {method.name: method for method in (
     SimCLR,
     MocoV2,
     BYOL,
+    LinearEval,
 )}
 
 

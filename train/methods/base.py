@@ -67,7 +67,14 @@ class Method:
                     channels_last: bool) -> nn.Module:
         """Bind the method, then return the trained network on `device` (channels_last when asked)."""
         self.bind(family, device)
-        return place(self.network(model_name, num_classes), device, channels_last)
+        network = self.network(model_name, num_classes)
+        if self.config.init_from:  # start from another run's backbone (e.g. contrastive pretraining)
+            from train.methods.pretrained import load_backbone
+
+            if not isinstance(getattr(network, "backbone", None), nn.Module):
+                raise ValueError(f"--init-from: {self.name} has no single backbone to initialise")
+            self.init_record = load_backbone(network.backbone, self.config.init_from, "--init-from", model_name)
+        return place(network, device, channels_last)
 
     def network(self, model_name: str, num_classes: int) -> nn.Module:
         raise NotImplementedError
@@ -136,9 +143,11 @@ class Method:
         kernels.raise_pending_label_error()
 
     # ---- files outside the run
+    init_record: dict = {}  # --init-from's path, hash and method, once loaded
+
     def provenance(self) -> dict:
-        """What outside this run the method depends on (e.g. a teacher checkpoint's path and hash)."""
-        return {}
+        """What outside this run the method depends on (a teacher or pretrained checkpoint's path and hash)."""
+        return dict(self.init_record)
 
     def check_resume(self, checkpoint: dict) -> None:
         """Refuse to resume a checkpoint trained against a different file than this run depends on."""

@@ -94,7 +94,7 @@ class HsakdMethod(Method):
         return ("SI", *(f"branch{l + 1}" for l in range(self.num_branches)))
 
     def provenance(self):
-        return self.record
+        return {**super().provenance(), **self.record}
 
 
 class HsakdTeacher(HsakdMethod):

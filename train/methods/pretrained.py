@@ -1,0 +1,62 @@
+"""Backbones from another run's checkpoint: `--init-from` (any method starts from a pretrained backbone, e.g.
+SimCLR then SLA) and `linear_eval` (a linear classifier on a frozen pretrained backbone)."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from models import HeadSpec, IDENTITY_VIEW, MultiHeadNetwork, build_backbone
+from train.methods.baselines import Baseline
+from train.methods.hsakd_checkpoints import file_sha256, network_state, read_run_checkpoint
+
+
+def load_backbone(backbone: nn.Module, path: str, flag: str, model_name: str) -> dict:
+    """Copy a run checkpoint's backbone weights into `backbone` (same architecture, every tensor); returns
+    the provenance record (path, SHA-256, the method that trained it)."""
+    payload = read_run_checkpoint(path, flag)
+    made_with = payload["config"].get("model")
+    if made_with != model_name:
+        raise ValueError(f"{flag} checkpoint {path} holds a {made_with} backbone, but this run's --model is "
+                         f"{model_name}")
+    state = {key[len("backbone."):]: value for key, value in network_state(payload).items()
+             if key.startswith("backbone.")}
+    if not state:
+        raise ValueError(f"{flag} checkpoint {path} holds no backbone (its method is "
+                         f"{payload['config'].get('method')})")
+    backbone.load_state_dict(state)
+    key = flag.lstrip("-").replace("-", "_")
+    return {key: str(path), f"{key}_sha256": file_sha256(path), f"{key}_method": payload["config"].get("method")}
+
+
+class FrozenBackboneNetwork(MultiHeadNetwork):
+    """A linear probe: the backbone keeps its weights and its BN statistics (eval mode whatever train() says)."""
+
+    def freeze(self) -> "FrozenBackboneNetwork":
+        self.backbone.requires_grad_(False)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+
+class LinearEval(Baseline):
+    """`linear_eval`: a linear classifier trained with CE on the frozen features of `--pretrained`."""
+    name = "linear_eval"
+
+    def __init__(self, config):
+        super().__init__(config)
+        if not config.pretrained:
+            raise ValueError("linear_eval needs --pretrained CKPT (a run's best.pt or last.pt, e.g. of simclr)")
+        if config.init_from:
+            raise ValueError("linear_eval takes its backbone from --pretrained; --init-from is for fine-tuning")
+        self.record: dict = {}
+
+    def network(self, model_name, num_classes):
+        network = FrozenBackboneNetwork(build_backbone(model_name), [HeadSpec("class", num_classes, IDENTITY_VIEW)],
+                                        self.num_transforms)
+        self.record = load_backbone(network.backbone, self.config.pretrained, "--pretrained", model_name)
+        return network.freeze()
+
+    def provenance(self):
+        return dict(self.record)
