@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .blocks import BasicBlock, Bottleneck, PreActBlock
+from .blocks import BasicBlock, PreActBlock
 
 
 @dataclass(frozen=True)

@@ -172,8 +172,8 @@ def adjust_saturation(images, factor):
 
 def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
     r, g, b = images.unbind(1)
-    maximum, _ = images.max(dim=1)
-    minimum, _ = images.min(dim=1)
+    maximum = images.amax(dim=1)
+    minimum = images.amin(dim=1)
     equal = maximum == minimum
     chroma = maximum - minimum
     saturation = chroma / torch.where(equal, torch.ones_like(maximum), maximum)
@@ -186,18 +186,15 @@ def rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """The sector formula in closed form: channel n ∈ (5, 3, 1) is v − v·s·clamp(min(k, 4 − k), 0, 1) with
+    k = (n + 6h) mod 6 (the same values as torchvision's six-way case split, without building all six)."""
     hue, saturation, value = images.unbind(1)
-    sector = torch.floor(hue * 6.0)
-    fraction = hue * 6.0 - sector
-    sector = sector.to(torch.int64) % 6
-    p = (value * (1.0 - saturation)).clamp(0, 1)
-    q = (value * (1.0 - saturation * fraction)).clamp(0, 1)
-    t = (value * (1.0 - saturation * (1.0 - fraction))).clamp(0, 1)
-    choices = torch.stack([
-        torch.stack([value, t, p], 1), torch.stack([q, value, p], 1), torch.stack([p, value, t], 1),
-        torch.stack([p, q, value], 1), torch.stack([t, p, value], 1), torch.stack([value, p, q], 1)], dim=0)
-    index = sector.unsqueeze(0).unsqueeze(2).expand(1, -1, 3, -1, -1)
-    return choices.gather(0, index).squeeze(0)
+
+    def channel(n: float) -> torch.Tensor:
+        k = torch.remainder(n + hue * 6.0, 6.0)
+        return value - value * saturation * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+
+    return torch.stack([channel(5.0), channel(3.0), channel(1.0)], dim=1)
 
 
 def adjust_hue(images, shift):
@@ -215,13 +212,12 @@ def colour_jitter(images: torch.Tensor, view: dict) -> torch.Tensor:
     device = images.device
     jitter = view["jitter"].to(device)
     order = view["order"].to(device)
-    out = images
+    out = images.clone()
     for position in range(len(JITTER_OPERATIONS)):
         for index, name in enumerate(JITTER_OPERATIONS):
-            chosen = jitter & (order[:, position] == index)
-            if bool(chosen.any()):
-                adjusted = ADJUST[name](out, view[name].to(device))
-                out = torch.where(chosen.view(-1, 1, 1, 1), adjusted, out)
+            rows = torch.nonzero(jitter & (order[:, position] == index)).flatten()
+            if rows.numel():  # each image once per position: the batch's work is four adjustments, not sixteen
+                out[rows] = ADJUST[name](out[rows], view[name].to(device)[rows])
     return out
 
 

@@ -123,3 +123,14 @@ def test_step_bench_times_maxls_two_updates_against_the_official_way(tmp_path):
         paper = next(r for r in records if r["path"] == "paper" and r["update"] == record["update"])
         assert abs(record["vs_paper"] - record["images_per_s"] / paper["images_per_s"]) <= 0.01 * record["vs_paper"] + 0.01
     assert all(r["precision"] == "fp32" and not r["channels_last"] for r in records if r["path"] == "paper")
+
+
+def test_step_bench_compares_contrastive_steps_with_per_sample_pil_views(tmp_path):
+    out = tmp_path / "simclr.jsonl"
+    assert main(["step", "--method", "simclr", "--models", "resnet8", "--data", "synthetic", "--steps", "1",
+                 "--warmup", "1", "--batch", "8", "--images", "32", "--workers", "1", "--rounds", "2",
+                 "--output", str(out)]) == 0
+    trainer, paper = sorted(read_lines(out), key=lambda r: r["path"], reverse=True)
+    assert (trainer["path"], paper["path"]) == ("trainer", "paper") and paper["precision"] == "fp32"
+    assert abs(trainer["vs_paper"] - trainer["images_per_s"] / paper["images_per_s"]) <= 0.01 * trainer["vs_paper"] + 0.01
+    assert all(0 <= r["loader_wait_share"] < 1 and len(r["round_images_per_s"]) == 2 for r in (trainer, paper))

@@ -4,7 +4,6 @@ the same network at initialisation on the k-NN monitor."""
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 

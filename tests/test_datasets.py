@@ -3,7 +3,6 @@ import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from pipeline import datasets
 from pipeline.datasets import DataError

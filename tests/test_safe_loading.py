@@ -12,7 +12,6 @@ from pipeline import datasets
 from pipeline.datasets import DataError
 from train import convert_checkpoint
 from train.checkpoint import read_checkpoint_file, restore_rng_states, rng_states
-from train.main import main
 
 
 class WritesAMarker:

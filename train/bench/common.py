@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -53,3 +54,24 @@ def endless_batches(loader):
         loader.set_epoch(epoch)
         yield from loader
         epoch += 1
+
+
+class TimedRounds:
+    """Rounds of whole steps, timed with the loader's wait counted apart; a subclass sets `stream`, `step`
+    and `device`. GPU work is synchronised at each round's ends."""
+    seconds: list[float]
+    waits: list[float]
+
+    def time_round(self, steps: int) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        wait, start = 0.0, time.perf_counter()
+        for _ in range(steps):
+            fetch = time.perf_counter()
+            current = next(self.stream)
+            wait += time.perf_counter() - fetch
+            self.step(current)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds.append(time.perf_counter() - start)
+        self.waits.append(wait)

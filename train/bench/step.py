@@ -7,7 +7,6 @@ import os
 import resource
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from pipeline.loaders import build_loader
 from pipeline.views import ViewExpander
 from train.bench.loaders import cifar_shaped
 from train.bench.common import (append_json_lines, available_cores, bench_device, busy_processes, device_name,
-                                endless_batches, print_header)
+                                endless_batches, print_header, TimedRounds)
 from train.config import TrainConfig
 from train.methods import build_method
 from train.mfu import flops_per_view, peak_flops
@@ -63,7 +62,7 @@ def phase_shares(step, stream, steps: int, device: torch.device) -> dict[str, fl
     return {name: round(share, 4) for name, share in shares.items()}
 
 
-class PreparedPath:
+class PreparedPath(TimedRounds):
     """One path's loader, model and step, built once so that rounds of timed steps can alternate between paths."""
 
     def __init__(self, path: str, settings: dict, model_name: str, method_name: str, family_name: str, split,
@@ -94,21 +93,6 @@ class PreparedPath:
             self.step(next(self.stream))
         self.seconds: list[float] = []  # one entry per timed round
         self.waits: list[float] = []
-
-    def time_round(self, steps: int) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        wait = 0.0
-        start = time.perf_counter()
-        for _ in range(steps):
-            fetch = time.perf_counter()
-            current = next(self.stream)
-            wait += time.perf_counter() - fetch
-            self.step(current)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds.append(time.perf_counter() - start)
-        self.waits.append(wait)
 
     def record(self, steps: int) -> dict:
         """The median round's figures, plus every round's images/s (the spread shows how steady the machine was)."""
@@ -186,6 +170,9 @@ def _run(models, num_transforms, data, batch, steps, warmup, num_images, workers
           f"batch {batch}, {rounds} round(s) of {steps} timed steps after {warmup}, "
           f"{background_load} busy background process(es), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')!r}, "
           f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS', '')!r}")
+    if method in ("simclr", "moco_v2", "byol"):
+        return _run_contrastive(method, models, data, batch, steps, warmup, num_images, workers, paths, output,
+                                rounds, device, trainer_precision)
     if method == "maxl":
         return _run_maxl(models, data, batch, steps, warmup, num_images, workers, paths, output, settings, rounds,
                          device)
@@ -233,24 +220,50 @@ def _run(models, num_transforms, data, batch, steps, warmup, num_images, workers
     return records
 
 
-def _run_maxl(models, data, batch, steps, warmup, num_images, workers, paths, output, settings, rounds,
-              device) -> list[dict]:
-    from train.bench import maxl_step
-
-    print_header(f"{'model':<16}{'data':<10}{'update':<9}{'order':<8}{'path':<9}{'precision':<10}{'img/s':>9}"
-                 f"{'ms/step':>10}{'vs paper':>10}")
+def _run_table(header: str, data, models, num_images: int, output, measure, row) -> list[dict]:
+    """One table of a method-specific bench: `measure(model_name, split, data_name)` gives its records,
+    `row(record)` prints each."""
+    print_header(header)
     sources = {"synthetic": lambda: cifar_shaped(num_images),
                "digits": lambda: build_splits("digits", "unused", 32, 0.1, 0).train}
     records = []
     for data_name in data:
         split = sources[data_name]()
         for model_name in models:
-            for record in maxl_step.run(model_name, split, data_name, batch, steps, warmup, rounds, device, workers,
-                                        settings, paths):
+            for record in measure(model_name, split, data_name):
                 records.append(record)
-                ratio = f"{record['vs_paper']:.2f}x" if "vs_paper" in record else "-"
-                print(f"{model_name:<16}{data_name:<10}{record['update']:<9}{record['maxl_order']:<8}"
-                      f"{record['path']:<9}{record['precision']:<10}{record['images_per_s']:>9,.0f}"
-                      f"{record['ms_per_step']:>10.1f}{ratio:>10}")
+                print(row(record))
     append_json_lines(output, records)
     return records
+
+
+def ratio_text(record: dict) -> str:
+    return f"{record['vs_paper']:.2f}x" if "vs_paper" in record else "-"
+
+
+def _run_maxl(models, data, batch, steps, warmup, num_images, workers, paths, output, settings, rounds,
+              device) -> list[dict]:
+    from train.bench import maxl_step
+
+    return _run_table(
+        f"{'model':<16}{'data':<10}{'update':<9}{'order':<8}{'path':<9}{'precision':<10}{'img/s':>9}"
+        f"{'ms/step':>10}{'vs paper':>10}", data, models, num_images, output,
+        lambda model_name, split, data_name: maxl_step.run(model_name, split, data_name, batch, steps, warmup,
+                                                           rounds, device, workers, settings, paths),
+        lambda r: (f"{r['model']:<16}{r['data']:<10}{r['update']:<9}{r['maxl_order']:<8}{r['path']:<9}"
+                   f"{r['precision']:<10}{r['images_per_s']:>9,.0f}{r['ms_per_step']:>10.1f}{ratio_text(r):>10}"))
+
+
+def _run_contrastive(method, models, data, batch, steps, warmup, num_images, workers, paths, output, rounds, device,
+                     trainer_precision) -> list[dict]:
+    from train.bench import contrastive_step
+
+    return _run_table(
+        f"{'model':<16}{'data':<10}{'method':<9}{'path':<9}{'precision':<10}{'img/s':>9}{'ms/step':>10}"
+        f"{'wait':>8}{'vs paper':>10}", data, models, num_images, output,
+        lambda model_name, split, data_name: contrastive_step.run(method, model_name, split, data_name, batch, steps,
+                                                                  warmup, rounds, device, workers, paths,
+                                                                  trainer_precision),
+        lambda r: (f"{r['model']:<16}{r['data']:<10}{r['method']:<9}{r['path']:<9}{r['precision']:<10}"
+                   f"{r['images_per_s']:>9,.0f}{r['ms_per_step']:>10.1f}{100 * r['loader_wait_share']:>7.1f}%"
+                   f"{ratio_text(r):>10}"))

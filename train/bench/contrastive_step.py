@@ -1,0 +1,92 @@
+"""`python train/bench.py step --method simclr|moco_v2|byol`: whole contrastive steps (two random views per
+image, forward, loss, backward, optimizer, momentum update) on this trainer's path (resident loader, views
+made for the batch on the device, `--precision auto`, channels_last) against the reference way (a
+DataLoader whose workers augment one PIL image at a time, fp32, NCHW: train/bench/pil_views.py), the
+paths alternating over rounds in one run; loader wait reported for both."""
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+import kernels
+from pipeline.batch import Batch, LoaderSettings
+from pipeline.datasets import channel_statistics
+from pipeline.loaders import build_loader
+from pipeline.random_views import RandomViewExpander, get_recipe
+from train.bench.common import TimedRounds, endless_batches
+from train.bench.pil_views import pil_view_loader
+from train.config import TrainConfig
+from train.methods import build_method
+from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
+from train.step import TrainStep
+
+
+def reference_batches(loader, device: torch.device):
+    """[B, V, C, S, S] from the workers → the interleaved [B·V, C, S, S] layout on the device."""
+    epoch = 0
+    while True:
+        for views, labels in loader:
+            views = views.to(device).flatten(0, 1)
+            labels = labels.to(device)
+            yield Batch(views, labels, torch.zeros_like(labels))
+        epoch += 1
+
+
+class PreparedContrastive(TimedRounds):
+    def __init__(self, path: str, method_name: str, model_name: str, split, batch: int, warmup: int,
+                 device: torch.device, workers: int, trainer_precision: str):
+        channels_last = path == "trainer"
+        config = TrainConfig(method=method_name, model=model_name, batch_size=batch, transforms="none",
+                             precision=trainer_precision if path == "trainer" else "fp32",
+                             channels_last=channels_last, lr=0.05, schedule="cosine", queue_size=1024)
+        self.path, self.device, self.batch = path, device, batch
+        self.precision = resolve_precision(config, device)
+        self.method = build_method(config)
+        recipe = get_recipe(self.method.training_view_recipe())
+        mean, std = channel_statistics(split.images[:1024])
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        if path == "trainer":
+            expander = RandomViewExpander(recipe, split.images.shape[1], mean, std,
+                                          dtype if device.type == "cuda" else torch.float32, channels_last)
+            loader = build_loader("resident", split, LoaderSettings(expander, device, batch, train=True,
+                                                                     crop_padding=-1, workers=workers))
+            self.stream = endless_batches(loader)
+        else:
+            self.stream = reference_batches(pil_view_loader(split.images, split.labels, recipe, mean, std, batch,
+                                                            workers), device)
+        torch.manual_seed(0)
+        model = self.method.build_model(model_name, split.num_classes, kernels.get_family("none"), device,
+                                        channels_last)
+        optimizer = build_optimizer(config, model, device)
+        base = TrainStep(model, model, self.method, optimizer, build_scheduler(config, optimizer, 10**6),
+                         build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
+        self.step = self.method.make_step(base, 10**6)
+        self.seconds, self.waits = [], []
+        for _ in range(warmup):
+            self.step(next(self.stream))
+
+
+
+def run(method_name: str, model_name: str, split, data_name: str, batch: int, steps: int, warmup: int,
+        rounds: int, device: torch.device, workers: int, paths, trainer_precision: str) -> list[dict]:
+    workers = workers or max(1, torch.get_num_threads())
+    prepared = {path: PreparedContrastive(path, method_name, model_name, split, batch, warmup, device, workers,
+                                          trainer_precision) for path in paths}
+    for round_index in range(rounds):
+        order = list(prepared.values())
+        for path in order if round_index % 2 == 0 else reversed(order):
+            path.time_round(steps)
+    records = []
+    for name, path in prepared.items():
+        median = statistics.median(path.seconds)
+        wait = path.waits[path.seconds.index(sorted(path.seconds)[len(path.seconds) // 2])]
+        record = {"benchmark": "step", "method": method_name, "path": name, "model": model_name, "data": data_name,
+                  "batch": batch, "views_per_image": 2, "device": str(device), "precision": path.precision,
+                  "rounds": rounds, "images_per_s": round(steps * batch / median, 1),
+                  "ms_per_step": round(1e3 * median / steps, 2), "loader_wait_share": round(wait / median, 4),
+                  "round_images_per_s": [round(steps * batch / s, 1) for s in path.seconds]}
+        if "paper" in prepared:
+            record["vs_paper"] = round(statistics.median(prepared["paper"].seconds) / median, 2)
+        records.append(record)
+    return records
