@@ -221,3 +221,41 @@ def test_linear_eval_and_init_from_read_a_pretrained_backbone(tiny_config, tmp_p
     with pytest.raises(ValueError, match="linear_eval needs --pretrained"):
         build_method(tiny_config(method="linear_eval"))
     assert pretrain["completed"]
+
+
+def test_lars_step_matches_its_float64_transcription():
+    from train.lars import LARS
+
+    torch.manual_seed(5)
+    weight = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    optimizer = LARS([weight, bias], lr=0.5, momentum=0.9, weight_decay=1e-3, eta=0.02)
+    expected_w, expected_b = weight.detach().clone(), bias.detach().clone()
+    buffers = {}
+    for step in range(3):
+        grads = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+        weight.grad, bias.grad = grads[0].clone(), grads[1].clone()
+        optimizer.step()
+        g = grads[0] + 1e-3 * expected_w  # decayed, then scaled by the trust ratio, clipped at the group's lr
+        step_w = min(0.02 * expected_w.norm().item() / g.norm().item(), 0.5) / 0.5 * g
+        step_b = grads[1]  # a bias: neither decayed nor adapted
+        buffers["w"] = step_w if step == 0 else 0.9 * buffers["w"] + step_w
+        buffers["b"] = step_b if step == 0 else 0.9 * buffers["b"] + step_b
+        expected_w, expected_b = expected_w - 0.5 * buffers["w"], expected_b - 0.5 * buffers["b"]
+        assert torch.allclose(weight, expected_w, rtol=1e-12) and torch.allclose(bias, expected_b, rtol=1e-12)
+
+
+def test_contrastive_presets_carry_solo_learns_cifar_recipes():
+    from train.config import resolve_config
+
+    simclr = resolve_config({"preset": "simclr-cifar10-resnet18_cifar"})
+    assert (simclr.optimizer, simclr.lr, simclr.weight_decay, simclr.contrastive_temperature) == ("lars", 0.4, 1e-4, 0.2)
+    byol = resolve_config({"preset": "byol-cifar100-resnet18_cifar"})
+    assert (byol.optimizer, byol.lr, byol.projector_hidden, byol.dataset) == ("lars", 1.0, 4096, "cifar100")
+    moco = resolve_config({"preset": "moco_v2-cifar10-resnet18_cifar"})
+    assert (moco.optimizer, moco.queue_size, moco.batch_size, moco.epochs) == ("sgd", 32768, 256, 1000)
+
+
+def test_a_short_run_trains_with_lars(tiny_config):
+    summary = train(small(tiny_config, method="simclr", optimizer="lars", lr=0.4, epochs=1, run_name="lars"))
+    assert summary["completed"] and summary["test"]["kNN"] > 20.0

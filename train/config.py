@@ -97,6 +97,9 @@ class TrainConfig:
     iterations: int = field(default=0, metadata={"help": "total optimizer steps; overrides --epochs when > 0"})
     lr: float = field(default=0.1, metadata={"help": "peak SGD learning rate for the global --batch-size (not "
                                                      "scaled by the world size or M)"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd, or lars (trust ratio per tensor; biases and "
+                                                            "norms excluded, as the contrastive recipes)"})
+    lars_eta: float = field(default=0.02, metadata={"help": "lars: trust coefficient η"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum coefficient (heavy ball)"})
     nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum"})
     weight_decay: float = field(default=5e-4, metadata={"help": "L2 coefficient added to the gradient (SGD's "
@@ -127,7 +130,8 @@ RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", 
                      "transforms", "model", "batch_size", "seed", "peer_model", "kd_temperature",
                      "decay_norm_and_bias",  # the optimizer's parameter groups
                      "primary_labels", "aux_per_class", "generator_model", "maxl_interleave",
-                     "views", "projector_hidden", "projector_dim", "queue_size", "pretrained", "init_from")
+                     "views", "projector_hidden", "projector_dim", "queue_size", "pretrained", "init_from",
+                     "optimizer")
 
 PRESETS: dict[str, dict[str, typing.Any]] = {
     # SLA paper recipe (Lee et al. 2020): batch 128, lr 0.1, wd 1e-4 on every parameter, 80k iterations, ×0.1 at
@@ -169,6 +173,23 @@ MAXL_RECIPE = dict(dataset="cifar100", primary_labels="coarse", model="vgg16", a
                    log_every=100)
 PRESETS["maxl-cifar100-vgg16"] = dict(MAXL_RECIPE, method="maxl")
 PRESETS["maxl-human-cifar100-vgg16"] = dict(MAXL_RECIPE, method="maxl_human")
+
+# solo-learn's CIFAR recipes (scripts/pretrain/cifar/*.yaml): ResNet-18, batch 256, 1000 epochs, warm-up then
+# cosine, projector 2048→256 (BYOL 4096→256, predictor 4096); SimCLR LARS lr 0.4 wd 1e-4 τ 0.2; BYOL LARS lr 1.0
+# wd 1e-5 τ_base 0.99; MoCo SGD lr 0.3 wd 1e-4 τ 0.2 queue 32768 m 0.99 (solo-learn's MoCo v2+ is symmetric and
+# anneals m to 0.999; this MoCo v2 is the paper's asymmetric one with constant m). 10 warm-up epochs of
+# 45,000 / 256 steps, 5,000 training images held out for the k-NN monitor.
+CONTRASTIVE_RECIPE = dict(model="resnet18_cifar", transforms="none", batch_size=256, epochs=1000, schedule="cosine",
+                          warmup_iterations=10 * (45_000 // 256), val_split=5000, projector_hidden=2048,
+                          projector_dim=256, momentum=0.9, eval_every=10, checkpoint_every=10, log_every=100)
+CONTRASTIVE_METHODS = {
+    "simclr": dict(optimizer="lars", lr=0.4, weight_decay=1e-4, contrastive_temperature=0.2),
+    "byol": dict(optimizer="lars", lr=1.0, weight_decay=1e-5, projector_hidden=4096, target_momentum=0.99),
+    "moco_v2": dict(optimizer="sgd", lr=0.3, weight_decay=1e-4, contrastive_temperature=0.2, queue_size=32768,
+                    target_momentum=0.99),
+}
+PRESETS.update({f"{method}-{dataset}-resnet18_cifar": dict(CONTRASTIVE_RECIPE, dataset=dataset, method=method, **extra)
+                for method, extra in CONTRASTIVE_METHODS.items() for dataset in ("cifar10", "cifar100")})
 
 
 def coerce(kind, value):

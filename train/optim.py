@@ -20,6 +20,8 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.d
         no_decay = [p for p in trained if p.ndim <= 1]
         groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer_impl == "apex":
+        if config.optimizer != "sgd":
+            raise ValueError(f"--optimizer-impl apex provides SGD only, not --optimizer {config.optimizer}")
         try:
             from apex.optimizers import FusedSGD  # NVIDIA apex, optional; never the PyPI package of that name
         except ImportError:
@@ -27,6 +29,13 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.d
         return FusedSGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     if config.optimizer_impl != "torch":
         raise ValueError(f"unknown optimizer implementation {config.optimizer_impl!r}; valid: torch, apex")
+    if config.optimizer == "lars":  # the contrastive recipes: biases and norms excluded from adaptation and decay
+        from .lars import LARS
+
+        return LARS([{"params": trained, "weight_decay": config.weight_decay}], lr=config.lr,
+                    momentum=config.momentum, eta=config.lars_eta)
+    if config.optimizer != "sgd":
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: sgd, lars")
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                            fused=device.type == "cuda" or None)
 
