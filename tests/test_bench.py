@@ -134,3 +134,12 @@ def test_step_bench_compares_contrastive_steps_with_per_sample_pil_views(tmp_pat
     assert (trainer["path"], paper["path"]) == ("trainer", "paper") and paper["precision"] == "fp32"
     assert abs(trainer["vs_paper"] - trainer["images_per_s"] / paper["images_per_s"]) <= 0.01 * trainer["vs_paper"] + 0.01
     assert all(0 <= r["loader_wait_share"] < 1 and len(r["round_images_per_s"]) == 2 for r in (trainer, paper))
+
+
+def test_loader_bench_times_the_random_view_pass(tmp_path):
+    out = tmp_path / "views.jsonl"
+    assert main(["loader", "--views", "simclr", "--images", "64", "--folder-images", "0", "--batch", "16",
+                 "--epochs", "1", "--loaders", "resident,torch", "--output", str(out)]) == 0
+    records = read_lines(out)
+    assert {r["loader"] for r in records} == {"resident", "torch"}
+    assert all(r["view_recipe"] == "simclr" and abs(r["views_per_s"] - 2 * r["images_per_s"]) < 1 for r in records)

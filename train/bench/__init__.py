@@ -5,6 +5,7 @@
     python train/bench.py step --models resnet32 --num-transforms 4 --data synthetic --rounds 5 --background-load 2
     python train/bench.py step --method hsakd_student --models resnet8x4 --teacher-model resnet32x4 --num-transforms 4
     python train/bench.py loader [--images 8192] [--folder-images 2048] [--batch 256] [--output bench.jsonl]
+    python train/bench.py loader --views simclr      (the contrastive methods' random views, 2 per image)
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     loader_parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
     loader_parser.add_argument("--transforms", default="rotation", help="transformation family (M views)")
     loader_parser.add_argument("--loaders", default=",".join(LOADER_NAMES), help="comma-separated subset")
+    loader_parser.add_argument("--views", default="", help="a random-view recipe (simclr, byol, moco_v2): time the "
+                                                           "contrastive view pass instead of the family's")
     loader_parser.add_argument("--output", default=None, help="append one JSON line per measurement here")
     step_parser = commands.add_parser("step", help="whole training steps against the papers' pipeline")
     step_parser.add_argument("--models", default="resnet32,resnet18_cifar", help="comma-separated backbones")
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         from train.bench.loaders import run
 
         run(args.images, args.folder_images, args.batch, args.epochs, args.transforms,
-            tuple(name for name in args.loaders.split(",") if name), args.output)
+            tuple(name for name in args.loaders.split(",") if name), args.output, args.views)
     if args.command == "kernels":
         from train.bench.kernels import run
 

@@ -15,6 +15,7 @@ import kernels
 from pipeline.batch import LoaderSettings
 from pipeline.datasets import ImageSet, channel_statistics, load_image_folder
 from pipeline.loaders import LOADERS, build_loader
+from pipeline.random_views import RandomViewExpander, get_recipe
 from pipeline.views import ViewExpander
 from train.bench.common import append_json_lines, available_cores, bench_device, device_name, print_header
 
@@ -58,12 +59,17 @@ def time_loader(name: str, split: ImageSet, settings: LoaderSettings, epochs: in
 
 
 def run(num_images: int = 8192, folder_images: int = 2048, batch: int = 256, epochs: int = 2,
-        transforms: str = "rotation", loaders: tuple[str, ...] = LOADERS, output: str | None = None) -> list[dict]:
+        transforms: str = "rotation", loaders: tuple[str, ...] = LOADERS, output: str | None = None,
+        views: str = "") -> list[dict]:
+    """`views` (a recipe of pipeline/random_views.py) times each loader with the contrastive methods'
+    stochastic view pass in place of the family's M views."""
     device, cores = bench_device(), available_cores()
     family = kernels.get_family(transforms)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    views_per_image = len(get_recipe(views)) if views else family.num_transforms
+    what = f"random views {views} ×{views_per_image}" if views else f"{transforms} M={family.num_transforms}"
     print(f"device {device_name(device)}, {cores} cores, "
-          f"batch {batch}, {transforms} M={family.num_transforms}, views {dtype}, {epochs} timed epochs after one warm-up")
+          f"batch {batch}, {what}, views {dtype}, {epochs} timed epochs after one warm-up")
     print_header(f"{'data':<14}{'loader':<10}{'images/s':>11}{'views/s':>12}{'vs torch':>10}{'setup s':>9}")
     records = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -77,15 +83,20 @@ def run(num_images: int = 8192, folder_images: int = 2048, batch: int = 256, epo
         for data_name, make in sources.items():
             split = make()
             mean, std = channel_statistics(split.images)
-            settings = LoaderSettings(ViewExpander(family, mean, std, dtype), device, batch, train=True,
-                                      cache_dir=str(Path(scratch) / "betons"))
+            if views:  # the recipe crops and flips: the loaders' own crop is off
+                expander = RandomViewExpander(get_recipe(views), split.images.shape[1], mean, std, dtype)
+                settings = LoaderSettings(expander, device, batch, train=True, crop_padding=-1,
+                                          cache_dir=str(Path(scratch) / "betons"))
+            else:
+                settings = LoaderSettings(ViewExpander(family, mean, std, dtype), device, batch, train=True,
+                                          cache_dir=str(Path(scratch) / "betons"))
             results = {name: time_loader(name, split, settings, epochs) for name in loaders}
             baseline = results.get("torch", {}).get("images_per_s")
             for name, result in results.items():
                 record = {"benchmark": "loader", "data": data_name, "loader": name, "device": str(device),
-                          "cores": cores, "batch": batch, "num_transforms": family.num_transforms,
-                          "images_per_s": round(result["images_per_s"], 1),
-                          "views_per_s": round(result["images_per_s"] * family.num_transforms, 1),
+                          "cores": cores, "batch": batch, "num_transforms": views_per_image,
+                          "view_recipe": views or None, "images_per_s": round(result["images_per_s"], 1),
+                          "views_per_s": round(result["images_per_s"] * views_per_image, 1),
                           "vs_torch": round(result["images_per_s"] / baseline, 2) if baseline else None,
                           "setup_s": round(result["setup_s"], 2),
                           "decodes_files": name == "dali" and bool(split.files)}
