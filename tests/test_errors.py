@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from conftest import REPO, run_child
+from train.config import PRESETS
 from train.main import main
 
 
@@ -18,7 +19,7 @@ def run_main(capsys, *argv):
     (["--model", "resnet21"], "unknown model 'resnet21'; valid: resnet8, resnet20"),
     (["--transforms", "rotate"], "unknown transformation family 'rotate'; valid: none, rotation"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid: digits, cifar10, cifar100, folder"),
-    (["--preset", "nope"], "unknown preset 'nope'; valid: hsakd-cifar100-resnet32x4"),
+    (["--preset", "nope"], f"unknown preset 'nope'; valid: {', '.join(sorted(PRESETS))}"),
     (["--loader", "magic"], "unknown loader 'magic'"),
     (["--precision", "fp8"], "unknown precision 'fp8'"),
     (["--schedule", "linear"], "unknown schedule 'linear'"),
