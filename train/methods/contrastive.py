@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from models import build_backbone
 from train.methods.base import Method
-from train.methods.contrastive_losses import info_nce, knn_scores, normalised_mse, nt_xent
+from train.methods.contrastive_losses import gather_with_gradient, info_nce, knn_scores, normalised_mse, nt_xent
 
 
 def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -53,6 +53,8 @@ class ContrastiveMethod(Method):
     primary_score = "kNN"
     view_recipe = "simclr"
     default_temperature = 0.5
+    uses_predictor = False  # BYOL's online network adds a predictor
+    needs_training_features = True  # the k-NN bank
 
     def __init__(self, config):
         super().__init__(config)
@@ -64,8 +66,6 @@ class ContrastiveMethod(Method):
         self.bank_labels: torch.Tensor | None = None
         self.num_classes = 0
 
-    needs_training_features = True
-
     def training_view_recipe(self) -> str:
         return self.config.views or self.view_recipe
 
@@ -73,8 +73,6 @@ class ContrastiveMethod(Method):
         self.num_classes = num_classes
         return ContrastiveNetwork(build_backbone(model_name), self.config.projector_hidden, self.config.projector_dim,
                                   predictor=self.uses_predictor)
-
-    uses_predictor = False
 
     # ---- evaluation: k-NN on frozen features
     @torch.no_grad()
@@ -97,11 +95,6 @@ class ContrastiveMethod(Method):
     def score_names(self):
         return ("kNN",)
 
-    # ---- momentum networks (MoCo, BYOL)
-    def make_step(self, step, total_steps):
-        self.total_steps = total_steps
-        return MomentumStep(step, self) if hasattr(self, "target") else step
-
 
 class SimCLR(ContrastiveMethod):
     """NT-Xent over the 2B views, negatives from every rank (Chen et al. 2020)."""
@@ -113,6 +106,11 @@ class SimCLR(ContrastiveMethod):
 
 class EmaTarget(ContrastiveMethod):
     """A method with a momentum copy of the trained network (no gradient, updated after each step)."""
+    cosine_momentum = False  # BYOL: the EMA coefficient rises to 1 on a cosine schedule
+
+    def make_step(self, step, total_steps):
+        self.total_steps = total_steps
+        return MomentumStep(step, self)
 
     def build_model(self, model_name, num_classes, family, device, channels_last):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
@@ -128,8 +126,6 @@ class EmaTarget(ContrastiveMethod):
             return base
         progress = self.steps_done / max(1, self.total_steps)
         return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
-
-    cosine_momentum = False
 
     def after_update(self, model: nn.Module) -> None:
         """After the optimizer step: the momentum network's EMA (MoCo also enqueues this step's keys)."""
@@ -196,8 +192,6 @@ class MocoV2(EmaTarget):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Keys of this step replace the oldest ones (a ring buffer)."""
-        from train.methods.contrastive_losses import gather_with_gradient
-
         keys = gather_with_gradient(keys)[0]
         size = self.queue.shape[0]
         pointer = (self.queue_pointer + max(0, keys.shape[0] - size)) % size  # more keys than room: the newest

@@ -63,15 +63,27 @@ def load_teacher(path: str, num_classes: int, family, expected_model: str = "") 
     return teacher, record
 
 
+def pretrained_backbone(path: str, flag: str, model_name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The backbone weights of a run checkpoint trained with `model_name` (--frozen-backbone, --init-from,
+    --pretrained), and the checkpoint's payload."""
+    payload = read_run_checkpoint(path, flag)
+    made_with = payload["config"].get("model")
+    if made_with != model_name:
+        raise ValueError(f"{flag} checkpoint {path} holds a {made_with} backbone, but this run's --model is "
+                         f"{model_name}")
+    backbone = {key[len("backbone."):]: value for key, value in network_state(payload).items()
+                if key.startswith("backbone.")}
+    if not backbone:
+        raise ValueError(f"{flag} checkpoint {path} holds no backbone (its method is "
+                         f"{payload['config'].get('method')})")
+    return backbone, payload
+
+
 def load_frozen_backbone(network: HsakdNetwork, path: str, model_name: str) -> dict:
     """Load a pretrained backbone and its N-way head into `network` and freeze them; returns the provenance."""
-    payload = read_run_checkpoint(path, "--frozen-backbone")
-    trained_model = payload["config"].get("model")
-    if trained_model != model_name:
-        raise ValueError(f"--frozen-backbone checkpoint {path} is a {trained_model}, but --model is {model_name}")
-    state = network_state(payload)
-    backbone = {key[len("backbone."):]: value for key, value in state.items() if key.startswith("backbone.")}
+    backbone, payload = pretrained_backbone(path, "--frozen-backbone", model_name)
     network.backbone.load_state_dict(backbone)
+    state = network_state(payload)
     head_shape = tuple(network.head.weight.shape)
     for prefix in CLASS_HEAD_PREFIXES:
         if tuple(state.get(prefix + "weight", torch.empty(0)).shape) == head_shape:

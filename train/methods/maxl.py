@@ -44,6 +44,7 @@ class MaxlHuman(Method):
     """`maxl_human`: the learner's auxiliary head learns given fine labels (the paper's "human" baseline);
     the data's primary labels must be a grouping (`--primary-labels coarse` or groups of class ids)."""
     name, uses_transforms = "maxl_human", False
+    current_pass = LEARNER  # which update MaxlStep makes for the next batch (maxl changes it per pass)
 
     def __init__(self, config):
         super().__init__(config)
@@ -86,6 +87,9 @@ class MaxlHuman(Method):
 
     def make_step(self, step, total_steps):
         return MaxlStep(step, self)
+
+    def advance_generator_schedule(self) -> None:
+        """After every batch: the generator's schedule follows the run's steps (maxl_human has no generator)."""
 
 
 class Maxl(MaxlHuman):
@@ -138,6 +142,11 @@ class Maxl(MaxlHuman):
             self.current_pass = name
             yield from super().epoch_batches(loader, 2 * epoch + index)
 
+    def advance_generator_schedule(self) -> None:
+        with warnings.catch_warnings():  # in θ1's pass θ2's schedule advances before θ2's first step, on purpose
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.generator_scheduler.step()
+
     def auxiliary_targets(self, batch) -> torch.Tensor:
         return mask_softmax(self.generator(batch.views), batch.labels, self.blocks)
 
@@ -189,7 +198,7 @@ class MaxlStep:
         self.method = method
 
     def __call__(self, batch) -> dict[str, torch.Tensor]:
-        which = getattr(self.method, "current_pass", LEARNER)
+        which = self.method.current_pass
         losses = {}
         if which in (LEARNER, BOTH):
             losses.update(self.update_learner(batch))
@@ -197,10 +206,7 @@ class MaxlStep:
             losses.update(self.update_generator(batch))
             if which == GENERATOR:
                 self.base.scheduler.step()  # θ1's schedule follows the run's steps through θ2's pass too
-        if isinstance(self.method, Maxl):
-            with warnings.catch_warnings():  # in θ1's pass θ2's schedule advances before θ2's first step, on purpose
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                self.method.generator_scheduler.step()
+        self.method.advance_generator_schedule()
         return losses
 
     def update_learner(self, batch) -> dict[str, torch.Tensor]:

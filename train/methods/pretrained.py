@@ -6,22 +6,13 @@ import torch.nn as nn
 
 from models import HeadSpec, IDENTITY_VIEW, MultiHeadNetwork, build_backbone
 from train.methods.baselines import Baseline
-from train.methods.hsakd_checkpoints import file_sha256, network_state, read_run_checkpoint
+from train.methods.hsakd_checkpoints import file_sha256, pretrained_backbone
 
 
 def load_backbone(backbone: nn.Module, path: str, flag: str, model_name: str) -> dict:
     """Copy a run checkpoint's backbone weights into `backbone` (same architecture, every tensor); returns
     the provenance record (path, SHA-256, the method that trained it)."""
-    payload = read_run_checkpoint(path, flag)
-    made_with = payload["config"].get("model")
-    if made_with != model_name:
-        raise ValueError(f"{flag} checkpoint {path} holds a {made_with} backbone, but this run's --model is "
-                         f"{model_name}")
-    state = {key[len("backbone."):]: value for key, value in network_state(payload).items()
-             if key.startswith("backbone.")}
-    if not state:
-        raise ValueError(f"{flag} checkpoint {path} holds no backbone (its method is "
-                         f"{payload['config'].get('method')})")
+    state, payload = pretrained_backbone(path, flag, model_name)
     backbone.load_state_dict(state)
     key = flag.lstrip("-").replace("-", "_")
     return {key: str(path), f"{key}_sha256": file_sha256(path), f"{key}_method": payload["config"].get("method")}
