@@ -28,6 +28,7 @@ class LoaderSettings:
     crop_padding: int = 4  # pad-and-random-crop margin; negative switches augmentation off
     workers: int = 0  # CPU worker processes or threads; 0 picks the cores this rank may use
     cache_dir: str = "data/ffcv"  # where the ffcv loader keeps its .beton files
+    dali_views: str = "batched"  # random views on the dali loader: the batched pass, or DALI's operators
 
     @property
     def per_rank_batch(self) -> int:

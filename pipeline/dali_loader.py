@@ -55,6 +55,41 @@ def crop_and_mirror(images, padding: int, size: tuple[int, int], fn, types):
     return fn.flip(images, horizontal=fn.random.coin_flip())
 
 
+def random_views_by_operators(images, recipe, size: int, mean, std, fn, types) -> list:
+    """`--dali-views operators`: each view of a random-view recipe drawn by DALI's own per-sample operators
+    (random_resized_crop, flip, color_twist, gaussian_blur; grayscale as saturation 0, solarisation as
+    arithmetic), normalised to CHW float. Differences from the batched pass (pipeline/random_views.py):
+    color_twist applies its operations in one fixed order, not each image's random order; grayscale
+    zeroes the saturation of its HSV model, not torchvision's luma; and the draws come from DALI's seeded
+    generator, so a resumed run does not redraw the same views."""
+    views = []
+    for spec in recipe:
+        view = fn.random_resized_crop(images, size=(size, size), random_area=list(spec.crop_scale),
+                                      random_aspect_ratio=list(spec.crop_ratio), interp_type=types.INTERP_LINEAR,
+                                      antialias=False)
+        view = fn.flip(view, horizontal=fn.random.coin_flip(probability=spec.flip_p))
+        jitter = fn.cast(fn.random.coin_flip(probability=spec.jitter_p), dtype=types.FLOAT)
+
+        def factor(spread: float):  # 1 when the jitter is not applied, else uniform on [1 − s, 1 + s]
+            return 1.0 + jitter * (fn.random.uniform(range=[1.0 - spread, 1.0 + spread]) - 1.0)
+
+        keep_colour = 1.0 - fn.cast(fn.random.coin_flip(probability=spec.grayscale_p), dtype=types.FLOAT)
+        view = fn.color_twist(view, brightness=factor(spec.brightness), contrast=factor(spec.contrast),
+                              saturation=factor(spec.saturation) * keep_colour,
+                              hue=jitter * fn.random.uniform(range=[-360.0 * spec.hue, 360.0 * spec.hue]))
+        if spec.blur_p > 0:
+            blur = fn.cast(fn.random.coin_flip(probability=spec.blur_p), dtype=types.FLOAT)
+            blurred = fn.gaussian_blur(view, sigma=fn.random.uniform(range=list(spec.blur_sigma)), dtype=types.FLOAT)
+            view = blur * blurred + (1.0 - blur) * fn.cast(view, dtype=types.FLOAT)
+        if spec.solarize_p > 0:
+            solarize = fn.cast(fn.random.coin_flip(probability=spec.solarize_p), dtype=types.FLOAT)
+            view = fn.cast(view, dtype=types.FLOAT)
+            view = view + solarize * (view >= 128.0) * (255.0 - 2.0 * view)
+        views.append(fn.crop_mirror_normalize(view, dtype=types.FLOAT, output_layout="CHW",
+                                              mean=[255.0 * m for m in mean], std=[255.0 * s for s in std]))
+    return views
+
+
 class DaliLoader:
     def __init__(self, split: ImageSet, settings: LoaderSettings, *, from_files: bool = False):
         self.split, self.settings = split, settings
@@ -65,6 +100,11 @@ class DaliLoader:
         self.labels = torch.from_numpy(split.labels).to(settings.device)
         self.on_gpu = settings.device.type == "cuda"
         self.iterator, self.next_epoch, self.epoch = None, 0, 0
+        if settings.dali_views not in ("batched", "operators"):
+            raise ValueError(f"unknown --dali-views {settings.dali_views!r}; valid: batched, operators")
+        self.operator_views = settings.dali_views == "operators" and hasattr(settings.expander, "recipe")
+        self.image_outputs = ([f"view{v}" for v in range(len(settings.expander.recipe))] if self.operator_views
+                              else ["images"])
 
     # ---- pipelines
     def _in_memory_pipeline(self, stream: IndexStream):
@@ -79,9 +119,16 @@ class DaliLoader:
                 images = images.gpu()
             if settings.augment:
                 images = crop_and_mirror(images, settings.crop_padding, (height, width), fn, types)
+            if self.operator_views:
+                return (*self._operator_views(images, fn, types), labels, indices)
             return images, labels, indices
 
         return graph(**self._pipeline_args())
+
+    def _operator_views(self, images, fn, types) -> list:
+        expander = self.settings.expander
+        return random_views_by_operators(images, expander.recipe, expander.size, expander.mean, expander.std, fn,
+                                         types)
 
     def _file_pipeline(self):
         fn, pipeline_def, types, _, _ = _dali()
@@ -99,6 +146,8 @@ class DaliLoader:
             images = fn.crop(images, crop=(size, size), out_of_bounds_policy="pad")
             if settings.augment:
                 images = crop_and_mirror(images, settings.crop_padding, (size, size), fn, types)
+            if self.operator_views:
+                return (*self._operator_views(images, fn, types), indices)
             return images, indices
 
         return graph(**self._pipeline_args())
@@ -114,11 +163,11 @@ class DaliLoader:
         if self.from_files:
             pipeline = self._file_pipeline()
             last_batch = policy.DROP if self.settings.train else policy.PARTIAL
-            self.iterator = iterator_class(pipeline, ["images", "indices"], reader_name="reader",
+            self.iterator = iterator_class(pipeline, [*self.image_outputs, "indices"], reader_name="reader",
                                            last_batch_policy=last_batch, auto_reset=True)
         else:
             pipeline = self._in_memory_pipeline(IndexStream(self.split, self.settings, epoch))
-            self.iterator = iterator_class(pipeline, ["images", "labels", "indices"], size=-1,
+            self.iterator = iterator_class(pipeline, [*self.image_outputs, "labels", "indices"], size=-1,
                                            last_batch_policy=policy.PARTIAL, auto_reset=False,
                                            prepare_first_batch=False)
         self.next_epoch = epoch
@@ -143,8 +192,14 @@ class DaliLoader:
             out = outputs[0]
             with phase("copy"):
                 indices = out["indices"].reshape(-1).to(torch.int64).to(self.settings.device, non_blocking=True)
-                images = out["images"].to(self.settings.device, non_blocking=True)
+                images = [out[name].to(self.settings.device, non_blocking=True) for name in self.image_outputs]
                 labels = out["labels"].reshape(-1).to(self.settings.device) if "labels" in out else self.labels[indices]
             with phase("expand"):
-                views = self.settings.expander(images)
+                views = self._operator_batch(images) if self.operator_views else self.settings.expander(images[0])
             yield Batch(views, labels, indices)
+
+    def _operator_batch(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """V DALI outputs [B, C, S, S] → the interleaved [B·V, C, S, S] layout, the step's dtype and layout."""
+        expander = self.settings.expander
+        stacked = torch.stack(views, dim=1).flatten(0, 1).to(expander.out_dtype)
+        return stacked.contiguous(memory_format=torch.channels_last) if expander.channels_last else stacked

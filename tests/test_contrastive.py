@@ -192,6 +192,15 @@ def test_gathered_negatives_over_two_ranks_equal_one_process_with_the_whole_batc
     assert abs(result["loss"] - result["reference"]) < 1e-12 and result["gradients_match"], result
 
 
+def test_moco_shuffled_bn_over_two_ranks_equals_the_same_shards_in_one_process(tmp_path):
+    from conftest import REPO, run_child, torchrun_command
+
+    verdict = tmp_path / "verdict.json"
+    run_child(torchrun_command(2, str(REPO / "tests" / "shuffle_bn_check.py"), str(verdict)), timeout=300)
+    result = json.loads(verdict.read_text())
+    assert all(result.values()), result
+
+
 def test_linear_eval_and_init_from_read_a_pretrained_backbone(tiny_config, tmp_path):
     from train.methods import build_method
 

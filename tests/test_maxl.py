@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from train.main import train
 from train.methods.maxl_losses import ClassBlocks, focal_loss, mask_log_softmax, mask_softmax, negative_entropy
-from train.methods.maxl_meta import MetaSettings, first_order_surrogate, second_order_objective
+from train.methods.maxl_meta import MetaSettings, first_order_surrogate, forward_mode_objective, second_order_objective
 
 PSI = [3, 1, 4, 2, 5]  # awkward blocks: K = 15 over N = 5 classes
 
@@ -132,11 +132,14 @@ def objective_of(generator_weight, generator_bias, learner, images, labels, sett
     return second_order_objective(learner, logits, images, labels, settings)[0]
 
 
-def test_second_order_meta_gradient_equals_finite_differences():
+@pytest.mark.parametrize("exact", [second_order_objective, forward_mode_objective])
+def test_second_order_meta_gradient_equals_finite_differences(exact):
+    """Both exact ways (the double backward and the forward-mode JVP) against finite differences of the
+    objective L_pri(θ1⁺) + λH itself."""
     learner, generator, images, labels, settings = tiny_problem()
     weight, bias = (p.detach().clone().requires_grad_() for p in (generator.weight, generator.bias))
-    objective = objective_of(weight, bias, learner, images, labels, settings)
-    analytic = torch.autograd.grad(objective, (weight, bias))
+    logits = torch.nn.functional.linear(images, weight, bias)
+    analytic = torch.autograd.grad(exact(learner, logits, images, labels, settings)[0], (weight, bias))
     h = 1e-6
     for tensor, grad in zip((weight, bias), analytic):
         numeric = torch.zeros_like(tensor)
@@ -151,14 +154,24 @@ def test_second_order_meta_gradient_equals_finite_differences():
                                    labels, settings)
             numeric[index] = (f_plus - f_minus).item() / (2 * h)
         assert torch.allclose(grad, numeric, rtol=1e-6, atol=1e-9), (grad, numeric)
-    assert torch.autograd.gradcheck(lambda w, b: objective_of(w, b, learner, images, labels, settings),
-                                    (weight, bias))
+    if exact is second_order_objective:  # the forward-mode surrogate's value is not the objective
+        assert torch.autograd.gradcheck(lambda w, b: objective_of(w, b, learner, images, labels, settings),
+                                        (weight, bias))
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_forward_mode_meta_gradient_equals_the_double_backward(batch_norm):
+    learner, generator, images, labels, settings = tiny_problem(seed=9, batch_norm=batch_norm)
+    graph = generator_gradient(second_order_objective, learner, generator, images, labels, settings)
+    forward = generator_gradient(forward_mode_objective, learner, generator, images, labels, settings)
+    assert graph.abs().max() > 1e-4
+    torch.testing.assert_close(forward, graph, rtol=1e-10, atol=1e-13)
 
 
 def test_the_look_ahead_leaves_batch_norm_running_statistics_alone():
     learner, generator, images, labels, settings = tiny_problem()
     before = copy.deepcopy(dict(learner.named_buffers()))
-    for objective in (second_order_objective, first_order_surrogate):
+    for objective in (second_order_objective, forward_mode_objective, first_order_surrogate):
         value, _ = objective(learner, generator(images), images, labels, settings)
         value.backward()
     for name, buffer in learner.named_buffers():
@@ -245,6 +258,7 @@ def test_maxl_beats_its_initialisation_on_digits(tiny_config):
     (dict(method="maxl", aux_per_class="0"), "ψ_c ≥ 1"),
     (dict(method="maxl", transforms="color_perm"), "--transforms none"),
     (dict(method="maxl", maxl_order="third"), "unknown --maxl-order"),
+    (dict(method="maxl", maxl_meta_gradient="reverse"), "unknown --maxl-meta-gradient"),
     (dict(method="maxl_human"), "needs fine labels"),
     (dict(method="maxl_human", primary_labels="0,1/2,3"), "exactly one non-empty group"),
     (dict(method="maxl", primary_labels="coarse"), "only CIFAR-100"),
@@ -310,3 +324,34 @@ def test_maxl_trains_under_torchrun_with_two_processes(tmp_path):
     assert summary["completed"] and "aux_agreement" in summary["test"]
     state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["method_state"]
     assert all(torch.isfinite(t).all() for t in state["generator"].values() if t.is_floating_point())
+
+
+def test_forward_mode_meta_gradient_under_bf16_autocast_stays_close_to_float64():
+    """The trainer's default path on a CPU (channels_last, bf16 autocast, the JVP under autocast) against
+    the double backward in float64 on a small ResNet."""
+    from models import build_backbone
+    from models.maxl import LabelGenerator, MaxlLearner
+
+    torch.manual_seed(2)
+    blocks = ClassBlocks([2, 3, 2])
+    learner = MaxlLearner(build_backbone("resnet8"), 3, blocks.num_aux)
+    generator = LabelGenerator(build_backbone("resnet8"), blocks.num_aux)
+    images = torch.randn(12, 3, 12, 12)
+    labels = torch.tensor([0, 1, 2] * 4)
+    settings = MetaSettings(lr=0.1, gamma=2.0, entropy_weight=0.2, blocks=blocks)
+
+    def meta_gradient(objective, dtype, autocast):
+        model, labeller = copy.deepcopy(learner).to(dtype), copy.deepcopy(generator).to(dtype)
+        views = images.to(dtype)
+        if autocast:
+            model, views = model.to(memory_format=torch.channels_last), views.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            value, _ = objective(model, labeller(views), views, labels, settings)
+        return torch.cat([g.flatten().double() for g in torch.autograd.grad(value, list(labeller.parameters()))])
+
+    reference = meta_gradient(second_order_objective, torch.float64, False)
+    fp32 = meta_gradient(forward_mode_objective, torch.float32, False)
+    bf16 = meta_gradient(forward_mode_objective, torch.float32, True)
+    cosine = torch.nn.functional.cosine_similarity
+    assert torch.linalg.vector_norm(fp32 - reference) < 1e-4 * torch.linalg.vector_norm(reference)
+    assert cosine(bf16, reference, dim=0) > 0.98, cosine(bf16, reference, dim=0)

@@ -158,3 +158,41 @@ def test_solarisation_and_unknown_recipes():
     assert torch.allclose(out, torch.where(source >= 0.5, 1 - source, source), atol=1e-6)
     with pytest.raises(ValueError, match="unknown view recipe 'simclr2'"):
         rv.get_recipe("simclr2")
+
+
+def dali_operator_views(images, recipe, mean, std, batch):
+    """One batch of `--dali-views operators` views from the dali loader (CPU pipeline) over `images`."""
+    from pipeline.batch import LoaderSettings
+    from pipeline.datasets import ImageSet
+    from pipeline.loaders import build_loader
+
+    split = ImageSet(images.numpy(), np.zeros(len(images), dtype=np.int64), 1, ["only"])
+    expander = rv.RandomViewExpander(recipe, images.shape[1], mean, std, torch.float32, channels_last=True)
+    settings = LoaderSettings(expander, torch.device("cpu"), batch, train=False, crop_padding=-1,
+                              dali_views="operators", workers=1)
+    loader = build_loader("dali", split, settings)
+    loader.set_epoch(0)
+    return next(iter(loader)).views
+
+
+def test_dali_operator_views_are_interleaved_normalised_and_follow_the_recipe():
+    images = random_images(5, 8, 8, seed=9)
+    still = rv.ViewSpec(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+    gray_flipped_solarised = rv.ViewSpec(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=1.0, jitter_p=0.0,
+                                         grayscale_p=1.0, solarize_p=1.0)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    out = dali_operator_views(images, (still, gray_flipped_solarised), mean, std, 5)
+    assert out.shape == (10, 3, 8, 8) and out.is_contiguous(memory_format=torch.channels_last)
+    source = images.permute(0, 3, 1, 2).float()
+    normalise = lambda x: (x / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)  # noqa: E731
+    assert torch.allclose(out[0::2], normalise(source), atol=1e-4)  # view 0 of image b at row b·2
+    second = out[1::2] * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    assert (second.max(dim=1).values - second.min(dim=1).values).abs().max() < 2.5 / 255  # grey: R = G = B
+    assert second.max() <= 128 / 255 + 1e-4  # solarised: nothing above mid-grey survives
+
+
+def test_dali_operator_views_differ_between_views_and_images():
+    images = random_images(6, 16, 16, seed=10)
+    out = dali_operator_views(images, rv.get_recipe("simclr"), (0.5,) * 3, (0.25,) * 3, 6)
+    assert out.shape == (12, 3, 16, 16) and torch.isfinite(out).all()
+    assert (out[0::2] - out[1::2]).abs().flatten(1).amax(dim=1).min() > 0.05  # two different views of each

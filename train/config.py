@@ -30,6 +30,9 @@ class TrainConfig:
     strict_images: bool = field(default=False, metadata={"help": "fail on an unreadable image instead of skipping"})
     loader: str = field(default="resident", metadata={"help": "resident (whole dataset on the device), dali, ffcv, "
                                                                "or torch (the DataLoader reference)"})
+    dali_views: str = field(default="batched", metadata={
+        "help": "contrastive methods on --loader dali: batched (the random-view pass of the other loaders) or "
+                "operators (DALI's own per-sample operators; BENCHMARKS.md compares them)"})
     loader_workers: int = field(default=0, metadata={"help": "loader worker processes/threads; 0 = this rank's cores"})
     beton_dir: str = field(default="", metadata={"help": "ffcv .beton folder (default: <data-root>/ffcv)"})
     crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop"})
@@ -60,6 +63,9 @@ class TrainConfig:
                                                                  "negative batch entropy in θ2's objective"})
     maxl_order: str = field(default="second", metadata={"help": "maxl: meta-gradient through the look-ahead step, "
                                                                 "second (exact) or first (finite differences)"})
+    maxl_meta_gradient: str = field(default="forward", metadata={
+        "help": "maxl, --maxl-order second: forward (a forward-mode Jacobian-vector product, no double backward) or "
+                "graph (create_graph through the look-ahead step, the official code's way); the same exact gradient"})
     maxl_interleave: bool = field(default=False, metadata={"help": "maxl: update θ1 and θ2 on every batch instead "
                                                                    "of the paper's pass of θ1, then pass of θ2"})
     generator_lr: float = field(default=1e-3, metadata={"help": "maxl: the generator's peak SGD learning rate "
@@ -80,6 +86,9 @@ class TrainConfig:
     contrastive_temperature: float = field(default=0.0, metadata={
         "help": "contrastive τ of NT-Xent / InfoNCE; 0 takes the method's (SimCLR 0.5, MoCo v2 0.2)"})
     queue_size: int = field(default=4096, metadata={"help": "moco_v2: negatives kept in the queue"})
+    shuffle_bn: bool = field(default=True, metadata={
+        "help": "moco_v2 under torchrun: the key encoder sees the global batch shuffled across ranks (MoCo's "
+                "shuffling BN), so no query shares BatchNorm statistics with its own key's batch"})
     target_momentum: float = field(default=0.99, metadata={
         "help": "moco_v2: key encoder EMA m; byol: the base of its cosine schedule to 1"})
     knn_k: int = field(default=200, metadata={"help": "k-NN monitor: neighbours that vote"})
@@ -89,6 +98,8 @@ class TrainConfig:
     # --- model
     model: str = field(default="resnet20", metadata={"help": "backbone name"})
     channels_last: bool = field(default=True, metadata={"help": "NHWC activations (faster convolutions)"})
+    matmul_weight_grad: bool = field(default=True, metadata={
+        "help": "CPU bf16: weight gradients of deep convolutions on small maps as matmuls (models/matmul_weight_grad.py)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     # --- optimisation
     batch_size: int = field(default=64, metadata={"help": "global batch in source images, all ranks together "

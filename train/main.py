@@ -94,7 +94,8 @@ def run(config: TrainConfig, context) -> dict:
         random_expander = RandomViewExpander(get_recipe(recipe), splits.train.images.shape[1], splits.mean,
                                              splits.std, expander.out_dtype, config.channels_last, config.seed,
                                              context.rank)
-        train_shared = dict(shared, expander=random_expander, crop_padding=-1)  # the recipe crops and flips
+        train_shared = dict(shared, expander=random_expander, crop_padding=-1,  # the recipe crops and flips
+                            dali_views=config.dali_views)
         views_per_image = random_expander.num_views
     train_loader = build_loader(config.loader, splits.train, LoaderSettings(
         global_batch=config.batch_size, train=True, **train_shared), split_name=f"{config.dataset}-train")

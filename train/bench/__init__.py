@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     loader_parser.add_argument("--views", default="", help="a random-view recipe (simclr, byol, moco_v2): time the "
                                                            "contrastive view pass instead of the family's")
     loader_parser.add_argument("--output", default=None, help="append one JSON line per measurement here")
+    conv_parser = commands.add_parser("conv", help="a convolution's bf16 CPU backward: PyTorch's against the "
+                                                   "matmul weight gradient")
+    conv_parser.add_argument("--batch", type=int, default=128, help="images (views) per batch")
+    conv_parser.add_argument("--rounds", type=int, default=5, help="timed backward passes per way")
+    conv_parser.add_argument("--output", default=None, help="append one JSON line per shape here")
     step_parser = commands.add_parser("step", help="whole training steps against the papers' pipeline")
     step_parser.add_argument("--models", default="resnet32,resnet18_cifar", help="comma-separated backbones")
     step_parser.add_argument("--num-transforms", type=integers, default=(1, 4), help="M: 1 (baseline) and/or 4 (SLA)")
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     step_parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     step_parser.add_argument("--images", type=int, default=4096, help="synthetic images")
     step_parser.add_argument("--workers", type=int, default=0, help="loader workers; 0 = the cores")
-    step_parser.add_argument("--paths", default="trainer,paper", help="trainer and/or paper")
+    step_parser.add_argument("--paths", default="trainer,paper", help="trainer and/or paper (contrastive methods: also trainer_stock_conv)")
     step_parser.add_argument("--method", default="auto", help="auto (baseline at M=1, sla at M=4) or a --method, "
                                                               "e.g. hsakd_student")
     step_parser.add_argument("--teacher-model", default="", help="hsakd_student: the (untrained) teacher's "
@@ -74,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
         run(args.images, args.folder_images, args.batch, args.epochs, args.transforms,
             tuple(name for name in args.loaders.split(",") if name), args.output, args.views)
+    if args.command == "conv":
+        from train.bench.conv import run
+
+        run(args.batch, args.rounds, args.output)
     if args.command == "kernels":
         from train.bench.kernels import run
 

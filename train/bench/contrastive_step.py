@@ -2,7 +2,8 @@
 image, forward, loss, backward, optimizer, momentum update) on this trainer's path (resident loader, views
 made for the batch on the device, `--precision auto`, channels_last) against the reference way (a
 DataLoader whose workers augment one PIL image at a time, fp32, NCHW: train/bench/pil_views.py), the
-paths alternating over rounds in one run; loader wait reported for both."""
+paths alternating over rounds in one run; loader wait reported for both. `--paths trainer_stock_conv`
+adds the trainer's path with PyTorch's own convolution backward (`--no-matmul-weight-grad`)."""
 from __future__ import annotations
 
 import statistics
@@ -22,6 +23,10 @@ from train.optim import autocast, build_optimizer, build_scaler, build_scheduler
 from train.step import TrainStep
 
 
+# the trainer's path, and the same with PyTorch's own convolution backward (models/matmul_weight_grad.py off)
+TRAINER_PATHS = ("trainer", "trainer_stock_conv")
+
+
 def reference_batches(loader, device: torch.device):
     """[B, V, C, S, S] from the workers → the interleaved [B·V, C, S, S] layout on the device."""
     epoch = 0
@@ -36,17 +41,19 @@ def reference_batches(loader, device: torch.device):
 class PreparedContrastive(TimedRounds):
     def __init__(self, path: str, method_name: str, model_name: str, split, batch: int, warmup: int,
                  device: torch.device, workers: int, trainer_precision: str):
-        channels_last = path == "trainer"
+        trainer = path in TRAINER_PATHS
+        channels_last = trainer
         config = TrainConfig(method=method_name, model=model_name, batch_size=batch, transforms="none",
-                             precision=trainer_precision if path == "trainer" else "fp32",
-                             channels_last=channels_last, lr=0.05, schedule="cosine", queue_size=1024)
+                             precision=trainer_precision if trainer else "fp32", channels_last=channels_last,
+                             lr=0.05, schedule="cosine", queue_size=1024,
+                             matmul_weight_grad=path != "trainer_stock_conv")
         self.path, self.device, self.batch = path, device, batch
         self.precision = resolve_precision(config, device)
         self.method = build_method(config)
         recipe = get_recipe(self.method.training_view_recipe())
         mean, std = channel_statistics(split.images[:1024])
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
-        if path == "trainer":
+        if trainer:
             expander = RandomViewExpander(recipe, split.images.shape[1], mean, std,
                                           dtype if device.type == "cuda" else torch.float32, channels_last)
             loader = build_loader("resident", split, LoaderSettings(expander, device, batch, train=True,

@@ -3,6 +3,7 @@ views per image, on CIFAR-shaped arrays and on a folder of JPEG files, against t
 DataLoader reference at the same core count."""
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 import warnings
@@ -41,6 +42,8 @@ def jpeg_folder(root: Path, num_images: int, size: int = 32, seed: int = 0) -> P
 
 def time_loader(name: str, split: ImageSet, settings: LoaderSettings, epochs: int) -> dict:
     start = time.perf_counter()
+    if name == "dali_ops":  # the dali loader with DALI's own random-view operators (--dali-views operators)
+        name, settings = "dali", dataclasses.replace(settings, dali_views="operators")
     loader = build_loader(name, split, settings, split_name=f"bench-{len(split)}")
     loader.set_epoch(0)
     for _ in loader:  # warm-up epoch: compilation, worker start, page cache
@@ -90,7 +93,8 @@ def run(num_images: int = 8192, folder_images: int = 2048, batch: int = 256, epo
             else:
                 settings = LoaderSettings(ViewExpander(family, mean, std, dtype), device, batch, train=True,
                                           cache_dir=str(Path(scratch) / "betons"))
-            results = {name: time_loader(name, split, settings, epochs) for name in loaders}
+            names = loaders + (("dali_ops",) if views and "dali" in loaders else ())
+            results = {name: time_loader(name, split, settings, epochs) for name in names}
             baseline = results.get("torch", {}).get("images_per_s")
             for name, result in results.items():
                 record = {"benchmark": "loader", "data": data_name, "loader": name, "device": str(device),
@@ -99,7 +103,7 @@ def run(num_images: int = 8192, folder_images: int = 2048, batch: int = 256, epo
                           "views_per_s": round(result["images_per_s"] * views_per_image, 1),
                           "vs_torch": round(result["images_per_s"] / baseline, 2) if baseline else None,
                           "setup_s": round(result["setup_s"], 2),
-                          "decodes_files": name == "dali" and bool(split.files)}
+                          "decodes_files": name in ("dali", "dali_ops") and bool(split.files)}
                 records.append(record)
                 ratio = f"{record['vs_torch']:.2f}x" if baseline else "-"
                 print(f"{data_name:<14}{name:<10}{record['images_per_s']:>11,.0f}{record['views_per_s']:>12,.0f}"

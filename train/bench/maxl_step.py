@@ -1,8 +1,9 @@
 """`python train/bench.py step --method maxl`: MAXL's two updates timed apart, θ1's step and θ2's meta step
 (look-ahead, second-order gradient, optimizer), this trainer's path against the official code's way in
 the same run: fp32, NCHW, a per-sample torch DataLoader, and the look-ahead as fast weights (an
-OrderedDict of θ1 − α∇θ1) through a functional forward. The trainer runs the same arithmetic with bf16
-autocast where the hardware has it (`--trainer-precision`), channels_last and the resident loader."""
+OrderedDict of θ1 − α∇θ1) through a functional forward, differentiated twice. The trainer computes the
+same gradient by forward mode (`--maxl-meta-gradient forward`), with bf16 autocast where the hardware
+has it (`--trainer-precision`), channels_last and the resident loader."""
 from __future__ import annotations
 
 import statistics
@@ -30,6 +31,7 @@ class PreparedMaxl:
                  device: torch.device, workers: int):
         config = TrainConfig(method="maxl", model=model_name, batch_size=batch, precision=settings["precision"],
                              channels_last=settings["channels_last"], maxl_order=order, maxl_interleave=True,
+                             maxl_meta_gradient="graph" if path == "paper" else "forward",
                              lr=0.01, momentum=0.0, weight_decay=0.0, schedule="cosine", transforms="none")
         self.path, self.settings, self.device, self.batch = path, settings, device, batch
         self.precision = resolve_precision(config, device)

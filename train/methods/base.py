@@ -14,6 +14,7 @@ import torch.nn as nn
 
 import kernels
 from kernels import identity_rows
+from models.matmul_weight_grad import use_matmul_weight_gradients
 from train.config import TrainConfig
 
 
@@ -32,8 +33,10 @@ def views_mean(class_logits: torch.Tensor, num_transforms: int) -> torch.Tensor:
     return kernels.upcast(class_logits).reshape(-1, num_transforms, class_logits.shape[1]).mean(dim=1)
 
 
-def place(network: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+def place(network: nn.Module, device: torch.device, channels_last: bool, matmul_weight_grad: bool = True) -> nn.Module:
     network = network.to(device)
+    if device.type == "cpu" and matmul_weight_grad:  # only acts under bf16 autocast (models/matmul_weight_grad.py)
+        use_matmul_weight_gradients(network)
     return network.to(memory_format=torch.channels_last) if channels_last else network
 
 
@@ -74,7 +77,7 @@ class Method:
             if not isinstance(getattr(network, "backbone", None), nn.Module):
                 raise ValueError(f"--init-from: {self.name} has no single backbone to initialise")
             self.init_record = load_backbone(network.backbone, self.config.init_from, "--init-from", model_name)
-        return place(network, device, channels_last)
+        return place(network, device, channels_last, self.config.matmul_weight_grad)
 
     def network(self, model_name: str, num_classes: int) -> nn.Module:
         raise NotImplementedError

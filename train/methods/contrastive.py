@@ -160,8 +160,9 @@ class EmaTarget(ContrastiveMethod):
 
 class MocoV2(EmaTarget):
     """MoCo v2 (Chen et al. 2020): query = view 0 through the trained network, key = view 1 through the
-    momentum encoder, a queue of `--queue-size` past keys as negatives. BN: per rank, keys not shuffled
-    across ranks (stated; SyncBN or shuffling is not done here)."""
+    momentum encoder, a queue of `--queue-size` past keys as negatives. BN: per rank; under torchrun the
+    keys are computed on the global batch shuffled across ranks (`--shuffle-bn`, MoCo's own remedy for
+    BN's intra-batch leak; a single process computes its keys on its own batch)."""
     name, view_recipe, default_temperature = "moco_v2", "moco_v2", 0.2
 
     def build_model(self, model_name, num_classes, family, device, channels_last):
@@ -175,7 +176,7 @@ class MocoV2(EmaTarget):
     def losses(self, outputs, labels):
         views = outputs["views"]
         queries = outputs["projection"]
-        keys = self.target_projections(views[1::2])
+        keys = self.shuffled_key_projections(views[1::2])
         loss = info_nce(queries, keys, self.queue, self.temperature)
         self.pending_keys = torch.nn.functional.normalize(keys.float(), dim=1)  # enqueued after the update
         return {"loss": loss}
@@ -183,6 +184,24 @@ class MocoV2(EmaTarget):
     def after_update(self, model):
         super().after_update(model)
         self.enqueue(self.pending_keys)
+
+    @torch.no_grad()
+    def shuffled_key_projections(self, key_views: torch.Tensor) -> torch.Tensor:
+        """The keys of this rank's images, each computed on the shard of a permutation of the global batch
+        that the same (seed, step) gives every rank, then put back in order (MoCo's batch shuffle)."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not self.config.shuffle_bn or not distributed or torch.distributed.get_world_size() == 1:
+            return self.target_projections(key_views)
+        everyone, offset = gather_with_gradient(key_views)
+        order = torch.randperm(everyone.shape[0], generator=torch.Generator().manual_seed(
+            self.config.seed * 1_000_003 + self.steps_done)).to(everyone.device)
+        shard = everyone[order[offset:offset + key_views.shape[0]]]
+        if key_views.dim() == 4 and key_views.stride(1) == 1:  # channels_last, as the loader made them
+            shard = shard.contiguous(memory_format=torch.channels_last)
+        keys, _ = gather_with_gradient(self.target_projections(shard))
+        in_order = torch.empty_like(keys)
+        in_order[order] = keys
+        return in_order[offset:offset + key_views.shape[0]]
 
     def forward(self, model, views):
         outputs = model(views[0::2])  # only view 0 is a query

@@ -19,7 +19,7 @@ from models.maxl import LabelGenerator, MaxlLearner
 from pipeline.phases import phase
 from train.methods.base import Method, place
 from train.methods.maxl_losses import ClassBlocks, focal_loss, mask_softmax, negative_entropy
-from train.methods.maxl_meta import OBJECTIVES, MetaSettings
+from train.methods.maxl_meta import META_GRADIENTS, ORDERS, MetaSettings, objective_for
 
 LEARNER, GENERATOR, BOTH = "learner", "generator", "both"
 
@@ -98,8 +98,12 @@ class Maxl(MaxlHuman):
 
     def __init__(self, config):
         super().__init__(config)
-        if config.maxl_order not in OBJECTIVES:
-            raise ValueError(f"unknown --maxl-order {config.maxl_order!r}; valid: {', '.join(OBJECTIVES)}")
+        if config.maxl_order not in ORDERS:
+            raise ValueError(f"unknown --maxl-order {config.maxl_order!r}; valid: {', '.join(ORDERS)}")
+        if config.maxl_meta_gradient not in META_GRADIENTS:
+            raise ValueError(f"unknown --maxl-meta-gradient {config.maxl_meta_gradient!r}; "
+                             f"valid: {', '.join(META_GRADIENTS)}")
+        self.objective = objective_for(config.maxl_order, config.maxl_meta_gradient)
         self.generator: LabelGenerator | None = None
         self.train_generator = None  # what the meta step calls: the generator, DDP-wrapped under torchrun
         self.generator_optimizer = None
@@ -116,7 +120,8 @@ class Maxl(MaxlHuman):
     def build_model(self, model_name, num_classes, family, device, channels_last):
         learner = super().build_model(model_name, num_classes, family, device, channels_last)
         backbone = build_backbone(self.config.generator_model or model_name)
-        self.generator = place(LabelGenerator(backbone, self.blocks.num_aux), device, channels_last)
+        self.generator = place(LabelGenerator(backbone, self.blocks.num_aux), device, channels_last,
+                               self.config.matmul_weight_grad)
         self.train_generator = self.generator
         self.generator_optimizer = torch.optim.SGD(self.generator.parameters(), lr=self.config.generator_lr,
                                                    weight_decay=self.config.generator_weight_decay)
@@ -157,8 +162,8 @@ class Maxl(MaxlHuman):
 
     def meta_objective(self, learner, views, labels, lr: float):
         settings = MetaSettings(lr, self.config.focal_gamma, self.config.entropy_weight, self.blocks,
-                                contiguous=views.device.type == "cpu")
-        return OBJECTIVES[self.config.maxl_order](learner, self.train_generator(views), views, labels, settings)
+                                contiguous=views.device.type == "cpu" and self.config.maxl_meta_gradient == "graph")
+        return self.objective(learner, self.train_generator(views), views, labels, settings)
 
     def evaluation_hits(self, outputs, batch):
         was_training = self.generator.training

@@ -55,8 +55,13 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> tor
         log_p = log_p.gather(1, targets.unsqueeze(1)).squeeze(1)
         weight = (-torch.expm1(log_p)).pow(gamma) if gamma else 1.0  # 1 − p, accurate near p = 1
         return -(weight * log_p).mean()
+    return (targets * focal_terms(log_p, gamma)).sum(dim=1).mean()
+
+
+def focal_terms(log_p: torch.Tensor, gamma: float) -> torch.Tensor:
+    """[B, K] per-label focal terms −(1 − p_k)^γ log p_k: a soft-target focal loss is linear in them."""
     weight = (-torch.expm1(log_p)).pow(gamma) if gamma else 1.0
-    return -(targets * weight * log_p).sum(dim=1).mean()
+    return -(weight * log_p)
 
 
 def negative_entropy(generated: torch.Tensor) -> torch.Tensor:

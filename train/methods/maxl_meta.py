@@ -5,7 +5,12 @@ look-ahead SGD step of the learner θ1.
     objective(θ2) = L_pri(θ1⁺) + λ H(ȳ_aux)
 
 `second_order_objective` keeps θ1⁺ in the graph (torch.func.functional_call, create_graph=True), so the
-gradient is exact. `first_order_surrogate` replaces the Hessian-vector product by a central finite
+gradient is exact. `forward_mode_objective` computes the same exact gradient without a double backward:
+L_aux = mean_i Σ_k y_ik f_ik(θ1) is linear in the generated labels y, so
+
+    ∂L_pri(θ1⁺)/∂y_ik = −α ∂/∂y_ik [∇θ1 L_aux · v] = −(α/B) (J_f v)_ik,    v = ∇θ1⁺ L_pri(θ1⁺),
+
+a Jacobian-vector product of the per-label focal terms f (forward-mode AD: one forward with tangents). `first_order_surrogate` replaces the Hessian-vector product by a central finite
 difference (DARTS): its value is not the objective, but its gradient with respect to θ2 is the
 approximate meta-gradient, entropy term included.
 
@@ -17,9 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch.autograd import forward_ad
 from torch.func import functional_call
 
-from train.methods.maxl_losses import ClassBlocks, focal_loss, mask_softmax, negative_entropy
+from kernels import upcast
+from train.methods.batch_norm_jvp import batch_norm_forward_mode
+from train.methods.maxl_losses import ClassBlocks, focal_loss, focal_terms, mask_softmax, negative_entropy
 
 
 @dataclass
@@ -28,8 +37,8 @@ class MetaSettings:
     gamma: float  # focal loss γ
     entropy_weight: float  # λ
     blocks: ClassBlocks
-    # Run the learner in NCHW whatever its parameters' layout: on a CPU, BatchNorm's double backward (a
-    # composite of reductions) took 1.6x longer on channels_last tensors (bench.py step --method maxl).
+    # Run the learner in NCHW whatever its parameters' layout (set for the double backward on a CPU, where
+    # BatchNorm's double backward took 1.6x longer on channels_last tensors: bench.py step --method maxl).
     contiguous: bool = False
 
 
@@ -70,14 +79,8 @@ def second_order_objective(learner: torch.nn.Module, generator_logits: torch.Ten
                                                             "label_entropy": -entropy.detach()}
 
 
-def first_order_surrogate(learner: torch.nn.Module, generator_logits: torch.Tensor, images: torch.Tensor,
-                          labels: torch.Tensor, settings: MetaSettings, epsilon: float = 0.01) -> tuple[torch.Tensor, dict]:
-    """A scalar whose θ2-gradient is −α·(∇θ2 L(θ1 + εv) − ∇θ2 L(θ1 − εv)) / 2ε + λ∇θ2 H, v = ∇ L_pri(θ1⁺),
-    ε = epsilon / ‖v‖ (DARTS); unlike the official shortcut it keeps the entropy term."""
-    parameters, buffers = learner_weights(learner, settings)
-    images = images.contiguous() if settings.contiguous else images
-    names = [name for name, p in parameters.items() if p.requires_grad]
-    aux_targets = mask_softmax(generator_logits, labels, settings.blocks)
+def look_ahead_direction(learner, parameters, buffers, names, images, labels, aux_targets, settings):
+    """θ1⁺ = θ1 − α∇θ1(L_pri + L_aux) detached, then v = ∇θ1⁺ L_pri(θ1⁺): both first order."""
     inner = training_loss(forward_with(learner, parameters, buffers, images), labels, aux_targets.detach(),
                           settings.gamma)
     grads = torch.autograd.grad(inner, [parameters[n] for n in names], allow_unused=True)
@@ -86,7 +89,41 @@ def first_order_surrogate(learner: torch.nn.Module, generator_logits: torch.Tens
     look_ahead = focal_loss(forward_with(learner, {**parameters, **fast}, buffers, images)["primary"], labels,
                             settings.gamma)
     direction = torch.autograd.grad(look_ahead, list(fast.values()), allow_unused=True)
-    direction = [torch.zeros_like(fast[n]) if d is None else d for n, d in zip(names, direction)]
+    return look_ahead, [torch.zeros_like(fast[n]) if d is None else d for n, d in zip(names, direction)]
+
+
+def forward_mode_objective(learner: torch.nn.Module, generator_logits: torch.Tensor, images: torch.Tensor,
+                           labels: torch.Tensor, settings: MetaSettings) -> tuple[torch.Tensor, dict]:
+    """A scalar whose θ2-gradient is the exact meta-gradient of `second_order_objective` (module docstring),
+    from two first-order backward passes and one forward-mode pass instead of a double backward."""
+    parameters, buffers = learner_weights(learner, settings)
+    images = images.contiguous() if settings.contiguous else images
+    names = [name for name, p in parameters.items() if p.requires_grad]
+    aux_targets = mask_softmax(generator_logits, labels, settings.blocks)
+    look_ahead, direction = look_ahead_direction(learner, parameters, buffers, names, images, labels, aux_targets,
+                                                 settings)
+    fixed = {name: p.detach() for name, p in parameters.items()}
+    # forward_ad rather than torch.func.jvp: the latter fails under autocast (conv's rule meets a float
+    # tangent and a cast weight); in a ResNet-20 meta step the bf16 JVP added no error beyond bf16's own
+    with torch.no_grad(), forward_ad.dual_level(), batch_norm_forward_mode():
+        duals = {name: forward_ad.make_dual(fixed[name], d) for name, d in zip(names, direction)}
+        logits = forward_with(learner, {**fixed, **duals}, buffers, images)["auxiliary"]
+        tangent = forward_ad.unpack_dual(focal_terms(F.log_softmax(upcast(logits), dim=1), settings.gamma)).tangent
+    entropy = negative_entropy(aux_targets)
+    surrogate = -settings.lr * (aux_targets * tangent).sum(dim=1).mean() + settings.entropy_weight * entropy
+    return surrogate, {"meta_primary": look_ahead.detach(), "label_entropy": -entropy.detach()}
+
+
+def first_order_surrogate(learner: torch.nn.Module, generator_logits: torch.Tensor, images: torch.Tensor,
+                          labels: torch.Tensor, settings: MetaSettings, epsilon: float = 0.01) -> tuple[torch.Tensor, dict]:
+    """A scalar whose θ2-gradient is −α·(∇θ2 L(θ1 + εv) − ∇θ2 L(θ1 − εv)) / 2ε + λ∇θ2 H, v = ∇ L_pri(θ1⁺),
+    ε = epsilon / ‖v‖ (DARTS); unlike the official shortcut it keeps the entropy term."""
+    parameters, buffers = learner_weights(learner, settings)
+    images = images.contiguous() if settings.contiguous else images
+    names = [name for name, p in parameters.items() if p.requires_grad]
+    aux_targets = mask_softmax(generator_logits, labels, settings.blocks)
+    look_ahead, direction = look_ahead_direction(learner, parameters, buffers, names, images, labels, aux_targets,
+                                                 settings)
     norm = torch.sqrt(sum((d.float() ** 2).sum() for d in direction))
     step = epsilon / norm.clamp_min(1e-12)
     with torch.no_grad():
@@ -101,4 +138,11 @@ def first_order_surrogate(learner: torch.nn.Module, generator_logits: torch.Tens
     return surrogate, {"meta_primary": look_ahead.detach(), "label_entropy": -entropy.detach()}
 
 
-OBJECTIVES = {"second": second_order_objective, "first": first_order_surrogate}
+ORDERS = ("second", "first")  # --maxl-order
+META_GRADIENTS = ("forward", "graph")  # --maxl-meta-gradient: how the second-order gradient is computed
+
+
+def objective_for(order: str, meta_gradient: str):
+    if order == "first":
+        return first_order_surrogate
+    return forward_mode_objective if meta_gradient == "forward" else second_order_objective

@@ -1,0 +1,56 @@
+"""The matmul weight gradient against PyTorch's convolution backward: float64 on awkward shapes (odd batch,
+channels, sizes; strides 1 and 2; 1×1 and 3×3 kernels), and the swapped layer under bf16 autocast."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from models.matmul_weight_grad import MatmulWeightGradConv2d, use_matmul_weight_gradients, weight_gradient
+
+
+@pytest.mark.parametrize("batch,channels,out_channels,size,kernel,stride,padding", [
+    (3, 5, 7, 9, 3, 1, 1), (3, 5, 7, 9, 3, 2, 1), (5, 4, 6, 7, 1, 2, 0), (2, 3, 4, 6, 3, 1, 0), (1, 2, 3, 5, 5, 2, 2),
+])
+def test_weight_gradient_equals_convolution_backward_in_float64(batch, channels, out_channels, size, kernel,
+                                                                 stride, padding):
+    generator = torch.Generator().manual_seed(batch * 100 + size)
+    x = torch.randn(batch, channels, size, size, dtype=torch.float64, generator=generator)
+    weight = torch.randn(out_channels, channels, kernel, kernel, dtype=torch.float64, generator=generator)
+    out = torch.nn.functional.conv2d(x, weight, None, stride, padding)
+    grad_out = torch.randn(out.shape, dtype=torch.float64, generator=generator)
+    expected = torch.ops.aten.convolution_backward(grad_out, x, weight, None, [stride] * 2, [padding] * 2, [1, 1],
+                                                   False, [0, 0], 1, [False, True, False])[1]
+    for layout in (torch.contiguous_format, torch.channels_last):
+        result = weight_gradient(grad_out.contiguous(memory_format=layout), x.contiguous(memory_format=layout),
+                                 (kernel, kernel), (stride, stride), (padding, padding))
+        torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_swapped_layer_trains_like_conv2d_under_bf16_autocast_and_falls_back_elsewhere():
+    torch.manual_seed(0)
+    stock = nn.Sequential(nn.Conv2d(6, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 4, 1, bias=False), nn.Conv2d(4, 4, 3,
+                                                                                                        groups=2))
+    swapped = use_matmul_weight_gradients(copy.deepcopy(stock))
+    assert [type(m) for m in swapped] == [MatmulWeightGradConv2d, nn.ReLU, MatmulWeightGradConv2d, nn.Conv2d]
+    assert swapped.state_dict().keys() == stock.state_dict().keys()
+    for layer in swapped:
+        if isinstance(layer, MatmulWeightGradConv2d):
+            layer.max_area, layer.min_channel_pairs = 10**6, 1  # take the matmul path at these tiny sizes
+    x = torch.randn(5, 6, 7, 7).contiguous(memory_format=torch.channels_last)
+
+    def gradients(model, autocast):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        out.float().square().sum().backward()
+        return out, [p.grad.clone() for p in model.parameters()]
+
+    for autocast in (True, False):  # bf16: the matmul path; fp32: nn.Conv2d's own
+        expected_out, expected = gradients(stock, autocast)
+        out, result = gradients(swapped, autocast)
+        assert out.dtype == expected_out.dtype
+        tolerance = dict(rtol=0.05, atol=0.05) if autocast else dict(rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(out.float(), expected_out.float(), **tolerance)
+        for grad, reference in zip(result, expected):
+            torch.testing.assert_close(grad, reference, **tolerance)
