@@ -54,3 +54,23 @@ def test_the_swapped_layer_trains_like_conv2d_under_bf16_autocast_and_falls_back
         torch.testing.assert_close(out.float(), expected_out.float(), **tolerance)
         for grad, reference in zip(result, expected):
             torch.testing.assert_close(grad, reference, **tolerance)
+
+
+def test_the_matmul_path_compiles_and_gives_eager_gradients():
+    """`--compile` traces the custom backward (aot_eager: the same graph Inductor gets, without code generation)."""
+    torch.manual_seed(1)
+    model = use_matmul_weight_gradients(nn.Sequential(nn.Conv2d(4, 6, 3, 1, 1), nn.ReLU(), nn.Conv2d(6, 6, 3, 2, 1)))
+    for layer in model:
+        if isinstance(layer, MatmulWeightGradConv2d):
+            layer.max_area, layer.min_channel_pairs = 10**6, 1
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(3, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    results = []
+    for network in (model, compiled):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = network(x)
+        out.float().sum().backward()
+        results.append([out.float()] + [p.grad.clone() for p in model.parameters()])
+    for eager, traced in zip(*results):
+        torch.testing.assert_close(traced, eager)

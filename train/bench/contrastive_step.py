@@ -3,10 +3,12 @@ image, forward, loss, backward, optimizer, momentum update) on this trainer's pa
 made for the batch on the device, `--precision auto`, channels_last) against the reference way (a
 DataLoader whose workers augment one PIL image at a time, fp32, NCHW: train/bench/pil_views.py), the
 paths alternating over rounds in one run; loader wait reported for both. `--paths trainer_stock_conv`
-adds the trainer's path with PyTorch's own convolution backward (`--no-matmul-weight-grad`)."""
+adds the trainer's path with PyTorch's own convolution backward (`--no-matmul-weight-grad`),
+`trainer_compiled` the trainer's path under torch.compile (`--compile`)."""
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
 
@@ -23,8 +25,9 @@ from train.optim import autocast, build_optimizer, build_scaler, build_scheduler
 from train.step import TrainStep
 
 
-# the trainer's path, and the same with PyTorch's own convolution backward (models/matmul_weight_grad.py off)
-TRAINER_PATHS = ("trainer", "trainer_stock_conv")
+# the trainer's path; the same with PyTorch's own convolution backward (models/matmul_weight_grad.py off);
+# the same under torch.compile (`--compile`; its compilation is the warm-up's time, reported as setup_s)
+TRAINER_PATHS = ("trainer", "trainer_stock_conv", "trainer_compiled")
 
 
 def reference_batches(loader, device: torch.device):
@@ -66,12 +69,15 @@ class PreparedContrastive(TimedRounds):
         model = self.method.build_model(model_name, split.num_classes, kernels.get_family("none"), device,
                                         channels_last)
         optimizer = build_optimizer(config, model, device)
-        base = TrainStep(model, model, self.method, optimizer, build_scheduler(config, optimizer, 10**6),
+        train_model = torch.compile(model) if path == "trainer_compiled" else model
+        base = TrainStep(train_model, model, self.method, optimizer, build_scheduler(config, optimizer, 10**6),
                          build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
         self.step = self.method.make_step(base, 10**6)
         self.seconds, self.waits = [], []
+        start = time.perf_counter()
         for _ in range(warmup):
             self.step(next(self.stream))
+        self.setup_seconds = time.perf_counter() - start
 
 
 
@@ -90,7 +96,8 @@ def run(method_name: str, model_name: str, split, data_name: str, batch: int, st
         wait = path.waits[path.seconds.index(sorted(path.seconds)[len(path.seconds) // 2])]
         record = {"benchmark": "step", "method": method_name, "path": name, "model": model_name, "data": data_name,
                   "batch": batch, "views_per_image": 2, "device": str(device), "precision": path.precision,
-                  "rounds": rounds, "images_per_s": round(steps * batch / median, 1),
+                  "rounds": rounds, "setup_s": round(path.setup_seconds, 1),
+                  "images_per_s": round(steps * batch / median, 1),
                   "ms_per_step": round(1e3 * median / steps, 2), "loader_wait_share": round(wait / median, 4),
                   "round_images_per_s": [round(steps * batch / s, 1) for s in path.seconds]}
         if "paper" in prepared:

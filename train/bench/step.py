@@ -260,10 +260,10 @@ def _run_contrastive(method, models, data, batch, steps, warmup, num_images, wor
 
     return _run_table(
         f"{'model':<16}{'data':<10}{'method':<9}{'path':<20}{'precision':<10}{'img/s':>9}{'ms/step':>10}"
-        f"{'wait':>8}{'vs paper':>10}", data, models, num_images, output,
+        f"{'wait':>8}{'setup s':>9}{'vs paper':>10}", data, models, num_images, output,
         lambda model_name, split, data_name: contrastive_step.run(method, model_name, split, data_name, batch, steps,
                                                                   warmup, rounds, device, workers, paths,
                                                                   trainer_precision),
         lambda r: (f"{r['model']:<16}{r['data']:<10}{r['method']:<9}{r['path']:<20}{r['precision']:<10}"
                    f"{r['images_per_s']:>9,.0f}{r['ms_per_step']:>10.1f}{100 * r['loader_wait_share']:>7.1f}%"
-                   f"{ratio_text(r):>10}"))
+                   f"{r['setup_s']:>9.1f}{ratio_text(r):>10}"))
