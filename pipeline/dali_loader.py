@@ -102,7 +102,8 @@ class DaliLoader:
         self.iterator, self.next_epoch, self.epoch = None, 0, 0
         if settings.dali_views not in ("batched", "operators"):
             raise ValueError(f"unknown --dali-views {settings.dali_views!r}; valid: batched, operators")
-        self.operator_views = settings.dali_views == "operators" and hasattr(settings.expander, "recipe")
+        self.operator_views = (settings.dali_views == "operators" and hasattr(settings.expander, "recipe")
+                               and not settings.expander.multi_crop)  # multi-crop: the batched pass
         self.image_outputs = ([f"view{v}" for v in range(len(settings.expander.recipe))] if self.operator_views
                               else ["images"])
 

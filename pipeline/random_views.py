@@ -19,8 +19,10 @@ written for torchvision means the same here.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,18 @@ class ViewSpec:
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels at the output size
     solarize_p: float = 0.0
+    size: int = 0  # output side in pixels; 0: the data's (a global view); smaller: a multi-crop local view
+
+
+class MultiCropViews(NamedTuple):
+    """A multi-crop recipe's views (SwAV): the full-size views [B·G, C, S, S], row b·G + g, and the small
+    local views [B·L, C, s, s], row b·L + l (each group interleaved by image, as single-size views are)."""
+    global_views: torch.Tensor
+    local_views: torch.Tensor
+
+
+LOCAL_CROP_SCALE = (0.05, 0.14)  # SwAV's multi-crop: small crops of 5–14% of the image...
+GLOBAL_CROP_SCALE = (0.14, 1.0)  # ...and the two global crops take the rest of the range
 
 
 SIMCLR_CIFAR = ViewSpec()  # SimCLR on CIFAR: no blur (the paper blurs only at ImageNet scale)
@@ -53,13 +67,28 @@ RECIPES: dict[str, tuple[ViewSpec, ...]] = {
     "byol": (ViewSpec(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, blur_p=1.0),
              ViewSpec(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, blur_p=0.1, solarize_p=0.2)),
     "moco_v2": (ViewSpec(crop_scale=(0.2, 1.0), blur_p=0.5), ViewSpec(crop_scale=(0.2, 1.0), blur_p=0.5)),
+    # Deep InfoMax: one view per image, the light augmentation of its CIFAR runs (crop and flip, no colour)
+    "dim": (ViewSpec(crop_scale=(0.5, 1.0), jitter_p=0.0, grayscale_p=0.0),),
+    # SwAV's global crops (its paper's and solo-learn's jitter strength 0.8/0.8/0.8/0.2); local crops come from
+    # `swav+<L>x<s>`
+    "swav": (ViewSpec(crop_scale=GLOBAL_CROP_SCALE, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2),) * 2,
 }
 
 
 def get_recipe(name: str) -> tuple[ViewSpec, ...]:
-    if name not in RECIPES:
-        raise ValueError(f"unknown view recipe {name!r}; valid: {', '.join(RECIPES)}")
-    return RECIPES[name]
+    """A named recipe; `<name>+<L>x<s>` appends L local views of side s (multi-crop: crop scale 5–14%, the
+    recipe's first view's colour augmentation, no blur)."""
+    base, plus, local = name.partition("+")
+    if base not in RECIPES:
+        raise ValueError(f"unknown view recipe {base!r}; valid: {', '.join(RECIPES)} (optionally +<views>x<size>)")
+    if not plus:
+        return RECIPES[base]
+    count, _, size = local.partition("x")
+    if not (count.isdigit() and size.isdigit() and int(count) > 0 and int(size) > 0):
+        raise ValueError(f"view recipe {name!r}: local views are written +<count>x<size>, e.g. {base}+6x18")
+    local_spec = dataclasses.replace(RECIPES[base][0], crop_scale=LOCAL_CROP_SCALE, blur_p=0.0, solarize_p=0.0,
+                                     size=int(size))
+    return RECIPES[base] + (local_spec,) * int(count)
 
 
 def _uniform(low: float, high: float, shape, generator: torch.Generator) -> torch.Tensor:
@@ -288,11 +317,26 @@ class RandomViewExpander:
     def num_views(self) -> int:
         return len(self.recipe)
 
+    @property
+    def multi_crop(self) -> bool:
+        return any(spec.size not in (0, self.size) for spec in self.recipe)
+
     def begin_epoch(self, epoch: int) -> None:
         self.epoch, self.step = epoch, 0
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor | MultiCropViews:
         batch, height, width, _ = images.shape
-        views = draw(self.recipe, batch, height, width, view_generator(self.seed, self.rank, self.epoch, self.step))
+        generator = view_generator(self.seed, self.rank, self.epoch, self.step)
+        if self.multi_crop:  # one pass per size: the global views, then the local ones, from the same generator
+            self.step += 1
+            local_size = next(spec.size for spec in self.recipe if spec.size not in (0, self.size))
+            if any(spec.size not in (0, self.size, local_size) for spec in self.recipe):
+                raise ValueError("a multi-crop recipe has two sizes: the data's and one local size")
+            groups = [[spec for spec in self.recipe if spec.size in (0, self.size)],
+                      [spec for spec in self.recipe if spec.size == local_size]]
+            return MultiCropViews(*(render(images, draw(specs, batch, height, width, generator), size, self.mean,
+                                           self.std, self.out_dtype, self.channels_last)
+                                    for specs, size in zip(groups, (self.size, local_size))))
+        views = draw(self.recipe, batch, height, width, generator)
         self.step += 1
         return render(images, views, self.size, self.mean, self.std, self.out_dtype, self.channels_last)

@@ -49,6 +49,30 @@ def tiny_config(tmp_path):
     return make
 
 
+def pause_resume_and_compare(config, tmp_path, straight: dict, after_pause=None) -> tuple[dict, dict]:
+    """Train `config` one epoch as run "resumed", call `after_pause(checkpoint)`, resume it to the end, and
+    check that its weights and test scores equal the finished run "straight" (summary `straight`); returns
+    both final checkpoints."""
+    import dataclasses
+
+    import torch
+
+    from train.main import train
+
+    paused = train(dataclasses.replace(config, run_name="resumed", stop_after_epochs=1))
+    assert paused["completed"] is False
+    checkpoint = tmp_path / "runs" / "resumed" / "last.pt"
+    if after_pause is not None:
+        after_pause(torch.load(checkpoint, weights_only=True))
+    resumed = train(dataclasses.replace(config, run_name="x", resume=str(checkpoint)))
+    a = torch.load(tmp_path / "runs" / "straight" / "last.pt", weights_only=True)
+    b = torch.load(checkpoint, weights_only=True)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert resumed["test"] == straight["test"]
+    return a, b
+
+
 def torchrun_command(nproc: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
 

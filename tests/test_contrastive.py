@@ -30,6 +30,48 @@ def test_nt_xent_matches_the_papers_formula_in_float64():
     assert torch.allclose(ours, theirs, rtol=1e-9, atol=1e-12)
 
 
+def test_nt_xent_with_a_memory_adds_its_keys_to_every_denominator_in_float64():
+    torch.manual_seed(4)
+    z = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    memory = torch.nn.functional.normalize(torch.randn(7, 5, dtype=torch.float64), dim=1).requires_grad_()
+    tau = 0.3
+    loss = nt_xent(z, tau, memory)
+    zn = z / z.norm(dim=1, keepdim=True)
+    terms = []
+    for i in range(6):
+        denominator = sum(torch.exp(zn[i] @ zn[k] / tau) for k in range(6) if k != i)
+        denominator = denominator + torch.exp(memory @ zn[i] / tau).sum()
+        terms.append(-torch.log(torch.exp(zn[i] @ zn[i ^ 1] / tau) / denominator))
+    reference = torch.stack(terms).mean()
+    assert torch.allclose(loss, reference, rtol=1e-12)
+    ours = torch.autograd.grad(loss, z, retain_graph=True)[0]
+    assert torch.allclose(ours, torch.autograd.grad(reference, z)[0], rtol=1e-9, atol=1e-12)
+    assert torch.autograd.grad(loss, memory, allow_unused=True)[0] is None  # negatives only
+
+
+def test_simclr_v2_representation_is_its_projectors_first_layer_and_travels_to_fine_tuning(tiny_config, tmp_path):
+    from train.methods import build_method
+
+    import kernels
+
+    train(small(tiny_config, method="simclr_v2", run_name="v2", epochs=1))
+    checkpoint = tmp_path / "runs" / "v2" / "last.pt"
+    saved = torch.load(checkpoint, weights_only=True)["model"]
+    assert saved["backbone.layer.0.weight"].shape == (64, 64)  # resnet8's 64 features → the 64-wide layer 1
+    assert saved["projector.0.weight"].shape == (64, 64) and saved["projector.3.weight"].shape == (32, 64)
+    assert torch.equal(saved["projector.4.bias"], torch.zeros(32))  # the last BN scales and does not shift
+    with pytest.raises(ValueError, match=r"holds a resnet8\+mlp64 backbone, but this run's --model is resnet8"):
+        build_method(tiny_config(method="sla", init_from=str(checkpoint))).build_model(
+            "resnet8", 10, kernels.get_family("rotation"), torch.device("cpu"), False)
+    method = build_method(tiny_config(method="sla", init_from=str(checkpoint), model="resnet8+mlp64"))
+    model = method.build_model("resnet8+mlp64", 10, kernels.get_family("rotation"), torch.device("cpu"), False)
+    for name, tensor in model.backbone.state_dict().items():
+        assert torch.equal(tensor, saved["backbone." + name]), name
+    probe = train(tiny_config(method="linear_eval", pretrained=str(checkpoint), model="resnet8+mlp64",
+                              run_name="probe", epochs=1, lr=1.0, weight_decay=0.0))
+    assert probe["completed"]
+
+
 def test_info_nce_matches_the_formula_and_sends_no_gradient_to_keys():
     torch.manual_seed(1)
     q = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
@@ -85,17 +127,18 @@ def test_moco_queue_is_a_ring_buffer_of_the_newest_keys(tiny_config):
 
     method = build_method(small(tiny_config, method="moco_v2", queue_size=5))
     method.build_model("resnet8", 10, kernels.get_family("none"), torch.device("cpu"), channels_last=False)
+    queue = method.queue
     first, second = torch.eye(3, 32), torch.eye(3, 32) * 2
-    method.enqueue(first)
-    method.enqueue(second)
-    method.enqueue(torch.eye(7, 32)[2:])  # more keys than room: the newest 5 fill the queue, oldest first
-    assert torch.equal(method.queue.roll(-method.queue_pointer, 0), torch.eye(7, 32)[2:])
-    method.queue_pointer = 0
-    method.queue.zero_()
-    method.enqueue(first)
-    method.enqueue(second)
-    assert torch.equal(method.queue[3:5], second[:2]) and torch.equal(method.queue[0], second[2])
-    assert torch.equal(method.queue[1:3], first[1:3]) and method.queue_pointer == 1
+    queue.enqueue(first)
+    queue.enqueue(second)
+    queue.enqueue(torch.eye(7, 32)[2:])  # more keys than room: the newest 5 fill the queue, oldest first
+    assert torch.equal(queue.keys.roll(-queue.pointer, 0), torch.eye(7, 32)[2:])
+    queue.pointer = 0
+    queue.keys.zero_()
+    queue.enqueue(first)
+    queue.enqueue(second)
+    assert torch.equal(queue.keys[3:5], second[:2]) and torch.equal(queue.keys[0], second[2])
+    assert torch.equal(queue.keys[1:3], first[1:3]) and queue.pointer == 1
 
 
 def test_the_momentum_network_gets_no_gradient_and_moves_by_the_ema_rule(tiny_config):
@@ -150,30 +193,26 @@ def knn_at_initialisation(config):
     return train(config.__class__(**{**config.__dict__, "iterations": 1, "lr": 0.0, "run_name": "init"}))
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco_v2", "byol"])
+@pytest.mark.parametrize("method", ["simclr", "moco_v2", "byol", "simclr_v2", "dim"])
 def test_contrastive_pretraining_beats_its_initialisation_and_resumes_exactly(tiny_config, tmp_path, method):
+    extra = dict(memory_size=96) if method == "simclr_v2" else {}  # v2 with its memory: the momentum network too
     config = small(tiny_config, method=method, epochs=3, samples_per_class=40, batch_size=64, lr=0.1,
-                   precision="fp32")
+                   precision="fp32", **extra)
     straight = train(config.__class__(**{**config.__dict__, "run_name": "straight"}))
     steps = [json.loads(line) for line in (tmp_path / "runs" / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in steps if r["kind"] == "step")
-    if method == "simclr":  # the issue's check; MoCo's and BYOL's short runs are too close to their start to tell
+    if method in ("simclr", "simclr_v2", "dim"):  # MoCo's and BYOL's short runs are too close to their start to tell
         initial = knn_at_initialisation(config)
         assert straight["test"]["kNN"] > initial["test"]["kNN"] + 1, ("kNN after, at initialisation",
                                                                      straight["test"]["kNN"], initial["test"]["kNN"])
-    paused = train(config.__class__(**{**config.__dict__, "run_name": "resumed", "stop_after_epochs": 1}))
-    assert paused["completed"] is False
-    resumed = train(config.__class__(**{**config.__dict__, "run_name": "x",
-                                        "resume": str(tmp_path / "runs" / "resumed" / "last.pt")}))
-    a = torch.load(tmp_path / "runs" / "straight" / "last.pt", weights_only=True)
-    b = torch.load(tmp_path / "runs" / "resumed" / "last.pt", weights_only=True)
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    from conftest import pause_resume_and_compare
+
+    a, b = pause_resume_and_compare(config, tmp_path, straight)
     for key in a["method_state"].get("target", {}):
         assert torch.equal(a["method_state"]["target"][key], b["method_state"]["target"][key]), key
-    assert resumed["test"] == straight["test"]
     manifest = json.loads((tmp_path / "runs" / "straight" / "config.json").read_text())
-    assert manifest["views_per_image"] == 2 and manifest["view_recipe"] == method
+    assert manifest["views_per_image"] == (1 if method == "dim" else 2)
+    assert manifest["view_recipe"] == {"simclr_v2": "simclr"}.get(method, method)
 
 
 def test_contrastive_methods_refuse_a_transformation_family(tiny_config):
@@ -268,3 +307,43 @@ def test_contrastive_presets_carry_solo_learns_cifar_recipes():
 def test_a_short_run_trains_with_lars(tiny_config):
     summary = train(small(tiny_config, method="simclr", optimizer="lars", lr=0.4, epochs=1, run_name="lars"))
     assert summary["completed"] and summary["test"]["kNN"] > 20.0
+
+
+def test_moco_v3_loss_is_twice_tau_times_infonce_against_the_batchs_keys_in_float64():
+    from train.methods.contrastive_losses import symmetric_key_loss
+
+    torch.manual_seed(6)
+    q = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    tau = 0.2
+    loss = symmetric_key_loss(q, k, tau)
+    qn, kn = q / q.norm(dim=1, keepdim=True), k / k.norm(dim=1, keepdim=True)
+    terms = [-torch.log(torch.exp(qn[i] @ kn[i] / tau) / torch.exp(kn @ qn[i] / tau).sum()) for i in range(5)]
+    reference = torch.stack(terms).mean() * 2 * tau
+    assert torch.allclose(loss, reference, rtol=1e-12)
+    ours = torch.autograd.grad(loss, q, retain_graph=True)[0]
+    assert torch.allclose(ours, torch.autograd.grad(reference, q)[0], rtol=1e-9, atol=1e-12)
+    assert torch.autograd.grad(loss, k, allow_unused=True)[0] is None  # keys are the momentum network's
+
+
+def test_moco_v3_on_a_vit_trains_under_bf16_with_a_frozen_patch_projection(tiny_config, tmp_path):
+    from train.methods import build_method
+    from train.optim import build_optimizer
+
+    import kernels
+
+    config = small(tiny_config, method="moco_v3", model="vit_tiny", epochs=1, samples_per_class=8, batch_size=16,
+                   optimizer="adamw", lr=1e-3, weight_decay=0.1, precision="bf16", frozen_patch_projection=True)
+    model = build_method(config).build_model("vit_tiny", 10, kernels.get_family("none"), torch.device("cpu"), False)
+    frozen = {id(p) for p in model.backbone.patch_embed.parameters()}
+    assert frozen and not any(p.requires_grad for p in model.backbone.patch_embed.parameters())
+    optimizer = build_optimizer(config, model, torch.device("cpu"))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert not frozen & {id(p) for group in optimizer.param_groups for p in group["params"]}
+    summary = train(config)
+    assert summary["completed"] and math.isfinite(summary["test"]["kNN"])
+    saved = torch.load(tmp_path / "runs" / "tiny" / "last.pt", weights_only=True)
+    assert saved["method_state"]["steps_done"] > 0 and "target" in saved["method_state"]
+    with pytest.raises(ValueError, match="--frozen-patch-projection needs a ViT"):
+        build_method(small(tiny_config, method="moco_v3", frozen_patch_projection=True)).build_model(
+            "resnet8", 10, kernels.get_family("none"), torch.device("cpu"), False)

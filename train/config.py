@@ -78,19 +78,38 @@ class TrainConfig:
                                                           "the linear classifier reads (e.g. a simclr best.pt)"})
     init_from: str = field(default="", metadata={"help": "start the backbone from this run checkpoint (same --model; "
                                                          "e.g. simclr pretraining, then sla)"})
-    views: str = field(default="", metadata={"help": "simclr, moco_v2, byol: the random-view recipe (simclr, byol, "
-                                                    "moco_v2; default: the method's own)"})
+    views: str = field(default="", metadata={"help": "contrastive methods: the random-view recipe (simclr, byol, "
+                                                    "moco_v2, dim; default: the method's own)"})
     projector_hidden: int = field(default=2048, metadata={"help": "contrastive: projector (and BYOL predictor) "
                                                                   "hidden width"})
     projector_dim: int = field(default=256, metadata={"help": "contrastive: projection dimension"})
     contrastive_temperature: float = field(default=0.0, metadata={
         "help": "contrastive τ of NT-Xent / InfoNCE; 0 takes the method's (SimCLR 0.5, MoCo v2 0.2)"})
     queue_size: int = field(default=4096, metadata={"help": "moco_v2: negatives kept in the queue"})
+    num_prototypes: int = field(default=3000, metadata={"help": "swav: prototypes K"})
+    local_views: int = field(default=6, metadata={"help": "swav: small multi-crop views per image (0: only the "
+                                                          "two global views)"})
+    local_size: int = field(default=0, metadata={"help": "swav: local views' side in pixels; 0: 96/224 of the "
+                                                         "data's side, SwAV's ImageNet proportion"})
+    swav_queue_size: int = field(default=0, metadata={"help": "swav: past global projections per crop kept to "
+                                                              "give Sinkhorn more rows (small batches); 0: none"})
+    swav_queue_start_epoch: int = field(default=15, metadata={"help": "swav: first epoch that uses the queue"})
+    freeze_prototypes_epochs: int = field(default=1, metadata={"help": "swav: epochs without prototype updates"})
+    frozen_patch_projection: bool = field(default=False, metadata={
+        "help": "moco_v3 with a ViT: keep the patch projection at its random initialisation (MoCo v3's trick)"})
+    mi_estimator: str = field(default="infonce", metadata={"help": "dim: infonce or jsd"})
+    dim_local_stage: int = field(default=-2, metadata={
+        "help": "dim: the stage whose feature map is M (negative: from the last; -2 is 8×8 on CIFAR ResNets)"})
+    dim_global_weight: float = field(default=0.5, metadata={"help": "dim: α, the global objective's weight"})
+    dim_local_weight: float = field(default=1.0, metadata={"help": "dim: β, the local objective's weight"})
+    memory_size: int = field(default=0, metadata={
+        "help": "simclr_v2: past momentum-network projections kept as extra negatives (MoCo's memory); 0: none"})
     shuffle_bn: bool = field(default=True, metadata={
         "help": "moco_v2 under torchrun: the key encoder sees the global batch shuffled across ranks (MoCo's "
                 "shuffling BN), so no query shares BatchNorm statistics with its own key's batch"})
     target_momentum: float = field(default=0.99, metadata={
-        "help": "moco_v2: key encoder EMA m; byol: the base of its cosine schedule to 1"})
+        "help": "moco_v2: key encoder EMA m; byol, moco_v3: the base of its cosine schedule to 1; simclr_v2: "
+                "its memory's momentum network"})
     knn_k: int = field(default=200, metadata={"help": "k-NN monitor: neighbours that vote"})
     knn_temperature: float = field(default=0.1, metadata={"help": "k-NN monitor: vote weight exp(cos/T)"})
     kernels: str = field(default="auto", metadata={"help": "loss/view kernels: auto (Numba CUDA or CPU by "
@@ -108,8 +127,9 @@ class TrainConfig:
     iterations: int = field(default=0, metadata={"help": "total optimizer steps; overrides --epochs when > 0"})
     lr: float = field(default=0.1, metadata={"help": "peak SGD learning rate for the global --batch-size (not "
                                                      "scaled by the world size or M)"})
-    optimizer: str = field(default="sgd", metadata={"help": "sgd, or lars (trust ratio per tensor; biases and "
-                                                            "norms excluded, as the contrastive recipes)"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd, lars (trust ratio per tensor; biases and "
+                                                            "norms excluded, as the contrastive recipes), or "
+                                                            "adamw (MoCo v3's ViTs; decoupled decay)"})
     lars_eta: float = field(default=0.02, metadata={"help": "lars: trust coefficient η"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum coefficient (heavy ball)"})
     nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum"})
@@ -141,7 +161,8 @@ RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", 
                      "transforms", "model", "batch_size", "seed", "peer_model", "kd_temperature",
                      "decay_norm_and_bias",  # the optimizer's parameter groups
                      "primary_labels", "aux_per_class", "generator_model", "maxl_interleave",
-                     "views", "projector_hidden", "projector_dim", "queue_size", "pretrained", "init_from",
+                     "views", "projector_hidden", "projector_dim", "queue_size", "memory_size", "dim_local_stage",
+                     "num_prototypes", "local_views", "local_size", "swav_queue_size", "pretrained", "init_from",
                      "optimizer")
 
 PRESETS: dict[str, dict[str, typing.Any]] = {
@@ -195,11 +216,28 @@ CONTRASTIVE_RECIPE = dict(model="resnet18_cifar", transforms="none", batch_size=
                           projector_dim=256, momentum=0.9, eval_every=10, checkpoint_every=10, log_every=100)
 CONTRASTIVE_METHODS = {
     "simclr": dict(optimizer="lars", lr=0.4, weight_decay=1e-4, contrastive_temperature=0.2),
+    # solo-learn has no SimCLR v2 recipe: SimCLR's, with v2's 3-layer projector and no memory (the paper's
+    # memory gained little, and not at this batch size's scale)
+    "simclr_v2": dict(optimizer="lars", lr=0.4, weight_decay=1e-4, contrastive_temperature=0.2, memory_size=0),
     "byol": dict(optimizer="lars", lr=1.0, weight_decay=1e-5, projector_hidden=4096, target_momentum=0.99),
     "moco_v2": dict(optimizer="sgd", lr=0.3, weight_decay=1e-4, contrastive_temperature=0.2, queue_size=32768,
                     target_momentum=0.99),
+    # MoCo v3's ViT recipe (the paper's ViT-S: AdamW lr 1.5e-4·B/256, wd 0.1, τ 0.2, m 0.99 → 1 cosine,
+    # frozen patch projection, projector/predictor 4096 → 256); solo-learn's CIFAR MoCo v3 recipe is for ResNets
+    "moco_v3": dict(optimizer="adamw", lr=1.5e-4, weight_decay=0.1, contrastive_temperature=0.2,
+                    target_momentum=0.99, projector_hidden=4096, model="vit_small", frozen_patch_projection=True,
+                    warmup_iterations=40 * (45_000 // 256)),  # the paper's 40 warm-up epochs
+    # SwAV (solo-learn's CIFAR scripts): LARS lr 0.6 wd 1e-6, projector 2048 → 128, 3000 prototypes, a queue of
+    # 3840 from epoch 50, prototypes frozen 2 epochs, two 32-px crops (no local crops on CIFAR there)
+    "swav": dict(optimizer="lars", lr=0.6, weight_decay=1e-6, projector_dim=128, num_prototypes=3000,
+                 swav_queue_size=3840, swav_queue_start_epoch=50, freeze_prototypes_epochs=2, local_views=0),
+    # Deep InfoMax trained with Adam at 1e-4 (DIM(L): α = 0, β = 1); this trainer has SGD and LARS, so SGD at
+    # a usual lr stands in for it (not a published recipe)
+    "dim": dict(optimizer="sgd", lr=0.1, weight_decay=1e-4, projector_dim=64, dim_global_weight=0.0,
+                dim_local_weight=1.0, mi_estimator="infonce"),
 }
-PRESETS.update({f"{method}-{dataset}-resnet18_cifar": dict(CONTRASTIVE_RECIPE, dataset=dataset, method=method, **extra)
+PRESETS.update({f"{method}-{dataset}-{extra.get('model', 'resnet18_cifar')}":
+                dict(CONTRASTIVE_RECIPE, dataset=dataset, method=method, **extra)
                 for method, extra in CONTRASTIVE_METHODS.items() for dataset in ("cifar10", "cifar100")})
 
 

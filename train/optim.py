@@ -34,8 +34,10 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, device: torch.d
 
         return LARS([{"params": trained, "weight_decay": config.weight_decay}], lr=config.lr,
                     momentum=config.momentum, eta=config.lars_eta)
+    if config.optimizer == "adamw":  # MoCo v3's ViTs; --momentum is not used (β = 0.9, 0.999)
+        return torch.optim.AdamW(groups, lr=config.lr, fused=device.type == "cuda" or None)
     if config.optimizer != "sgd":
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: sgd, lars")
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: sgd, lars, adamw")
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                            fused=device.type == "cuda" or None)
 

@@ -1,4 +1,4 @@
-"""`python train/bench.py step --method simclr|moco_v2|byol`: whole contrastive steps (two random views per
+"""`python train/bench.py step --method simclr|simclr_v2|moco_v2|byol|dim`: whole contrastive steps (random views per
 image, forward, loss, backward, optimizer, momentum update) on this trainer's path (resident loader, views
 made for the batch on the device, `--precision auto`, channels_last) against the reference way (a
 DataLoader whose workers augment one PIL image at a time, fp32, NCHW: train/bench/pil_views.py), the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -16,7 +17,7 @@ import kernels
 from pipeline.batch import Batch, LoaderSettings
 from pipeline.datasets import channel_statistics
 from pipeline.loaders import build_loader
-from pipeline.random_views import RandomViewExpander, get_recipe
+from pipeline.random_views import MultiCropViews, RandomViewExpander, get_recipe
 from train.bench.common import TimedRounds, endless_batches
 from train.bench.pil_views import pil_view_loader
 from train.config import TrainConfig
@@ -35,7 +36,10 @@ def reference_batches(loader, device: torch.device):
     epoch = 0
     while True:
         for views, labels in loader:
-            views = views.to(device).flatten(0, 1)
+            if isinstance(views, (list, tuple)):  # multi-crop: two sizes
+                views = MultiCropViews(*(group.to(device).flatten(0, 1) for group in views))
+            else:
+                views = views.to(device).flatten(0, 1)
             labels = labels.to(device)
             yield Batch(views, labels, torch.zeros_like(labels))
         epoch += 1
@@ -53,7 +57,9 @@ class PreparedContrastive(TimedRounds):
         self.path, self.device, self.batch = path, device, batch
         self.precision = resolve_precision(config, device)
         self.method = build_method(config)
+        self.method.see_data(SimpleNamespace(train=split, num_classes=split.num_classes))  # swav: the image size
         recipe = get_recipe(self.method.training_view_recipe())
+        self.views_per_image = len(recipe)
         mean, std = channel_statistics(split.images[:1024])
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         if trainer:
@@ -95,7 +101,7 @@ def run(method_name: str, model_name: str, split, data_name: str, batch: int, st
         median = statistics.median(path.seconds)
         wait = path.waits[path.seconds.index(sorted(path.seconds)[len(path.seconds) // 2])]
         record = {"benchmark": "step", "method": method_name, "path": name, "model": model_name, "data": data_name,
-                  "batch": batch, "views_per_image": 2, "device": str(device), "precision": path.precision,
+                  "batch": batch, "views_per_image": path.views_per_image, "device": str(device), "precision": path.precision,
                   "rounds": rounds, "setup_s": round(path.setup_seconds, 1),
                   "images_per_s": round(steps * batch / median, 1),
                   "ms_per_step": round(1e3 * median / steps, 2), "loader_wait_share": round(wait / median, 4),

@@ -1,4 +1,4 @@
-"""The reference way of making contrastive views, for `bench.py step --method simclr|byol|moco_v2`: a torch
+"""The reference way of making contrastive views, for `bench.py step --method simclr|swav|...`: a torch
 DataLoader whose workers augment one PIL image at a time, as the papers' code and solo-learn's default
 pipeline do (torchvision's transforms are PIL operations underneath; torchvision itself does not install
 beside this torch build, so the same operations are written with PIL here). Same recipe, same
@@ -57,7 +57,8 @@ def augment(image: Image.Image, spec: ViewSpec, size: int, rng: random.Random) -
 
 
 class PilViewDataset(torch.utils.data.Dataset):
-    """Item i: the V views of image i as one float32 NCHW tensor [V, C, S, S], normalised, and its label."""
+    """Item i: the V views of image i as one float32 NCHW tensor [V, C, S, S], normalised (multi-crop: a
+    pair, the global [G, C, S, S] and the local [L, C, s, s]), and its label."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, recipe: tuple[ViewSpec, ...], mean, std, seed: int):
         self.images, self.labels, self.recipe, self.seed = images, labels, recipe, seed
@@ -72,11 +73,13 @@ class PilViewDataset(torch.utils.data.Dataset):
         rng = random.Random(f"{self.seed}:{index}:{self.calls}")  # a fresh draw per call (per worker)
         self.calls += 1
         image = Image.fromarray(self.images[index])
-        views = []
+        groups: dict[int, list[torch.Tensor]] = {}  # by output size: the global views, then multi-crop's local
         for spec in self.recipe:
-            pixels = np.asarray(augment(image, spec, image.size[0], rng), dtype=np.float32) / 255.0
-            views.append((torch.from_numpy(pixels).permute(2, 0, 1) - self.mean) / self.std)
-        return torch.stack(views), int(self.labels[index])
+            size = spec.size or image.size[0]
+            pixels = np.asarray(augment(image, spec, size, rng), dtype=np.float32) / 255.0
+            groups.setdefault(size, []).append((torch.from_numpy(pixels).permute(2, 0, 1) - self.mean) / self.std)
+        views = tuple(torch.stack(group) for group in groups.values())
+        return (views[0] if len(views) == 1 else views), int(self.labels[index])
 
 
 def pil_view_loader(images: np.ndarray, labels: np.ndarray, recipe, mean, std, batch: int, workers: int,

@@ -170,7 +170,7 @@ def _run(models, num_transforms, data, batch, steps, warmup, num_images, workers
           f"batch {batch}, {rounds} round(s) of {steps} timed steps after {warmup}, "
           f"{background_load} busy background process(es), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')!r}, "
           f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS', '')!r}")
-    if method in ("simclr", "moco_v2", "byol"):
+    if method in ("simclr", "simclr_v2", "moco_v2", "moco_v3", "byol", "dim", "swav"):
         return _run_contrastive(method, models, data, batch, steps, warmup, num_images, workers, paths, output,
                                 rounds, device, trainer_precision)
     if method == "maxl":
@@ -259,11 +259,11 @@ def _run_contrastive(method, models, data, batch, steps, warmup, num_images, wor
     from train.bench import contrastive_step
 
     return _run_table(
-        f"{'model':<16}{'data':<10}{'method':<9}{'path':<20}{'precision':<10}{'img/s':>9}{'ms/step':>10}"
+        f"{'model':<16}{'data':<10}{'method':<11}{'path':<20}{'precision':<10}{'img/s':>9}{'ms/step':>10}"
         f"{'wait':>8}{'setup s':>9}{'vs paper':>10}", data, models, num_images, output,
         lambda model_name, split, data_name: contrastive_step.run(method, model_name, split, data_name, batch, steps,
                                                                   warmup, rounds, device, workers, paths,
                                                                   trainer_precision),
-        lambda r: (f"{r['model']:<16}{r['data']:<10}{r['method']:<9}{r['path']:<20}{r['precision']:<10}"
+        lambda r: (f"{r['model']:<16}{r['data']:<10}{r['method']:<11}{r['path']:<20}{r['precision']:<10}"
                    f"{r['images_per_s']:>9,.0f}{r['ms_per_step']:>10.1f}{100 * r['loader_wait_share']:>7.1f}%"
                    f"{r['setup_s']:>9.1f}{ratio_text(r):>10}"))

@@ -8,11 +8,13 @@ from __future__ import annotations
 from train.config import TrainConfig
 from train.methods.base import Method
 from train.methods.baselines import Baseline, MultiTask, TransformsAsAugmentation
-from train.methods.contrastive import BYOL, MocoV2, SimCLR
+from train.methods.contrastive import BYOL, MocoV2, MocoV3, SimCLR, SimclrV2
 from train.methods.hsakd import HsakdOnline, HsakdStudent, HsakdTeacher
+from train.methods.infomax import DeepInfomax
 from train.methods.maxl import Maxl, MaxlHuman
 from train.methods.pretrained import LinearEval
 from train.methods.sla import SLA, SLASelfDistillation
+from train.methods.swav import Swav
 
 METHODS: dict[str, type[Method]] = {method.name: method for method in (
     Baseline,
@@ -26,8 +28,12 @@ METHODS: dict[str, type[Method]] = {method.name: method for method in (
     Maxl,
     MaxlHuman,
     SimCLR,
+    SimclrV2,
     MocoV2,
+    MocoV3,
     BYOL,
+    DeepInfomax,
+    Swav,
     LinearEval,
 )}
 

@@ -79,6 +79,12 @@ class Method:
             self.init_record = load_backbone(network.backbone, self.config.init_from, "--init-from", model_name)
         return place(network, device, channels_last, self.config.matmul_weight_grad)
 
+    @classmethod
+    def checkpoint_backbone(cls, config: dict) -> str:
+        """The backbone name a run of this method leaves in its checkpoints (`config`: the run's saved config);
+        `--init-from` and `--pretrained` ask for the same `--model`."""
+        return config["model"]
+
     def network(self, model_name: str, num_classes: int) -> nn.Module:
         raise NotImplementedError
 

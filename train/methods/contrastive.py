@@ -19,7 +19,8 @@ import torch.nn as nn
 
 from models import build_backbone
 from train.methods.base import Method
-from train.methods.contrastive_losses import gather_with_gradient, info_nce, knn_scores, normalised_mse, nt_xent
+from train.methods.contrastive_losses import (gather_with_gradient, info_nce, knn_scores, normalised_mse, nt_xent,
+                                             symmetric_key_loss)
 
 
 def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -108,14 +109,20 @@ class EmaTarget(ContrastiveMethod):
     """A method with a momentum copy of the trained network (no gradient, updated after each step)."""
     cosine_momentum = False  # BYOL: the EMA coefficient rises to 1 on a cosine schedule
 
+    @property
+    def uses_target(self) -> bool:
+        """SimCLR v2 keeps a momentum network only with its memory of negatives."""
+        return True
+
     def make_step(self, step, total_steps):
         self.total_steps = total_steps
-        return MomentumStep(step, self)
+        return MomentumStep(step, self) if self.uses_target else step
 
     def build_model(self, model_name, num_classes, family, device, channels_last):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
-        self.target = copy.deepcopy(model).requires_grad_(False)
-        self.target.predictor = None  # BYOL's target has no predictor
+        self.target = copy.deepcopy(model).requires_grad_(False) if self.uses_target else None
+        if self.target is not None:
+            self.target.predictor = None  # BYOL's target has no predictor
         self.steps_done = 0
         return model
 
@@ -148,14 +155,45 @@ class EmaTarget(ContrastiveMethod):
         return self.target.projector(self.target.backbone(views))
 
     def state_dict(self):
+        if not self.uses_target:
+            return {}
         return {"target": self.target.state_dict(), "steps_done": self.steps_done, **self.extra_state()}
 
     def extra_state(self) -> dict:
         return {}
 
     def load_state_dict(self, state):
+        if not self.uses_target:
+            return super().load_state_dict(state)
         self.target.load_state_dict(state["target"])
         self.steps_done = state["steps_done"]
+
+
+class KeyQueue:
+    """A ring buffer of unit keys from past steps (every rank's, in rank order): MoCo's queue, SimCLR v2's memory."""
+
+    def __init__(self, size: int, dim: int, seed: int, device: torch.device):
+        keys = torch.randn(size, dim, generator=torch.Generator().manual_seed(seed))
+        self.keys = torch.nn.functional.normalize(keys, dim=1).to(device)
+        self.pointer = 0
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Keys of this step replace the oldest ones."""
+        keys = gather_with_gradient(keys)[0]
+        size = self.keys.shape[0]
+        pointer = (self.pointer + max(0, keys.shape[0] - size)) % size  # more keys than room: the newest
+        keys = keys[-size:]
+        positions = (pointer + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.keys[positions] = keys
+        self.pointer = int((pointer + keys.shape[0]) % size)
+
+    def state(self) -> dict:
+        return {"queue": self.keys, "queue_pointer": self.pointer}
+
+    def load(self, state: dict) -> None:
+        self.keys.copy_(state["queue"])
+        self.pointer = state["queue_pointer"]
 
 
 class MocoV2(EmaTarget):
@@ -167,23 +205,20 @@ class MocoV2(EmaTarget):
 
     def build_model(self, model_name, num_classes, family, device, channels_last):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
-        generator = torch.Generator().manual_seed(self.config.seed)
-        queue = torch.randn(self.config.queue_size, self.config.projector_dim, generator=generator)
-        self.queue = torch.nn.functional.normalize(queue, dim=1).to(device)
-        self.queue_pointer = 0
+        self.queue = KeyQueue(self.config.queue_size, self.config.projector_dim, self.config.seed, device)
         return model
 
     def losses(self, outputs, labels):
         views = outputs["views"]
         queries = outputs["projection"]
         keys = self.shuffled_key_projections(views[1::2])
-        loss = info_nce(queries, keys, self.queue, self.temperature)
+        loss = info_nce(queries, keys, self.queue.keys, self.temperature)
         self.pending_keys = torch.nn.functional.normalize(keys.float(), dim=1)  # enqueued after the update
         return {"loss": loss}
 
     def after_update(self, model):
         super().after_update(model)
-        self.enqueue(self.pending_keys)
+        self.queue.enqueue(self.pending_keys)
 
     @torch.no_grad()
     def shuffled_key_projections(self, key_views: torch.Tensor) -> torch.Tensor:
@@ -208,24 +243,12 @@ class MocoV2(EmaTarget):
         outputs["views"] = views
         return outputs
 
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Keys of this step replace the oldest ones (a ring buffer)."""
-        keys = gather_with_gradient(keys)[0]
-        size = self.queue.shape[0]
-        pointer = (self.queue_pointer + max(0, keys.shape[0] - size)) % size  # more keys than room: the newest
-        keys = keys[-size:]
-        positions = (pointer + torch.arange(keys.shape[0], device=keys.device)) % size
-        self.queue[positions] = keys
-        self.queue_pointer = int((pointer + keys.shape[0]) % size)
-
     def extra_state(self):
-        return {"queue": self.queue, "queue_pointer": self.queue_pointer}
+        return self.queue.state()
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.queue.copy_(state["queue"])
-        self.queue_pointer = state["queue_pointer"]
+        self.queue.load(state)
 
 
 class BYOL(EmaTarget):
@@ -242,6 +265,100 @@ class BYOL(EmaTarget):
     def forward(self, model, views):
         outputs = model(views)
         outputs["views"] = views  # the target network sees them in `losses`
+        return outputs
+
+
+class SimclrV2(EmaTarget):
+    """SimCLR v2 (Chen et al. 2020b): SimCLR with a 3-layer projector whose first layer's output is the
+    representation (the k-NN monitor's features, and what `--init-from`/`--pretrained` carry: its
+    checkpoints hold a `<model>+mlp<hidden>` backbone, the network plus that layer), and, with
+    `--memory-size K`, MoCo's memory: a momentum network's projections of past steps' views join the
+    in-batch negatives of NT-Xent."""
+    name = "simclr_v2"
+
+    @property
+    def uses_target(self) -> bool:
+        return self.config.memory_size > 0
+
+    @classmethod
+    def checkpoint_backbone(cls, config: dict) -> str:
+        return f"{config['model']}+mlp{config['projector_hidden']}"
+
+    def network(self, model_name, num_classes):
+        self.num_classes = num_classes
+        hidden, dim = self.config.projector_hidden, self.config.projector_dim
+        network = ContrastiveNetwork(build_backbone(f"{model_name}+mlp{hidden}"), hidden, dim)
+        last = nn.BatchNorm1d(dim)  # the last layer: BN with a scale and no shift (the paper's code)
+        last.bias.requires_grad_(False)
+        network.projector.append(last)
+        return network
+
+    def build_model(self, model_name, num_classes, family, device, channels_last):
+        model = super().build_model(model_name, num_classes, family, device, channels_last)
+        self.memory = (KeyQueue(self.config.memory_size, self.config.projector_dim, self.config.seed, device)
+                       if self.uses_target else None)
+        return model
+
+    def losses(self, outputs, labels):
+        memory = None
+        if self.memory is not None:
+            memory = self.memory.keys
+            self.pending_keys = torch.nn.functional.normalize(self.target_projections(outputs["views"]).float(), dim=1)
+        return {"loss": nt_xent(outputs["projection"], self.temperature, memory)}
+
+    def forward(self, model, views):
+        outputs = model(views)
+        outputs["views"] = views  # the momentum network sees them in `losses` (with --memory-size)
+        return outputs
+
+    def after_update(self, model):
+        super().after_update(model)
+        self.memory.enqueue(self.pending_keys)
+
+    def extra_state(self):
+        return self.memory.state()
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if self.memory is not None:
+            self.memory.load(state)
+
+
+class MocoV3(EmaTarget):
+    """MoCo v3 (Chen, Xie, He 2021): no queue; each view's prediction (online network: backbone, 3-layer
+    projector, 2-layer predictor) against the other view's momentum key among every key of the global
+    batch, symmetric, each InfoNCE ×2τ; the momentum rises from `--target-momentum` to 1 on BYOL's cosine
+    schedule. Meant for ViTs (`--model vit_small`, `--frozen-patch-projection`, `--optimizer adamw`);
+    any backbone works."""
+    name, cosine_momentum, uses_predictor, default_temperature = "moco_v3", True, True, 0.2
+
+    def network(self, model_name, num_classes):
+        self.num_classes = num_classes
+        backbone = build_backbone(model_name)
+        if self.config.frozen_patch_projection:
+            if not hasattr(backbone, "patch_embed"):
+                raise ValueError(f"--frozen-patch-projection needs a ViT backbone; {model_name} has no patch "
+                                 "projection")
+            backbone.patch_embed.requires_grad_(False)
+        hidden, dim = self.config.projector_hidden, self.config.projector_dim
+        network = ContrastiveNetwork(backbone, hidden, dim, predictor=True)
+        # the paper's heads: a 3-layer projector and a 2-layer predictor, each ending in BN without affine
+        network.projector = nn.Sequential(*mlp(backbone.feature_dim, hidden, hidden), nn.BatchNorm1d(hidden),
+                                          nn.ReLU(inplace=True), nn.Linear(hidden, dim),
+                                          nn.BatchNorm1d(dim, affine=False))
+        network.predictor = nn.Sequential(*mlp(dim, hidden, dim), nn.BatchNorm1d(dim, affine=False))
+        return network
+
+    def losses(self, outputs, labels):
+        keys = self.target_projections(outputs["views"])
+        predictions = outputs["prediction"]
+        loss = (symmetric_key_loss(predictions[0::2], keys[1::2], self.temperature)
+                + symmetric_key_loss(predictions[1::2], keys[0::2], self.temperature))
+        return {"loss": loss}
+
+    def forward(self, model, views):
+        outputs = model(views)
+        outputs["views"] = views  # the momentum network sees them in `losses`
         return outputs
 
 

@@ -21,14 +21,17 @@ def gather_with_gradient(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     return wait_tensor(gathered), torch.distributed.get_rank() * rows.shape[0]
 
 
-def nt_xent(projections: torch.Tensor, temperature: float) -> torch.Tensor:
+def nt_xent(projections: torch.Tensor, temperature: float, memory: torch.Tensor | None = None) -> torch.Tensor:
     """SimCLR's NT-Xent over the 2B views: for each row, −log of its positive's share of exp(cos/τ) over
-    every other row of the (global) batch, its own row excluded; mean over the local rows."""
+    every other row of the (global) batch, its own row excluded, and over `memory`'s unit keys when
+    given (SimCLR v2's memory: negatives only, no gradient); mean over the local rows."""
     z = F.normalize(upcast(projections), dim=1)
     everyone, offset = gather_with_gradient(z)
     logits = z @ everyone.T / temperature
     rows = torch.arange(z.shape[0], device=z.device)
     logits[rows, rows + offset] = float("-inf")  # a view is not its own negative
+    if memory is not None:
+        logits = torch.cat([logits, z @ memory.detach().to(z.dtype).T / temperature], dim=1)
     positives = (rows ^ 1) + offset
     return F.cross_entropy(logits, positives)
 
@@ -41,6 +44,17 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, tem
     negatives = q @ queue.detach().T
     logits = torch.cat([positive, negatives], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.int64, device=q.device))
+
+
+def symmetric_key_loss(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
+    """One direction of MoCo v3's loss: query i's key is key i among every rank's keys (no gradient into
+    keys), InfoNCE at τ, times 2τ (the paper's scaling); mean over the local queries."""
+    q = F.normalize(upcast(queries), dim=1)
+    k = F.normalize(upcast(keys), dim=1).detach()
+    everyone, offset = gather_with_gradient(k)
+    logits = q @ everyone.T / temperature
+    targets = torch.arange(q.shape[0], device=q.device) + offset
+    return F.cross_entropy(logits, targets) * 2 * temperature
 
 
 def normalised_mse(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -63,11 +63,19 @@ def load_teacher(path: str, num_classes: int, family, expected_model: str = "") 
     return teacher, record
 
 
+def checkpoint_backbone(config: dict) -> str:
+    """The backbone a run checkpoint holds: its --model, or what its method makes of it (simclr_v2)."""
+    from train.methods import METHODS  # the registry imports this module
+
+    method = METHODS.get(config.get("method", ""))
+    return method.checkpoint_backbone(config) if method is not None else config.get("model")
+
+
 def pretrained_backbone(path: str, flag: str, model_name: str) -> tuple[dict[str, torch.Tensor], dict]:
     """The backbone weights of a run checkpoint trained with `model_name` (--frozen-backbone, --init-from,
     --pretrained), and the checkpoint's payload."""
     payload = read_run_checkpoint(path, flag)
-    made_with = payload["config"].get("model")
+    made_with = checkpoint_backbone(payload["config"])
     if made_with != model_name:
         raise ValueError(f"{flag} checkpoint {path} holds a {made_with} backbone, but this run's --model is "
                          f"{model_name}")

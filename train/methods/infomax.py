@@ -1,0 +1,120 @@
+"""Deep InfoMax (Hjelm et al. 2019), `--method dim`: maximise the mutual information between an image's
+global feature vector y (the backbone's pooled features, what evaluation reads) and its feature map M
+(the output of stage `--dim-local-stage`), with negatives from the other images of the (global) batch.
+
+Both objectives use "encode and dot product" critics: T(M, y) = ψ(M)·φ(y)/√E, E the codes' width (the
+scaling keeps the scores of fresh E-wide codes near unit size; at SGD's usual lr the unscaled local
+InfoNCE diverged within a few steps on digits).
+    local:  T_p(M, y) = ψ_l(M)[:, p]·φ_l(y) at every map position p (1×1-conv encoder)
+    global: T(M, y) = ψ_g(M)·φ_g(y) (3×3 conv, pooled, linear encoder of the whole map)
+Estimators (`--mi-estimator`): infonce — −log of the positive's share of exp(T) among the positive and
+the negatives; jsd — softplus(−T) on positives plus softplus(T) on negatives (each a mean). The local
+InfoNCE candidates of (image b, position p) are M_b's feature at p and every position of every other
+image's map. Loss = `--dim-global-weight`·global + `--dim-local-weight`·local; the paper's prior-matching
+term is not implemented. Math: docs/methods.md.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kernels import upcast
+from models import build_backbone
+from train.methods.contrastive import ContrastiveMethod
+from train.methods.contrastive_losses import gather_with_gradient
+
+ESTIMATORS = ("infonce", "jsd")
+
+
+class ResidualEncoder(nn.Module):
+    """x → a two-layer MLP (1×1 convolutions for maps) plus a linear shortcut, as the DIM critics' encoders."""
+
+    def __init__(self, inputs: int, width: int, spatial: bool):
+        super().__init__()
+        layer = (lambda i, o: nn.Conv2d(i, o, 1)) if spatial else nn.Linear
+        self.mlp = nn.Sequential(layer(inputs, width), nn.ReLU(inplace=True), layer(width, width))
+        self.shortcut = layer(inputs, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x) + self.shortcut(x)
+
+
+class InfomaxNetwork(nn.Module):
+    """The backbone and DIM's four critic encoders; training returns y, M's local codes and both global codes."""
+
+    def __init__(self, backbone: nn.Module, local_stage: int, width: int):
+        super().__init__()
+        self.backbone, self.local_stage = backbone, local_stage
+        map_channels = backbone.stage_specs[local_stage].out_channels
+        self.local_map = ResidualEncoder(map_channels, width, spatial=True)
+        self.local_vector = ResidualEncoder(backbone.feature_dim, width, spatial=False)
+        self.global_map = nn.Sequential(nn.Conv2d(map_channels, width, 3, padding=1), nn.ReLU(inplace=True),
+                                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, width))
+        self.global_vector = ResidualEncoder(backbone.feature_dim, width, spatial=False)
+
+    def forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+        stages = self.backbone.stage_outputs(views)
+        features = self.backbone.pooled(stages[-1])
+        if not self.training:
+            return {"features": features}
+        feature_map = stages[self.local_stage]
+        return {"features": features,
+                "local_map": self.local_map(feature_map).flatten(2),  # [B, E, P]
+                "local_vector": self.local_vector(features),  # [B, E]
+                "global_map": self.global_map(feature_map), "global_vector": self.global_vector(features)}
+
+
+def global_mi_loss(map_codes: torch.Tensor, vector_codes: torch.Tensor, estimator: str) -> torch.Tensor:
+    """[B, E] codes of M and of y; scores T[b, b'] = φ(y_b)·ψ(M_b')/√E, positives where b' = b (every rank's
+    maps are candidates, with their gradient)."""
+    everyone, offset = gather_with_gradient(upcast(map_codes))
+    scores = upcast(vector_codes) @ everyone.T / math.sqrt(vector_codes.shape[1])  # [B, B_global]
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    if estimator == "infonce":
+        return F.cross_entropy(scores, rows + offset)
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[rows, rows + offset] = True
+    return F.softplus(-scores[positive]).mean() + F.softplus(scores[~positive]).mean()
+
+
+def local_mi_loss(map_codes: torch.Tensor, vector_codes: torch.Tensor, estimator: str) -> torch.Tensor:
+    """[B, E, P] local codes and [B, E] vector codes; T[b, b', p] = φ(y_b)·ψ(M_b')[:, p]/√E."""
+    everyone, offset = gather_with_gradient(upcast(map_codes))
+    scores = torch.einsum("be,cep->bcp", upcast(vector_codes), everyone) / math.sqrt(vector_codes.shape[1])
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    positives = scores[rows, rows + offset]  # [B, P]
+    others = torch.ones(scores.shape[:2], dtype=torch.bool, device=scores.device)
+    others[rows, rows + offset] = False
+    if estimator == "infonce":
+        negatives = torch.logsumexp(scores.masked_fill(~others.unsqueeze(2), float("-inf")).flatten(1), dim=1)
+        return -(positives - torch.logaddexp(positives, negatives.unsqueeze(1))).mean()
+    return F.softplus(-positives).mean() + F.softplus(scores[others]).mean()
+
+
+class DeepInfomax(ContrastiveMethod):
+    """`dim`: one random view per image (recipe `dim`), the global and local DIM objectives."""
+    name, view_recipe = "dim", "dim"
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.mi_estimator not in ESTIMATORS:
+            raise ValueError(f"unknown --mi-estimator {config.mi_estimator!r}; valid: {', '.join(ESTIMATORS)}")
+
+    def network(self, model_name, num_classes):
+        self.num_classes = num_classes
+        backbone = build_backbone(model_name)
+        stages = len(getattr(backbone, "stage_specs", ()))
+        if not stages:
+            raise ValueError(f"dim needs a staged backbone (its feature maps); {model_name} has none")
+        local_stage = self.config.dim_local_stage % stages
+        return InfomaxNetwork(backbone, local_stage, self.config.projector_dim)
+
+    def losses(self, outputs, labels):
+        estimator = self.config.mi_estimator
+        global_term = global_mi_loss(outputs["global_map"], outputs["global_vector"], estimator)
+        local_term = local_mi_loss(outputs["local_map"], outputs["local_vector"], estimator)
+        loss = self.config.dim_global_weight * global_term + self.config.dim_local_weight * local_term
+        return {"loss": loss, "global_mi": global_term.detach(), "local_mi": local_term.detach()}
