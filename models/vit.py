@@ -4,6 +4,9 @@ LayerNorm output as the features. Written here, not taken from timm, because tim
 which does not install beside this torch build (the same reason as train/lars.py).
 
 Other image sizes (divisible by the patch) use the position embeddings resized bicubically.
+On a CPU attention runs PyTorch's math kernel: the flash kernel's bf16 backward was a third of a ViT-Tiny
+step's time, and the math kernel took MoCo v3's step from 2.4 s to 1.8 s (BENCHMARKS.md,
+bench.py step --method moco_v3 --models vit_tiny).
 `frozen_patch_projection=True` is MoCo v3's stability trick: the patch embedding keeps its random
 initialisation and takes no gradient.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class Attention(nn.Module):
@@ -24,7 +28,11 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
         q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, T, dim/heads]
+        if x.device.type == "cpu":  # the CPU flash kernel's bf16 backward: a third of a ViT-Tiny step
+            with sdpa_kernel([SDPBackend.MATH]):
+                out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, T, dim/heads]
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 

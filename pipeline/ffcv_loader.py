@@ -3,6 +3,8 @@ mirror, to device), RANDOM order with an explicit seed, `distributed=True` under
 M views are then made by `kernels.expand_views` on the device."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .batch import Batch, LoaderSettings
@@ -12,8 +14,27 @@ from .phases import phase
 from .sharding import evaluation_shard, steps_in_epoch
 
 
+@contextlib.contextmanager
+def threads_kept():
+    """FFCV sets torch's and Numba's thread counts to its worker count when imported (to 1), in Loader() and in
+    every iter(): torch's count is process-wide, so the training step after it ran on FFCV's worker count (a
+    single thread with `--loader-workers 1`). Put this thread's counts back; FFCV's own thread sets its own."""
+    import numba
+
+    threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        numba.set_num_threads(numba_threads)
+
+
 class FfcvLoader:
     def __init__(self, split: ImageSet, settings: LoaderSettings, name: str):
+        with threads_kept():
+            self._build(split, settings, name)
+
+    def _build(self, split: ImageSet, settings: LoaderSettings, name: str) -> None:
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.rgb_image import SimpleRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
@@ -45,7 +66,9 @@ class FfcvLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for images, labels, indices in self.loader:
+        with threads_kept():
+            batches = iter(self.loader)
+        for images, labels, indices in batches:
             # FFCV recycles its output buffers a few batches later: keep copies of what outlives the step
             labels, indices = labels.reshape(-1).to(torch.int64, copy=True), indices.reshape(-1).to(torch.int64, copy=True)
             with phase("expand"):

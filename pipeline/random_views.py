@@ -318,6 +318,12 @@ class RandomViewExpander:
         return len(self.recipe)
 
     @property
+    def full_size_equivalent_views(self) -> float:
+        """Views per image weighted by their pixels against a full-size view (for MFU: a 14-px crop of a
+        32-px image costs about (14/32)² of a full view's convolutions)."""
+        return sum(((spec.size or self.size) / self.size) ** 2 for spec in self.recipe)
+
+    @property
     def multi_crop(self) -> bool:
         return any(spec.size not in (0, self.size) for spec in self.recipe)
 

@@ -46,8 +46,10 @@ def epoch_batches(name, split, settings, epoch=0):
 @pytest.mark.parametrize("train", [True, False])
 def test_batch_contract(name, train, digits, tmp_path):
     split = digits.val  # 144 images
-    settings = settings_for(digits, tmp_path, train=train)
+    settings = settings_for(digits, tmp_path, train=train, workers=1)
+    threads = torch.get_num_threads()
     batches = epoch_batches(name, split, settings)
+    assert torch.get_num_threads() == threads  # FFCV sets torch's process-wide count to its workers' otherwise
     served = torch.cat([batch.indices for batch in batches])
     for batch in batches:
         b = len(batch.labels)

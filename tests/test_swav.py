@@ -63,6 +63,7 @@ def test_multi_crop_views_have_two_sizes_each_interleaved_by_image():
     out = expander(images)
     assert isinstance(out, rv.MultiCropViews)
     assert out.global_views.shape == (8, 3, 12, 12) and out.local_views.shape == (12, 3, 6, 6)
+    assert expander.full_size_equivalent_views == 2 + 3 * (6 / 12) ** 2  # what MFU counts
     # the layout: each group rendered from the same draws as a lone group would give, row b·V + v
     generator = rv.view_generator(1, 0, 0, 0)
     first = rv.render(images, rv.draw(recipe[:2], 4, 12, 12, generator), 12, (0.5,) * 3, (0.25,) * 3)

@@ -89,6 +89,7 @@ def run(config: TrainConfig, context) -> dict:
                   cache_dir=config.beton_dir or str(Path(config.data_root) / "ffcv"))
     recipe = method.training_view_recipe()  # contrastive methods: random views instead of the family's
     views_per_image = num_transforms
+    flop_views_per_image = float(num_transforms)  # full-size views' worth of compute (multi-crop's are smaller)
     train_shared = shared
     if recipe is not None:
         random_expander = RandomViewExpander(get_recipe(recipe), splits.train.images.shape[1], splits.mean,
@@ -97,6 +98,7 @@ def run(config: TrainConfig, context) -> dict:
         train_shared = dict(shared, expander=random_expander, crop_padding=-1,  # the recipe crops and flips
                             dali_views=config.dali_views)
         views_per_image = random_expander.num_views
+        flop_views_per_image = random_expander.full_size_equivalent_views
     train_loader = build_loader(config.loader, splits.train, LoaderSettings(
         global_batch=config.batch_size, train=True, **train_shared), split_name=f"{config.dataset}-train")
     bank_loader = None  # k-NN evaluation: the training split in order, identity views, whole on every rank
@@ -219,7 +221,7 @@ def run(config: TrainConfig, context) -> dict:
                 method.check_deferred_errors()  # what the kernels flagged without a sync (bad labels on CUDA)
                 means = {name: round(float(total) / loss_counts[name], 5) for name, total in loss_sums.items()}
                 images_per_second = interval_steps * images_per_step / elapsed
-                mfu = view_flops * images_per_second * views_per_image / (device_peak * context.world_size)
+                mfu = view_flops * images_per_second * flop_views_per_image / (device_peak * context.world_size)
                 eta = clock.all_seconds / steps_this_run * (total_steps - step)
                 lr = scheduler.get_last_lr()[0]
                 run_log.record("step", epoch=epoch, step=step, lr=lr, images_per_s=round(images_per_second, 2),
@@ -275,7 +277,8 @@ def run(config: TrainConfig, context) -> dict:
                "transforms": family.name, "num_transforms": num_transforms, "steps": step,
                "wall_time_s": round(wall_time, 2), "training_time_s": round(clock.all_seconds, 2),
                "images_per_s": round(images_per_second, 2), "images_per_s_counts": throughput_note,
-               "mfu": round(view_flops * images_per_second * views_per_image / (device_peak * context.world_size), 5),
+               "mfu": round(view_flops * images_per_second * flop_views_per_image / (device_peak * context.world_size),
+                            5),
                "best_val": best_score, "primary_score": method.primary_score, "skipped_images": len(skipped_images),
                "val": {k: v for k, v in last_val.items() if "per_class" not in k},
                "test": {k: v for k, v in test.items() if "per_class" not in k},
