@@ -312,6 +312,11 @@ class RandomViewExpander:
         self.recipe, self.size, self.mean, self.std = recipe, size, mean, std
         self.out_dtype, self.channels_last, self.seed, self.rank = out_dtype, channels_last, seed, rank
         self.epoch, self.step = 0, 0
+        sizes = list(dict.fromkeys([size] + [spec.size or size for spec in recipe]))  # the data's size first
+        if len(sizes) > 2:
+            raise ValueError("a multi-crop recipe has two sizes: the data's and one local size")
+        # (output size, its views): one group, or multi-crop's global and local groups
+        self.groups = [(side, tuple(spec for spec in recipe if (spec.size or size) == side)) for side in sizes]
 
     @property
     def num_views(self) -> int:
@@ -325,24 +330,17 @@ class RandomViewExpander:
 
     @property
     def multi_crop(self) -> bool:
-        return any(spec.size not in (0, self.size) for spec in self.recipe)
+        return len(self.groups) > 1
 
     def begin_epoch(self, epoch: int) -> None:
         self.epoch, self.step = epoch, 0
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor | MultiCropViews:
+        """One pass per output size (multi-crop: the global views, then the local ones), all drawn from this
+        step's generator in that order."""
         batch, height, width, _ = images.shape
         generator = view_generator(self.seed, self.rank, self.epoch, self.step)
-        if self.multi_crop:  # one pass per size: the global views, then the local ones, from the same generator
-            self.step += 1
-            local_size = next(spec.size for spec in self.recipe if spec.size not in (0, self.size))
-            if any(spec.size not in (0, self.size, local_size) for spec in self.recipe):
-                raise ValueError("a multi-crop recipe has two sizes: the data's and one local size")
-            groups = [[spec for spec in self.recipe if spec.size in (0, self.size)],
-                      [spec for spec in self.recipe if spec.size == local_size]]
-            return MultiCropViews(*(render(images, draw(specs, batch, height, width, generator), size, self.mean,
-                                           self.std, self.out_dtype, self.channels_last)
-                                    for specs, size in zip(groups, (self.size, local_size))))
-        views = draw(self.recipe, batch, height, width, generator)
         self.step += 1
-        return render(images, views, self.size, self.mean, self.std, self.out_dtype, self.channels_last)
+        rendered = [render(images, draw(specs, batch, height, width, generator), side, self.mean, self.std,
+                           self.out_dtype, self.channels_last) for side, specs in self.groups]
+        return rendered[0] if len(rendered) == 1 else MultiCropViews(*rendered)

@@ -70,8 +70,11 @@ class ContrastiveMethod(Method):
     def training_view_recipe(self) -> str:
         return self.config.views or self.view_recipe
 
+    def build_model(self, model_name, num_classes, family, device, channels_last):
+        self.num_classes = num_classes  # the k-NN vote's classes
+        return super().build_model(model_name, num_classes, family, device, channels_last)
+
     def network(self, model_name, num_classes):
-        self.num_classes = num_classes
         return ContrastiveNetwork(build_backbone(model_name), self.config.projector_hidden, self.config.projector_dim,
                                   predictor=self.uses_predictor)
 
@@ -148,6 +151,11 @@ class EmaTarget(ContrastiveMethod):
         for name, buffer in self.target.named_buffers():
             buffer.copy_(online_buffers[name])
         self.steps_done += 1
+
+    def forward(self, model, views):
+        outputs = model(views)
+        outputs["views"] = views  # the momentum network sees them in `losses`
+        return outputs
 
     @torch.no_grad()
     def target_projections(self, views: torch.Tensor) -> torch.Tensor:
@@ -262,11 +270,6 @@ class BYOL(EmaTarget):
         swapped = targets.view(-1, 2, targets.shape[1]).flip(1).reshape_as(targets)  # row b·2+v ← view 1−v
         return {"loss": 2 * normalised_mse(predictions, swapped)}  # both directions: mean over 2B pairs, ×2
 
-    def forward(self, model, views):
-        outputs = model(views)
-        outputs["views"] = views  # the target network sees them in `losses`
-        return outputs
-
 
 class SimclrV2(EmaTarget):
     """SimCLR v2 (Chen et al. 2020b): SimCLR with a 3-layer projector whose first layer's output is the
@@ -285,7 +288,6 @@ class SimclrV2(EmaTarget):
         return f"{config['model']}+mlp{config['projector_hidden']}"
 
     def network(self, model_name, num_classes):
-        self.num_classes = num_classes
         hidden, dim = self.config.projector_hidden, self.config.projector_dim
         network = ContrastiveNetwork(build_backbone(f"{model_name}+mlp{hidden}"), hidden, dim)
         last = nn.BatchNorm1d(dim)  # the last layer: BN with a scale and no shift (the paper's code)
@@ -305,11 +307,6 @@ class SimclrV2(EmaTarget):
             memory = self.memory.keys
             self.pending_keys = torch.nn.functional.normalize(self.target_projections(outputs["views"]).float(), dim=1)
         return {"loss": nt_xent(outputs["projection"], self.temperature, memory)}
-
-    def forward(self, model, views):
-        outputs = model(views)
-        outputs["views"] = views  # the momentum network sees them in `losses` (with --memory-size)
-        return outputs
 
     def after_update(self, model):
         super().after_update(model)
@@ -333,7 +330,6 @@ class MocoV3(EmaTarget):
     name, cosine_momentum, uses_predictor, default_temperature = "moco_v3", True, True, 0.2
 
     def network(self, model_name, num_classes):
-        self.num_classes = num_classes
         backbone = build_backbone(model_name)
         if self.config.frozen_patch_projection:
             if not hasattr(backbone, "patch_embed"):
@@ -356,10 +352,6 @@ class MocoV3(EmaTarget):
                 + symmetric_key_loss(predictions[1::2], keys[0::2], self.temperature))
         return {"loss": loss}
 
-    def forward(self, model, views):
-        outputs = model(views)
-        outputs["views"] = views  # the momentum network sees them in `losses`
-        return outputs
 
 
 class MomentumStep:

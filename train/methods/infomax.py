@@ -104,7 +104,6 @@ class DeepInfomax(ContrastiveMethod):
             raise ValueError(f"unknown --mi-estimator {config.mi_estimator!r}; valid: {', '.join(ESTIMATORS)}")
 
     def network(self, model_name, num_classes):
-        self.num_classes = num_classes
         backbone = build_backbone(model_name)
         stages = len(getattr(backbone, "stage_specs", ()))
         if not stages:

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import upcast
+from models import build_backbone
 from pipeline.random_views import MultiCropViews
 from train.methods.contrastive import ContrastiveMethod, ContrastiveNetwork
 
@@ -116,9 +117,6 @@ class Swav(ContrastiveMethod):
         return f"{base}+{self.config.local_views}x{self.local_size()}" if self.config.local_views else base
 
     def network(self, model_name, num_classes):
-        from models import build_backbone
-
-        self.num_classes = num_classes
         network = SwavNetwork(build_backbone(model_name), self.config.projector_hidden, self.config.projector_dim,
                               self.config.num_prototypes)
         network.prototypes.weight.register_hook(self._prototype_gradient)
@@ -135,15 +133,13 @@ class Swav(ContrastiveMethod):
     def forward(self, model, views):
         self.model_ref.normalise_prototypes()  # on the plain module, whatever wraps it (DDP, compile)
         outputs = model(views)
-        if isinstance(views, torch.Tensor):  # no local views
-            return {"global": outputs, "local": None, "local_count": 0}
-        return {**outputs, "local_count": self.config.local_views}
+        return {"global": outputs, "local": None} if isinstance(views, torch.Tensor) else outputs  # no local views
 
     def crop_scores(self, outputs) -> list[torch.Tensor]:
         """Per crop, [B, K] scores: global crops 0 and 1, then the local crops."""
         scores = [outputs["global"]["scores"][v::2] for v in range(2)]
         if outputs["local"] is not None:
-            count = outputs["local_count"]
+            count = self.config.local_views
             scores += [outputs["local"]["scores"][v::count] for v in range(count)]
         return scores
 
