@@ -125,8 +125,10 @@ def distillation_kl(student_logits, teacher_logits, *, temperature=1.0, backend=
     return row_kl.mean() * temperature**2
 
 
-def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels_last=True, backend="auto"):
-    """uint8 [B, H, W, C] → normalised views [B·M, C, H, W] in the interleaved layout."""
+def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels_last=True, backend="auto",
+                 out=None):
+    """uint8 [B, H, W, C] → normalised views [B·M, C, H, W] in the interleaved layout. `out`: a float32 CPU
+    buffer of that shape to write into (the CPU kernel only), returned."""
     family = get_family(family) if isinstance(family, str) else family
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"images must be uint8 [B, H, W, C]; got {images.dtype} of shape {tuple(images.shape)}")
@@ -135,6 +137,13 @@ def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels
     if backend == "torch":
         return reference.expand_views(images, family, mean, std, out_dtype, channels_last)
     turns, orders, scale, shift = _family_tensors(family, tuple(mean), tuple(std), images.device)
+    if out is not None:
+        batch, height, width, channels = images.shape
+        expected = (batch * family.num_transforms, channels, height, width)
+        if backend != "cpu" or out.dtype != torch.float32 or tuple(out.shape) != expected or out.device.type != "cpu":
+            raise ValueError(f"out= takes a float32 CPU tensor of shape {expected} for the cpu backend; got "
+                             f"{out.dtype} {tuple(out.shape)} on {out.device} for backend {backend}")
+        return ops.expand_views_into(images, turns, orders, scale, shift, out)
     views = ops.call(ops.expand_views, images, turns, orders, scale, shift, channels_last, backend)
     return views if out_dtype == torch.float32 else views.to(out_dtype)
 

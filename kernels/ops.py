@@ -396,6 +396,15 @@ def expand_views(images: Tensor, quarter_turns: Tensor, channel_orders: Tensor, 
     return out
 
 
+def expand_views_into(images: Tensor, quarter_turns: Tensor, channel_orders: Tensor, scale: Tensor, shift: Tensor,
+                      out: Tensor) -> Tensor:
+    """The CPU kernel of `expand_views` writing into a caller's float32 [B·M, C, H, W] buffer (eager only: the
+    loaders recycle view buffers, pipeline/views.py); page faults on a fresh output took half its time."""
+    cpu_kernels.expand_views(*map(_array, (images.contiguous(), quarter_turns, channel_orders, scale, shift)),
+                             _array(out.permute(0, 2, 3, 1)))
+    return out
+
+
 @expand_views.register_fake
 def _(images, quarter_turns, channel_orders, scale, shift, channels_last, backend):
     batch, height, width, channels = images.shape

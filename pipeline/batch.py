@@ -29,6 +29,15 @@ class LoaderSettings:
     workers: int = 0  # CPU worker processes or threads; 0 picks the cores this rank may use
     cache_dir: str = "data/ffcv"  # where the ffcv loader keeps its .beton files
     dali_views: str = "batched"  # random views on the dali loader: the batched pass, or DALI's operators
+    strict_images: bool = False  # streamed folders: an unreadable file fails the run instead of being skipped
+
+    @property
+    def streaming_crop(self) -> str:
+        """How a streamed image becomes S×S (pipeline/imagenet_crops.py): random-resized crops for training
+        with augmentation, the plain centre square when a view recipe crops for itself, else evaluation's."""
+        if not self.train:
+            return "evaluation"
+        return "random_resized" if self.augment else "centre_square"
 
     @property
     def per_rank_batch(self) -> int:

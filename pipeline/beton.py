@@ -2,8 +2,14 @@
 
 A .beton holds three fields: `image` (RGB, raw or JPEG), `label` and `index` (the image's
 position in the split, so loaders can say which images they served). The fingerprint (a
-SHA-256 of the split's pixels, labels and shape) is written to `<file>.json`; a loader refuses
-a .beton whose fingerprint does not match the split it was asked to serve.
+SHA-256 of the split's pixels, labels and shape; for a streamed folder, of its files' names,
+sizes and times and the stored resolution) is written to `<file>.json`; a loader refuses a
+.beton whose fingerprint does not match the split it was asked to serve.
+
+A streamed folder is written file by file in FFCV's worker processes (memory stays bounded),
+each image at its own size, the longer side capped at `max_resolution`. A file that cannot be
+decoded is written as a blank 8×8 row with label −1, which the loader drops and counts: rows
+keep their positions, so the ranks' shards never shift.
 """
 from __future__ import annotations
 
@@ -15,11 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import DataError, ImageSet
+from .imagenet_crops import decode_rgb, read_encoded
 
 WRITE_MODES = ("raw", "jpg")
+UNREADABLE = -1  # the label of a row whose file could not be decoded
 
 
-def fingerprint(split: ImageSet) -> str:
+def fingerprint(split: ImageSet, max_resolution: int | None = None) -> str:
+    if split.streaming:
+        from .streaming import listing_fingerprint
+
+        return hashlib.sha256(f"{listing_fingerprint(split)} max {max_resolution}".encode()).hexdigest()
     digest = hashlib.sha256()
     digest.update(repr((split.images.shape, split.num_classes)).encode())
     digest.update(np.ascontiguousarray(split.images).data)
@@ -32,7 +44,7 @@ def sidecar(path: Path) -> Path:
 
 
 def write_beton(split: ImageSet, path: Path, write_mode: str = "raw", jpeg_quality: int = 95,
-                workers: int = 1) -> Path:
+                workers: int = 1, max_resolution: int | None = None) -> Path:
     """Write `split` to `path` (atomically: a half-written file never carries the final name)."""
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
@@ -42,12 +54,14 @@ def write_beton(split: ImageSet, path: Path, write_mode: str = "raw", jpeg_quali
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    fields = {"image": RGBImageField(write_mode="jpg" if write_mode == "jpg" else "raw", jpeg_quality=jpeg_quality),
+    fields = {"image": RGBImageField(write_mode="jpg" if write_mode == "jpg" else "raw", jpeg_quality=jpeg_quality,
+                                     max_resolution=max_resolution),
               "label": IntField(), "index": IntField()}
     rows = _Rows(split)
     DatasetWriter(str(partial), fields, num_workers=max(1, workers)).from_indexed_dataset(rows, chunksize=256)
-    meta = {"fingerprint": fingerprint(split), "num_images": len(split), "shape": list(split.images.shape[1:]),
-            "num_classes": split.num_classes, "write_mode": write_mode}
+    meta = {"fingerprint": fingerprint(split, max_resolution), "num_images": len(split),
+            "shape": list(split.image_shape), "num_classes": split.num_classes, "write_mode": write_mode,
+            "max_resolution": max_resolution}
     partial_meta = sidecar(partial)
     partial_meta.write_text(json.dumps(meta, indent=1))
     os.replace(partial, path)
@@ -65,15 +79,25 @@ class _Rows:
         return len(self.split)
 
     def __getitem__(self, index: int):
-        return self.split.images[index], int(self.split.labels[index]), int(index)
+        if not self.split.streaming:
+            return self.split.images[index], int(self.split.labels[index]), int(index)
+        data, problem = read_encoded(self.split.files[index])
+        if not problem:
+            try:
+                return np.asarray(decode_rgb(data)), int(self.split.labels[index]), int(index)
+            except (OSError, ValueError, SyntaxError):
+                pass
+        return np.zeros((8, 8, 3), dtype=np.uint8), UNREADABLE, int(index)
 
 
-def check_beton(path: Path, split: ImageSet) -> None:
+def check_beton(path: Path, split: ImageSet, max_resolution: int | None = None) -> None:
     meta_path = sidecar(Path(path))
     if not meta_path.is_file():
         raise DataError(f"{path} has no fingerprint file {meta_path.name}; re-create it with python -m pipeline.make_beton")
     meta = json.loads(meta_path.read_text())
-    expected = fingerprint(split)
+    if split.streaming:
+        max_resolution = meta.get("max_resolution")  # a user's make_beton picks its own
+    expected = fingerprint(split, max_resolution)
     if meta.get("fingerprint") != expected:
         raise DataError(f"{path} was made from different data (fingerprint {str(meta.get('fingerprint'))[:12]}…, "
                         f"{meta.get('num_images')} images) than this run's split (fingerprint {expected[:12]}…, "
@@ -83,13 +107,21 @@ def check_beton(path: Path, split: ImageSet) -> None:
 def beton_for(split: ImageSet, cache_dir: str, name: str, write_mode: str = "raw") -> Path:
     """The .beton a loader reads for a split. `<cache_dir>/<name>.beton` (as `python -m
     pipeline.make_beton` names them) is used when present and must match the split; otherwise a
-    cache file keyed by the split's fingerprint is written on first use."""
+    cache file keyed by the split's fingerprint is written on first use (a streamed folder as JPEG,
+    the longer side capped at twice the evaluation resize, 512 for 224-pixel crops: ImageNet's
+    photographs keep their resolution, and the evaluation crop its detail)."""
     made_by_user = Path(cache_dir) / f"{name}.beton"
     if made_by_user.exists():
         check_beton(made_by_user, split)
         return made_by_user
-    cached = Path(cache_dir) / f"{name}-{fingerprint(split)[:12]}.beton"
+    max_resolution = None
+    if split.streaming:
+        from .imagenet_crops import eval_resize_size
+
+        write_mode, max_resolution = "jpg", 2 * eval_resize_size(split.image_size)
+    cached = Path(cache_dir) / f"{name}-{fingerprint(split, max_resolution)[:12]}.beton"
     if not cached.exists() or not sidecar(cached).exists():
-        write_beton(split, cached, write_mode)
+        write_beton(split, cached, write_mode, max_resolution=max_resolution,
+                    workers=(os.cpu_count() or 1) if split.streaming else 1)
     check_beton(cached, split)
     return cached

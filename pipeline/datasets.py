@@ -51,8 +51,14 @@ class ImageSet:
         if self.files and len(self.files) != len(self.labels):
             raise DataError(f"{len(self.files)} file names for {len(self.labels)} images")
 
+    streaming = False  # the decoded pixels are here (pipeline/streaming.py holds the other kind)
+
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
 
     def subset(self, indices: np.ndarray) -> "ImageSet":
         files = tuple(self.files[i] for i in indices) if self.files else ()
@@ -196,24 +202,16 @@ def load_cifar(name: str, data_root: str) -> tuple[ImageSet, ImageSet]:
 def read_image(path: Path, image_size: int) -> np.ndarray:
     """Decode any PIL-readable image to RGB (grey, palette and CMYK converted), shorter side
     resized to image_size, centre-cropped square. Raises OSError/ValueError on damaged files."""
-    from PIL import Image
+    from .imagenet_crops import crop_with_pil, decode_rgb
 
-    with Image.open(path) as image:
-        image.load()  # decode now so truncated files fail here, not later
-        rgb = image.convert("RGB")
-    width, height = rgb.size
-    scale = image_size / min(width, height)
-    resized = rgb.resize((max(image_size, round(width * scale)), max(image_size, round(height * scale))),
-                         Image.BILINEAR)
-    left = (resized.size[0] - image_size + 1) // 2  # halves round up, as DALI's centre crop does
-    top = (resized.size[1] - image_size + 1) // 2
-    return np.asarray(resized.crop((left, top, left + image_size, top + image_size)), dtype=np.uint8)
+    return crop_with_pil(decode_rgb(Path(path).read_bytes()), image_size, "centre_square")
 
 
-def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+def list_image_folder(root: Path, exclude: str = "") -> tuple[list[str], list[tuple[Path, int]]]:
+    """`exclude`: a folder inside root that is not a class (the .beton and listing cache by default)."""
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not (exclude and p.resolve() == Path(exclude).resolve()))
     if not class_dirs:
         raise DataError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
     samples = []
@@ -225,8 +223,8 @@ def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return [p.name for p in class_dirs], samples
 
 
-def load_image_folder(root: Path, image_size: int, strict: bool = False) -> ImageSet:
-    class_names, samples = list_image_folder(root)
+def load_image_folder(root: Path, image_size: int, strict: bool = False, exclude: str = "") -> ImageSet:
+    class_names, samples = list_image_folder(root, exclude)
     images, labels, files, skipped = [], [], [], []
     for path, label in samples:
         try:
@@ -244,16 +242,32 @@ def load_image_folder(root: Path, image_size: int, strict: bool = False) -> Imag
                     tuple(files))
 
 
-def load_folder(data_root: str, image_size: int, strict: bool) -> tuple[ImageSet, ImageSet]:
-    """`root/train` and `root/test` trees when present, else one tree split 80/20, stratified."""
-    root = Path(data_root)
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train = load_image_folder(root / "train", image_size, strict)
-        test = load_image_folder(root / "test", image_size, strict)
+def folder_trees(root: Path) -> tuple[Path, Path | None]:
+    """`root/train` with `root/test` (or ImageNet's `root/val`) when present, else `root` alone."""
+    for held_out in ("test", "val"):
+        if (root / "train").is_dir() and (root / held_out).is_dir():
+            return root / "train", root / held_out
+    return root, None
+
+
+def load_folder(data_root: str, image_size: int, strict: bool, in_memory: str = "auto",
+                cache_dir: str = "") -> tuple:
+    """Train and test splits of an image folder (the trees of `folder_trees`; one tree is split 80/20,
+    stratified), decoded whole (ImageSet) or streamed (StreamingImageSet) by `--data-in-memory`."""
+    from .streaming import decode_in_memory, list_folder, streaming_folder
+
+    train_root, test_root = folder_trees(Path(data_root))
+    listed = sum(len(list_folder(tree, cache_dir)[1]) for tree in (train_root, test_root) if tree is not None)
+    if decode_in_memory(in_memory, listed, image_size):
+        load = lambda tree: load_image_folder(tree, image_size, strict, cache_dir)  # noqa: E731
+    else:
+        load = lambda tree: streaming_folder(tree, image_size, cache_dir)  # noqa: E731
+    if test_root is not None:
+        train, test = load(train_root), load(test_root)
         if train.class_names != test.class_names:
-            raise DataError(f"{root}/train and {root}/test have different class folders")
+            raise DataError(f"{train_root} and {test_root} have different class folders")
         return train, test
-    full = load_image_folder(root, image_size, strict)
+    full = load(train_root)
     test_idx = stratified_holdout(full.labels, 0.2, np.random.default_rng(0))
     train_idx = np.setdiff1d(np.arange(len(full)), test_idx)
     return full.subset(train_idx), full.subset(test_idx)
@@ -301,13 +315,14 @@ def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[flo
 
 def build_splits(dataset: str, data_root: str, image_size: int, val_split: float, seed: int,
                  samples_per_class: int = 0, imbalance_ratio: float = 1.0, strict_images: bool = False,
-                 primary_labels: str = "fine") -> DatasetSplits:
+                 primary_labels: str = "fine", data_in_memory: str = "auto", cache_dir: str = "") -> DatasetSplits:
+    """`cache_dir` keeps streamed folders' listings (pipeline/streaming.py)."""
     if dataset == "digits":
         train_full, test = load_digits(image_size)
     elif dataset in CIFAR:
         train_full, test = load_cifar(dataset, data_root)
     elif dataset == "folder":
-        train_full, test = load_folder(data_root, image_size, strict_images)
+        train_full, test = load_folder(data_root, image_size, strict_images, data_in_memory, cache_dir)
     else:
         raise DataError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     rng = np.random.default_rng(seed)
@@ -320,6 +335,10 @@ def build_splits(dataset: str, data_root: str, image_size: int, val_split: float
         train = train.subset(long_tail(train.labels, train.num_classes, imbalance_ratio, rng))
     if dataset in CIFAR:
         mean, std = CIFAR[dataset].mean, CIFAR[dataset].std
+    elif train.streaming:
+        from .streaming import IMAGENET_MEAN, IMAGENET_STD
+
+        mean, std = IMAGENET_MEAN, IMAGENET_STD  # not decoded up front to measure its own
     else:
         mean, std = channel_statistics(train.images)
     splits = DatasetSplits(train, val, test, mean, std)

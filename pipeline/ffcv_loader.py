@@ -1,6 +1,10 @@
 """The FFCV loader: a .beton per split, read by FFCV's compiled pipeline (decode, translate,
 mirror, to device), RANDOM order with an explicit seed, `distributed=True` under torchrun. The
-M views are then made by `kernels.expand_views` on the device."""
+M views are then made by `kernels.expand_views` on the device.
+
+Streamed folders' .beton files hold JPEGs of varying size: FFCV's RandomResizedCrop decoder makes
+the training crops, its centre-crop decoder (224/256 of the shorter side) the evaluation ones;
+rows written for unreadable files (label −1, pipeline/beton.py) are dropped and counted."""
 from __future__ import annotations
 
 import contextlib
@@ -8,9 +12,11 @@ import contextlib
 import torch
 
 from .batch import Batch, LoaderSettings
-from .beton import beton_for
-from .datasets import ImageSet
+from .beton import UNREADABLE, beton_for
+from .datasets import DataError, ImageSet
+from .imagenet_crops import RATIO, SCALE, eval_resize_size
 from .phases import phase
+from .streaming import available_memory_bytes
 from .sharding import evaluation_shard, steps_in_epoch
 
 
@@ -36,7 +42,8 @@ class FfcvLoader:
 
     def _build(self, split: ImageSet, settings: LoaderSettings, name: str) -> None:
         from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+        from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder,
+                                           SimpleRGBImageDecoder)
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, Squeeze, ToDevice, ToTensor
 
@@ -44,19 +51,34 @@ class FfcvLoader:
         steps_in_epoch(len(split), settings)  # the same clear error for a dataset smaller than one global batch
         path = shared_beton(split, settings, name)
         device = settings.device
-        augment = [RandomTranslate(padding=settings.crop_padding), RandomHorizontalFlip()] if settings.augment else []
+        self.skipped_this_epoch: list[int] = []  # streamed folders: indices of rows written for unreadable files
+        self.files = split.files if split.streaming else ()
+        if split.streaming:
+            size, crop = (split.image_size, split.image_size), settings.streaming_crop
+            decode = {"random_resized": [RandomResizedCropRGBImageDecoder(size, SCALE, RATIO), RandomHorizontalFlip()],
+                      "centre_square": [CenterCropRGBImageDecoder(size, 1.0)],
+                      "evaluation": [CenterCropRGBImageDecoder(size, split.image_size / eval_resize_size(
+                          split.image_size))]}[crop]
+        elif settings.augment:
+            decode = [SimpleRGBImageDecoder(), RandomTranslate(padding=settings.crop_padding), RandomHorizontalFlip()]
+        else:
+            decode = [SimpleRGBImageDecoder()]
         to_device = ToDevice(device, non_blocking=True)
-        pipelines = {"image": [SimpleRGBImageDecoder(), *augment, ToTensor(), to_device],
+        pipelines = {"image": [*decode, ToTensor(), to_device],
                      "label": [IntDecoder(), ToTensor(), Squeeze(), to_device],
                      "index": [IntDecoder(), ToTensor(), Squeeze(), to_device]}
         distributed = settings.world_size > 1
+        # a .beton larger than half the free memory is read per batch (FFCV's process cache) instead of through
+        # the page cache, whose pages would count against this process as the epoch touches them all
+        os_cache = path.stat().st_size <= 0.5 * available_memory_bytes()
         if settings.train:
-            arguments = dict(order=OrderOption.RANDOM, seed=settings.seed, distributed=distributed, drop_last=True)
+            order = OrderOption.RANDOM if os_cache or distributed else OrderOption.QUASI_RANDOM  # quasi: 1 rank only
+            arguments = dict(order=order, seed=settings.seed, distributed=distributed, drop_last=True)
         else:  # every image once across ranks, no padding: the strided evaluation shard, in order
             shard = evaluation_shard(len(split), settings.rank, settings.world_size).numpy()
             arguments = dict(order=OrderOption.SEQUENTIAL, indices=shard, distributed=False, drop_last=False)
         self.loader = Loader(str(path), batch_size=settings.per_rank_batch, num_workers=settings.worker_count(),
-                             pipelines=pipelines, os_cache=True, batches_ahead=2, **arguments)
+                             pipelines=pipelines, os_cache=os_cache, batches_ahead=2, **arguments)
 
     def set_epoch(self, epoch: int) -> None:
         self.loader.next_epoch = epoch  # FFCV shuffles by (seed, epoch)
@@ -68,9 +90,17 @@ class FfcvLoader:
     def __iter__(self):
         with threads_kept():
             batches = iter(self.loader)
+        self.skipped_this_epoch = []
         for images, labels, indices in batches:
             # FFCV recycles its output buffers a few batches later: keep copies of what outlives the step
             labels, indices = labels.reshape(-1).to(torch.int64, copy=True), indices.reshape(-1).to(torch.int64, copy=True)
+            readable = labels != UNREADABLE
+            if not bool(readable.all()):
+                if self.settings.strict_images:
+                    bad = self.files[int(indices[~readable][0])]
+                    raise DataError(f"unreadable image {bad}: its .beton row is blank (--strict-images)")
+                self.skipped_this_epoch += indices[~readable].tolist()
+                images, labels, indices = images[readable], labels[readable], indices[readable]
             with phase("expand"):
                 views = self.settings.expander(images)
             yield Batch(views, labels, indices)

@@ -26,6 +26,10 @@ def fits_on_device(num_bytes: int, device: torch.device, share: float = 0.5) -> 
 
 class ResidentLoader:
     def __init__(self, split: ImageSet, settings: LoaderSettings):
+        if split.streaming:
+            raise ValueError("the resident loader needs the decoded images in memory, and this folder is streamed "
+                             "(too large for --data-in-memory auto); use --loader dali, ffcv or torch, or "
+                             "--data-in-memory yes")
         fits_on_device(split.images.nbytes, settings.device)
         self.settings = settings
         self.images = torch.from_numpy(split.images).to(settings.device)

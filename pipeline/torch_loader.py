@@ -1,7 +1,8 @@
 """The reference loader: a PyTorch DataLoader with per-sample augmentation in worker processes,
-as the papers' code does it (RandomCrop(32, padding=4) + RandomHorizontalFlip per image), with
-pinned memory and prefetching as a careful user would set them; workers restart each epoch so
-that their seeds, and a resumed run, are exact. Benchmarks compare every other loader with it."""
+as the papers' code does it (RandomCrop(32, padding=4) + RandomHorizontalFlip per image; for
+streamed folders, PIL decoding and ImageNet's crops per image), with pinned memory and
+prefetching as a careful user would set them; workers restart each epoch so that their seeds,
+and a resumed run, are exact. Benchmarks compare every other loader with it."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .batch import Batch, LoaderSettings
-from .datasets import ImageSet
+from .datasets import DataError, ImageSet
+from .imagenet_crops import crop_with_pil, decode_rgb, read_encoded, sample_rng
 from .phases import phase
 from .sharding import derived_seed, shard_indices, steps_in_epoch
 
@@ -32,7 +34,33 @@ class AugmentedImages(Dataset):
             image = padded[top:top + height, left:left + width]
             if torch.rand(()) < 0.5:
                 image = image[:, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(image)), int(self.labels[index]), index
+        return torch.from_numpy(np.ascontiguousarray(image)), int(self.labels[index]), index, True
+
+
+class StreamedImages(Dataset):
+    """Image i decoded from its file with PIL and cropped (pipeline/imagenet_crops.py), per sample, per epoch;
+    an unreadable file gives a blank image flagged False, which the loader drops (or a DataError, strict)."""
+
+    def __init__(self, split, crop: str, seed: int, strict: bool):
+        self.files, self.labels, self.size = split.files, split.labels, split.image_size
+        self.crop, self.seed, self.strict, self.epoch = crop, seed, strict, 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        data, problem = read_encoded(self.files[index])
+        if not problem:
+            try:
+                image = decode_rgb(data)
+            except (OSError, ValueError, SyntaxError) as error:
+                problem = f"{type(error).__name__}: {error}"
+        if problem:
+            if self.strict:
+                raise DataError(f"unreadable image {self.files[index]}: {problem} (--strict-images)")
+            return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), int(self.labels[index]), index, False
+        rng = sample_rng(self.seed, self.epoch, index) if self.crop == "random_resized" else None
+        return torch.from_numpy(crop_with_pil(image, self.size, self.crop, rng)), int(self.labels[index]), index, True
 
 
 class EpochShardSampler(Sampler):
@@ -54,16 +82,21 @@ class TorchLoader:
         self.num_steps = steps_in_epoch(len(split), settings)
         self.sampler = EpochShardSampler(len(split), settings)
         self.generator = torch.Generator()
+        self.skipped_this_epoch: list[int] = []  # indices of the files that could not be decoded
         workers = settings.worker_count()
+        if split.streaming:
+            self.dataset = StreamedImages(split, settings.streaming_crop, settings.seed, settings.strict_images)
+        else:
+            self.dataset = AugmentedImages(split.images, split.labels, settings.crop_padding if settings.augment else -1)
         self.data_loader = DataLoader(
-            AugmentedImages(split.images, split.labels, settings.crop_padding if settings.augment else -1),
-            batch_size=settings.per_rank_batch, sampler=self.sampler, num_workers=workers,
+            self.dataset, batch_size=settings.per_rank_batch, sampler=self.sampler, num_workers=workers,
             pin_memory=settings.device.type == "cuda",  # workers restart each epoch: reseeded, so a resume is exact
             prefetch_factor=4 if workers > 0 else None, generator=self.generator, drop_last=False)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.epoch = epoch
+        self.dataset.epoch = epoch  # streamed crops are drawn per (seed, epoch, image)
         self.settings.expander.begin_epoch(epoch)  # stochastic views are drawn per (epoch, step)
         self.generator.manual_seed(derived_seed(self.settings.seed, epoch, self.settings.rank, 2))  # worker seeds
 
@@ -72,7 +105,11 @@ class TorchLoader:
 
     def __iter__(self):
         device = self.settings.device
-        for images, labels, indices in self.data_loader:
+        self.skipped_this_epoch = []
+        for images, labels, indices, readable in self.data_loader:
+            if not readable.all():
+                self.skipped_this_epoch += indices[~readable].tolist()
+                images, labels, indices = images[readable], labels[readable], indices[readable]
             with phase("copy"):
                 images = images.to(device, non_blocking=True)
                 labels, indices = labels.to(device, non_blocking=True), indices.to(device, non_blocking=True)

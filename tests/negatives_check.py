@@ -29,10 +29,23 @@ def main(out_path: str) -> None:
     grad_ok = torch.allclose(local.grad / world, reference_input.grad[rank * 6:(rank + 1) * 6], atol=1e-12)
     flags = torch.tensor([float(grad_ok)], dtype=torch.float64)
     dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    # unequal shards (a streamed batch that lost unreadable files): rank 0 holds 4 images, rank 1 holds 2;
+    # each rank's loss weighted by its share of the rows sums to the one-process loss, and so do the gradients
+    rows = (0, 8) if rank == 0 else (8, 12)
+    uneven = whole[rows[0]:rows[1]].clone().requires_grad_()
+    weighted = nt_xent(uneven, 0.5) * (rows[1] - rows[0]) / 12
+    weighted.backward()
+    uneven_loss = weighted.detach().clone()
+    dist.all_reduce(uneven_loss)
+    uneven_ok = torch.tensor([float(torch.allclose(uneven.grad, reference_input.grad[rows[0]:rows[1]], atol=1e-12))],
+                             dtype=torch.float64)
+    dist.all_reduce(uneven_ok, op=dist.ReduceOp.MIN)
     if rank == 0:
         Path(out_path).write_text(json.dumps({"loss": global_loss.item(), "reference": reference.item(),
-                                              "gradients_match": bool(flags.item())}))
-    del loss, reference, local  # free the autograd graph around the collective before the group goes
+                                              "gradients_match": bool(flags.item()),
+                                              "uneven_loss": uneven_loss.item(),
+                                              "uneven_gradients_match": bool(uneven_ok.item())}))
+    del loss, reference, local, weighted, uneven  # free the autograd graph around the collective before the group goes
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()

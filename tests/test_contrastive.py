@@ -229,6 +229,7 @@ def test_gathered_negatives_over_two_ranks_equal_one_process_with_the_whole_batc
     run_child(torchrun_command(2, str(REPO / "tests" / "negatives_check.py"), str(verdict)), timeout=300)
     result = json.loads(verdict.read_text())
     assert abs(result["loss"] - result["reference"]) < 1e-12 and result["gradients_match"], result
+    assert abs(result["uneven_loss"] - result["reference"]) < 1e-12 and result["uneven_gradients_match"], result
 
 
 def test_moco_shuffled_bn_over_two_ranks_equals_the_same_shards_in_one_process(tmp_path):

@@ -169,7 +169,7 @@ def test_pair_presets_carry_the_paper_recipe(capsys, tmp_path):
     from train.config import PRESETS, resolve_config
     from train.optim import lr_factor
 
-    pairs = [name for name in PRESETS if name.startswith("hsakd-") and PRESETS[name]["method"] == "hsakd_student"]
+    pairs = [name for name in PRESETS if name.startswith("hsakd-cifar100-") and PRESETS[name]["method"] == "hsakd_student"]
     assert len(pairs) == 8
     config = resolve_config({"preset": "hsakd-cifar100-vgg13-mobilenetv2"})
     assert (config.model, config.teacher_model, config.lr, config.batch_size) == ("mobilenetv2", "vgg13", 0.01, 64)

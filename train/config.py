@@ -23,18 +23,25 @@ class TrainConfig:
     # --- data
     dataset: str = field(default="digits", metadata={"help": "digits, cifar10, cifar100, folder"})
     data_root: str = field(default="data", metadata={"help": "where CIFAR archives or the image folder live"})
-    image_size: int = field(default=32, metadata={"help": "pixels per side for digits and folder images"})
+    image_size: int = field(default=32, metadata={"help": "pixels per side for digits and folder images (streamed "
+                                                            "folders: the training crop; evaluation resizes the "
+                                                            "shorter side to 256/224 of it and keeps the centre)"})
     val_split: float = field(default=0.1, metadata={"help": "held out of train: a fraction (<1) or a count"})
     samples_per_class: int = field(default=0, metadata={"help": "limited-data setting; 0 keeps all"})
     imbalance_ratio: float = field(default=1.0, metadata={"help": "long-tailed profile, largest/smallest class"})
     strict_images: bool = field(default=False, metadata={"help": "fail on an unreadable image instead of skipping"})
+    data_in_memory: str = field(default="auto", metadata={
+        "help": "folder datasets: yes decodes every image once, up front (small data, any loader); no streams the "
+                "files, decoded per sample and epoch with ImageNet-style crops (dali, ffcv or torch); auto decodes "
+                "up front when the decoded images take at most a quarter of the free memory"})
     loader: str = field(default="resident", metadata={"help": "resident (whole dataset on the device), dali, ffcv, "
                                                                "or torch (the DataLoader reference)"})
     dali_views: str = field(default="batched", metadata={
         "help": "contrastive methods on --loader dali: batched (the random-view pass of the other loaders) or "
                 "operators (DALI's own per-sample operators; BENCHMARKS.md compares them)"})
     loader_workers: int = field(default=0, metadata={"help": "loader worker processes/threads; 0 = this rank's cores"})
-    beton_dir: str = field(default="", metadata={"help": "ffcv .beton folder (default: <data-root>/ffcv)"})
+    beton_dir: str = field(default="", metadata={"help": "ffcv .beton files and streamed folders' cached file listings "
+                                                         "(default: <data-root>/ffcv)"})
     crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop"})
     primary_labels: str = field(default="fine", metadata={
         "help": "fine (the data's classes), coarse (CIFAR-100's 20 superclasses), or class ids grouped like "
@@ -194,6 +201,27 @@ PRESETS.update({f"hsakd-cifar100-{teacher}-{student}": dict(HSAKD_RECIPE, method
                                                              teacher_model=teacher,
                                                              lr=0.01 if student in SMALL_LR_STUDENTS else 0.05)
                 for teacher, student in HSAKD_PAIRS})
+
+# ImageNet-scale folders (`--data-root` holding ImageNet's train/<class>/ and val/<class>/ trees; val is the
+# test split, 10,000 training images are held out for selection), streamed from their files at 224 px with
+# random-resized crops; the DALI loader (nvJPEG on a GPU). HSAKD (official train_teacher_imagenet.py /
+# train_student_imagenet.py): SGD momentum 0.9 without Nesterov, lr 0.1, wd 1e-4 on every parameter, batch 256,
+# 100 epochs, ×0.1 at 30/60/90. (Their ImageNet teacher trains its branches on a pretrained, frozen ResNet-34:
+# add --frozen-backbone with such a checkpoint to do the same.)
+IMAGENET_DATA = dict(dataset="folder", image_size=224, data_in_memory="no", loader="dali", val_split=10_000,
+                     eval_batch_size=256, eval_every=1, checkpoint_every=1, log_every=100)
+HSAKD_IMAGENET_RECIPE = dict(IMAGENET_DATA, transforms="rotation", batch_size=256, epochs=100, lr=0.1,
+                             schedule="multistep", lr_milestones=(0.3, 0.6, 0.9), lr_gamma=0.1, momentum=0.9,
+                             nesterov=False, weight_decay=1e-4, decay_norm_and_bias=True)
+PRESETS["hsakd-imagenet-resnet34"] = dict(HSAKD_IMAGENET_RECIPE, method="hsakd_teacher", model="resnet34")
+PRESETS["hsakd-imagenet-resnet34-resnet18"] = dict(HSAKD_IMAGENET_RECIPE, method="hsakd_student", model="resnet18",
+                                                   teacher_model="resnet34")
+# SLA on ImageNet: the SLA notes we hold give no ImageNet schedule; this is torchvision's ResNet-50 reference
+# recipe (SGD momentum 0.9, lr 0.1, wd 1e-4, batch 256, 90 epochs, ×0.1 at 30/60) with SLA+SD's rotations.
+PRESETS["sla-imagenet-resnet50"] = dict(IMAGENET_DATA, method="sla_sd", model="resnet50", transforms="rotation",
+                                        batch_size=256, epochs=90, lr=0.1, schedule="multistep",
+                                        lr_milestones=(1 / 3, 2 / 3), lr_gamma=0.1, momentum=0.9, weight_decay=1e-4,
+                                        decay_norm_and_bias=True)
 
 # MAXL recipe (Liu et al. 2019, official code): CIFAR-100's 20 superclasses as primary labels, ψ = 5, VGG-16 (BN)
 # for both networks, θ1 SGD lr 0.01 without momentum or weight decay, θ2 SGD lr 1e-3 wd 5e-4, both ×0.5 every

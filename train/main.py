@@ -32,7 +32,7 @@ from pipeline.views import ViewExpander
 from train.checkpoint import (atomic_save, checkpoint_payload, load_checkpoint, read_checkpoint_file,
                               restore_rng_states)
 from train.config import PRESETS, TrainConfig, config_from_namespace, parse_arguments
-from train.distributed import barrier, init_distributed, shutdown
+from train.distributed import all_reduce_sum, barrier, init_distributed, shutdown
 from train.evaluate import evaluate
 from train.methods import METHODS, build_method
 from train.mfu import flops_per_view, peak_flops
@@ -62,21 +62,30 @@ def train(config: TrainConfig) -> dict:
     return summary
 
 
+def unreadable_this_epoch(loader, split, context) -> tuple[int, list[str]]:
+    """Training files a streaming loader passed over this epoch, all ranks together, and a few of this rank's."""
+    indices = getattr(loader, "skipped_this_epoch", [])
+    total = all_reduce_sum(torch.tensor([len(indices)], device=context.device), context)
+    return int(total.item()), [split.files[i] for i in indices[:5]]
+
+
 def run(config: TrainConfig, context) -> dict:
     device = context.device
     run_log = RunLog(run_directory(config), enabled=context.is_main)
 
     method = build_method(config)  # its settings fail fast, before data
 
-    # ---- data: uint8 images stay whole; views are made on the device, per batch
+    # ---- data: uint8 images stay whole (or, for large folders, are streamed from their files);
+    # views are made on the device, per batch
+    cache_dir = config.beton_dir or str(Path(config.data_root) / "ffcv")
     splits = build_splits(config.dataset, config.data_root, config.image_size, config.val_split, config.seed,
                           config.samples_per_class, config.imbalance_ratio, config.strict_images,
-                          config.primary_labels)
+                          config.primary_labels, config.data_in_memory, cache_dir)
     num_classes = splits.num_classes
     method.see_data(splits)
     skipped_images = sorted(set(splits.train.skipped_files) | set(splits.test.skipped_files))  # unreadable files
     family = kernels.get_family(method.transform_family)
-    kernels.check_family_fits(family, *splits.train.images.shape[1:])
+    kernels.check_family_fits(family, *splits.train.image_shape)
     num_transforms = family.num_transforms
     precision = resolve_precision(config, device)
     input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -86,13 +95,13 @@ def run(config: TrainConfig, context) -> dict:
                             config.channels_last, config.kernels)
     shared = dict(expander=expander, device=device, rank=context.rank, world_size=context.world_size,
                   seed=config.seed, crop_padding=config.crop_padding, workers=config.loader_workers,
-                  cache_dir=config.beton_dir or str(Path(config.data_root) / "ffcv"))
+                  cache_dir=cache_dir, strict_images=config.strict_images)
     recipe = method.training_view_recipe()  # contrastive methods: random views instead of the family's
     views_per_image = num_transforms
     flop_views_per_image = float(num_transforms)  # full-size views' worth of compute (multi-crop's are smaller)
     train_shared = shared
     if recipe is not None:
-        random_expander = RandomViewExpander(get_recipe(recipe), splits.train.images.shape[1], splits.mean,
+        random_expander = RandomViewExpander(get_recipe(recipe), splits.train.image_shape[0], splits.mean,
                                              splits.std, expander.out_dtype, config.channels_last, config.seed,
                                              context.rank)
         train_shared = dict(shared, expander=random_expander, crop_padding=-1,  # the recipe crops and flips
@@ -160,7 +169,7 @@ def run(config: TrainConfig, context) -> dict:
     if payload is not None:
         method.load_state_dict(payload.get("method_state", {}))  # e.g. MAXL's generator, its optimizer and schedule
     # MFU: FLOPs of one view counted once for the model (and a frozen teacher), against the device's peak
-    height, width, channels = splits.train.images.shape[1:]
+    height, width, channels = splits.train.image_shape
     sample_views = torch.zeros(num_transforms, channels, height, width, device=device, dtype=expander.out_dtype)
     if config.channels_last:
         sample_views = sample_views.contiguous(memory_format=torch.channels_last)
@@ -175,7 +184,8 @@ def run(config: TrainConfig, context) -> dict:
                                     "train_images": len(splits.train), "val_images": len(splits.val),
                                     "test_images": len(splits.test), "total_steps": total_steps,
                                     "flops_per_view": view_flops, "peak_flops": device_peak, "peak_source": peak_source,
-                                    "skipped_images": skipped_images, **method.provenance()})
+                                    "skipped_images": skipped_images, "streamed": splits.train.streaming,
+                                    **method.provenance()})
     run_log.print(f"{config.method} on {config.dataset} ({len(splits.train)} train / {len(splits.val)} val / "
                   f"{len(splits.test)} test, {num_classes} classes), {method.transform_family} "
                   f"M={num_transforms}, {config.model}, {precision} on {device} ×{context.world_size}, "
@@ -192,6 +202,7 @@ def run(config: TrainConfig, context) -> dict:
     loss_sums: dict[str, torch.Tensor] = {}  # since the last progress line, which may lie in the previous epoch
     loss_counts: dict[str, int] = {}  # steps that reported each part (MAXL's two passes report different parts)
     data_time = 0.0
+    unreadable = 0  # streamed folders: training files passed over in the last epoch, all ranks
     for epoch in range(start_epoch, epochs):
         model.train()
         clock.resume()
@@ -235,6 +246,11 @@ def run(config: TrainConfig, context) -> dict:
                 loss_sums, loss_counts, data_time = {}, {}, 0.0
 
         clock.pause()  # evaluation and checkpoints are not training time
+        unreadable, examples = unreadable_this_epoch(train_loader, splits.train, context)  # streamed folders
+        if unreadable:
+            run_log.record("unreadable", epoch=epoch + 1, step=step, count=unreadable, examples=examples)
+            run_log.print(f"epoch {epoch + 1}: {unreadable} unreadable training images skipped "
+                          f"(e.g. {examples[0] if examples else 'on another rank'}; --strict-images fails instead)")
         finished = step >= total_steps
         stopping = finished or epoch + 1 - start_epoch == config.stop_after_epochs
         if (epoch + 1) % config.eval_every == 0 or finished:
@@ -279,14 +295,17 @@ def run(config: TrainConfig, context) -> dict:
                "images_per_s": round(images_per_second, 2), "images_per_s_counts": throughput_note,
                "mfu": round(view_flops * images_per_second * flop_views_per_image / (device_peak * context.world_size),
                             5),
-               "best_val": best_score, "primary_score": method.primary_score, "skipped_images": len(skipped_images),
+               "best_val": best_score, "primary_score": method.primary_score,
+               "skipped_images": len(skipped_images) or unreadable,
                "val": {k: v for k, v in last_val.items() if "per_class" not in k},
                "test": {k: v for k, v in test.items() if "per_class" not in k},
                "test_per_class": test.get(f"{method.primary_score}_per_class"), "run_dir": str(run_log.run_dir)}
     run_log.record("summary", **summary)
     rows = [("method / model", f"{config.method} / {config.model}, {family.name} (M={num_transforms})"),
             ("data", f"{config.dataset}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test"
-                     + (f", {len(skipped_images)} unreadable images skipped" if skipped_images else "")),
+                     + (f", {len(skipped_images)} unreadable images skipped" if skipped_images else "")
+                     + (f", {unreadable} unreadable training images skipped per epoch" if unreadable else "")
+                     + (", streamed from its files" if splits.train.streaming else "")),
             ("steps", f"{step} ({format_duration(wall_time)} this run, {summary['images_per_s']:,.0f} img/s "
                       f"in training steps, MFU {100 * summary['mfu']:.1f}%)"),
             (f"best val {method.primary_score}", f"{best_score:.2f}%")]

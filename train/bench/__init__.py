@@ -6,6 +6,8 @@
     python train/bench.py step --method hsakd_student --models resnet8x4 --teacher-model resnet32x4 --num-transforms 4
     python train/bench.py loader [--images 8192] [--folder-images 2048] [--batch 256] [--output bench.jsonl]
     python train/bench.py loader --views simclr      (the contrastive methods' random views, 2 per image)
+    python train/bench.py loader --data jpeg-folder --images 20000 --image-size 224   (streamed JPEG folder,
+                                                     ImageNet crops, peak memory per loader)
 """
 from __future__ import annotations
 
@@ -30,7 +32,17 @@ def main(argv: list[str] | None = None) -> int:
                                help="timed repetitions, backends taking turns (median reported)")
     kernel_parser.add_argument("--output", default=None, help="append one JSON line per measurement here")
     loader_parser = commands.add_parser("loader", help="every --loader against the torch DataLoader reference")
-    loader_parser.add_argument("--images", type=int, default=8192, help="CIFAR-shaped images in memory")
+    loader_parser.add_argument("--data", default="arrays", choices=("arrays", "jpeg-folder"),
+                               help="arrays: CIFAR-shaped arrays and a small decoded JPEG folder, in memory; "
+                                    "jpeg-folder: a generated ImageNet-like folder, streamed")
+    loader_parser.add_argument("--images", type=int, default=0, help="CIFAR-shaped images in memory (default 8192); "
+                                                                     "--data jpeg-folder: JPEG files (20000)")
+    loader_parser.add_argument("--image-size", type=int, default=224, help="--data jpeg-folder: crop side")
+    loader_parser.add_argument("--steps", type=int, default=20, help="--data jpeg-folder: timed batches per loader")
+    loader_parser.add_argument("--cache", default="data/bench", help="--data jpeg-folder: where the generated "
+                                                                     "folder, its listing and .beton are kept")
+    loader_parser.add_argument("--max-resolution", type=int, default=256, help="--data jpeg-folder: the ffcv "
+                                                                              ".beton's longer-side cap")
     loader_parser.add_argument("--folder-images", type=int, default=2048, help="JPEG files in the folder case; 0 skips")
     loader_parser.add_argument("--batch", type=int, default=256, help="source images per batch")
     loader_parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
@@ -75,9 +87,16 @@ def main(argv: list[str] | None = None) -> int:
             args.images, args.workers, names(args.paths), args.output, args.method, args.teacher_model,
             args.trainer_precision, args.rounds, args.background_load)
     if args.command == "loader":
+        if args.data == "jpeg-folder":
+            from train.bench.streaming_loaders import STREAMING_LOADERS, run
+
+            chosen = tuple(n for n in args.loaders.split(",") if n in STREAMING_LOADERS) or STREAMING_LOADERS
+            run(args.images or 20_000, args.image_size, args.batch, args.steps, 3, chosen, args.transforms,
+                args.cache, args.output, args.max_resolution)
+            return 0
         from train.bench.loaders import run
 
-        run(args.images, args.folder_images, args.batch, args.epochs, args.transforms,
+        run(args.images or 8192, args.folder_images, args.batch, args.epochs, args.transforms,
             tuple(name for name in args.loaders.split(",") if name), args.output, args.views)
     if args.command == "conv":
         from train.bench.conv import run

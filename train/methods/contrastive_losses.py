@@ -10,15 +10,27 @@ from kernels import upcast
 
 def gather_with_gradient(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Every rank's rows (rank order) and where this rank's start; under torchrun the all-gather keeps the
-    gradient of the local part (torch.distributed.nn), so negatives come from the whole global batch."""
+    gradient of the local part (torch.distributed.nn), so negatives come from the whole global batch.
+    Ranks may hold different row counts (a streamed folder's unreadable files are dropped from a batch):
+    the rows are padded to the largest count for the collective and the padding removed after it."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
             or torch.distributed.get_world_size() == 1:
         return rows, 0
     # torch's functional collective with autograd: the backward reduce-scatters (sums) every rank's gradient
     from torch.distributed._functional_collectives import all_gather_single_autograd, wait_tensor
 
-    gathered = all_gather_single_autograd(rows.contiguous(), gather_dim=0, group=torch.distributed.group.WORLD)
-    return wait_tensor(gathered), torch.distributed.get_rank() * rows.shape[0]
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    counts = [torch.zeros(1, dtype=torch.int64, device=rows.device) for _ in range(world)]
+    torch.distributed.all_gather(counts, torch.tensor([rows.shape[0]], device=rows.device))
+    counts = [int(c) for c in counts]
+    padded = rows if len(set(counts)) == 1 else F.pad(rows.flatten(1), (0, 0, 0, max(counts) - rows.shape[0]))
+    gathered = wait_tensor(all_gather_single_autograd(padded.contiguous(), gather_dim=0,
+                                                      group=torch.distributed.group.WORLD))
+    offset = sum(counts[:rank])
+    if len(set(counts)) == 1:
+        return gathered, offset
+    keep = torch.cat([torch.arange(count, device=rows.device) + r * max(counts) for r, count in enumerate(counts)])
+    return gathered[keep].view(sum(counts), *rows.shape[1:]), offset
 
 
 def nt_xent(projections: torch.Tensor, temperature: float, memory: torch.Tensor | None = None) -> torch.Tensor:

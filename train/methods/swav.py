@@ -106,7 +106,7 @@ class Swav(ContrastiveMethod):
         self.queue: torch.Tensor | None = None
 
     def see_data(self, splits) -> None:
-        self.image_size = splits.train.images.shape[1]
+        self.image_size = splits.train.image_shape[0]
 
     def local_size(self) -> int:
         """--local-size, or by default SwAV's ImageNet proportion 96/224 of the data's side."""
