@@ -344,3 +344,12 @@ def test_head_cross_entropy_keeps_float64_and_upcasts_halves(dtype):
     logits = random_logits(6, 5).to(dtype)
     assert kernels.upcast(logits).dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert views_mean(logits, 3).dtype == kernels.upcast(logits).dtype
+
+
+def test_expand_views_of_other_channel_counts_take_the_generic_cpu_loop():
+    images = torch.randint(0, 256, (2, 5, 5, 2), dtype=torch.uint8)  # the RGB loop is specialised; this is not
+    views = kernels.expand_views(images, "rotation", mean=(0.4, 0.6, 0.5), std=(0.2, 0.3, 0.25), backend="cpu")
+    scale, shift = kernels.reference.normalisation_affine((0.4, 0.6, 0.5), (0.2, 0.3, 0.25), "cpu")
+    normalised = (images.float() * scale[:2] + shift[:2]).permute(0, 3, 1, 2)
+    expected = torch.stack([torch.rot90(normalised, k, dims=(-2, -1)) for k in range(4)], dim=1).reshape(8, 2, 5, 5)
+    assert torch.equal(views, expected)
