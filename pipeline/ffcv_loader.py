@@ -91,6 +91,14 @@ class FfcvLoader:
         with threads_kept():
             batches = iter(self.loader)
         self.skipped_this_epoch = []
+        try:
+            yield from self._batches(batches)
+        finally:  # an epoch left early (--iterations, a benchmark): stop FFCV's reader thread before it outlives us
+            batches.close()
+            if batches.is_alive():
+                batches.join(timeout=30)
+
+    def _batches(self, batches):
         for images, labels, indices in batches:
             # FFCV recycles its output buffers a few batches later: keep copies of what outlives the step
             labels, indices = labels.reshape(-1).to(torch.int64, copy=True), indices.reshape(-1).to(torch.int64, copy=True)

@@ -143,3 +143,14 @@ def test_loader_bench_times_the_random_view_pass(tmp_path):
     records = read_lines(out)
     assert {r["loader"] for r in records} == {"resident", "torch"}
     assert all(r["view_recipe"] == "simclr" and abs(r["views_per_s"] - 2 * r["images_per_s"]) < 1 for r in records)
+
+
+def test_streaming_loader_bench_reports_speed_and_peak_memory(tmp_path):
+    out = tmp_path / "stream.jsonl"
+    assert main(["loader", "--data", "jpeg-folder", "--images", "40", "--image-size", "32", "--batch", "8",
+                 "--steps", "2", "--loaders", "torch,dali", "--cache", str(tmp_path / "bench"), "--output",
+                 str(out)]) == 0
+    records = read_lines(out)
+    assert [r["loader"] for r in records] == ["torch", "dali"] and records[0]["vs_torch"] == 1.0
+    assert all(r["images_per_s"] > 0 and 0 < r["peak_memory_gb"] < 4 and r["files"] == 40 for r in records)
+    assert (tmp_path / "bench" / "jpeg-folder-40" / "train" / "class_0000").is_dir()

@@ -221,7 +221,7 @@ def test_a_file_only_a_decoder_finds_broken_is_skipped_too(name, tmp_path):
     for train in (False, True):
         settings = settings_for(datasets.DatasetSplits(split, split, split, (0.5,) * 3, (0.25,) * 3),
                                 str(tmp_path / "betons"), train=train, global_batch=4, workers=1)
-        loader = build_loader(name, split, settings, split_name=f"bad-{train}")
+        loader = build_loader(name, split, settings, split_name="bad")
         for epoch in (0, 1):
             loader.set_epoch(epoch)
             served = [i for batch in loader for i in batch.indices.tolist()]
@@ -233,7 +233,7 @@ def test_a_file_only_a_decoder_finds_broken_is_skipped_too(name, tmp_path):
     strict = settings_for(datasets.DatasetSplits(split, split, split, (0.5,) * 3, (0.25,) * 3),
                           str(tmp_path / "betons"), train=False, global_batch=4, workers=1, strict_images=True)
     with pytest.raises(DataError, match="zz_bad_huffman.jpg"):
-        list(build_loader(name, split, strict, split_name="bad-False"))
+        list(build_loader(name, split, strict, split_name="bad"))
 
 
 def test_the_resident_loader_refuses_a_streamed_folder(splits, cache_dir):
@@ -273,13 +273,13 @@ def peak_rss(root, mode, loader):
 def test_streaming_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
     small = make_jpeg_folder(tmp_path / "small", 48, classes=4, mean_size=(200, 170), noise=0, workers=1)
     large = make_jpeg_folder(tmp_path / "large", 848, classes=4, mean_size=(200, 170), noise=0, workers=1)
-    growth = {(mode, loader): peak_rss(large, mode, loader) - peak_rss(small, mode, loader)
-              for mode, loader in (("no", "torch"), ("no", "dali"), ("yes", "torch"))}
+    growth = {mode: peak_rss(large, mode, "torch") - peak_rss(small, mode, "torch") for mode in ("no", "yes")}
     # the peaks of two runs over the same folder differ by up to ~20 MB (prefetch timing); the large folder
-    # holds 120 MB more decoded pixels. (FFCV is left out for its 15 s compile: `bench.py loader` reports it.)
+    # holds 120 MB more decoded pixels. The source is the loaders' common part; each loader's own peak over
+    # 20,000 files is in `bench.py loader --data jpeg-folder` (BENCHMARKS.md).
     decoded = 800 * 224 * 224 * 3
-    assert growth[("yes", "torch")] > 0.7 * decoded, growth  # the measurement sees a decoded set
-    assert growth[("no", "torch")] < 0.25 * decoded and growth[("no", "dali")] < 0.25 * decoded, growth
+    assert growth["yes"] > 0.7 * decoded, growth  # the measurement sees a decoded set
+    assert growth["no"] < 0.25 * decoded, growth
 
 
 @pytest.mark.distributed
@@ -289,7 +289,7 @@ def test_two_ranks_stream_disjoint_shards_past_a_corrupt_file(splits, tmp_path):
     run_child(torchrun_command(2, str(REPO / "tests" / "streaming_shard_check.py"), str(root), str(verdict_path),
                                str(tmp_path / "cache")), timeout=600)
     verdict = json.loads(verdict_path.read_text())
-    assert set(verdict) == {f"{name}-{mode}" for name in STREAMING_LOADERS for mode in ("train", "eval")}
+    assert set(verdict) == {f"{name}-{mode}" for name in STREAMING_LOADERS for mode in ("train", "eval")} - {"ffcv-eval"}
     for key, check in verdict.items():
         assert check["duplicates"] == 0 and check["per_rank_steps_equal"], (key, check)
         if key.endswith("eval"):
@@ -315,3 +315,32 @@ def test_imagenet_presets_carry_the_papers_recipes():
     assert [round(f, 6) for f in factors] == [1.0, 0.1, 0.1, 0.01, 0.01, 0.001]  # ×0.1 at epochs 30/60/90 of 100
     factors = [lr_factor(epoch * steps, sla.epochs * steps, sla) for epoch in (29, 30, 59, 60)]
     assert [round(f, 6) for f in factors] == [1.0, 0.1, 0.1, 0.01] and sla.epochs == 90
+
+
+def test_ffcv_reads_a_beton_larger_than_memory_without_the_page_cache(splits, cache_dir, monkeypatch):
+    import pipeline.ffcv_loader as ffcv_loader
+
+    monkeypatch.setattr(ffcv_loader, "available_memory_bytes", lambda: 1)  # the .beton "does not fit"
+    loader = build_loader("ffcv", splits.train, settings_for(splits, cache_dir, train=True, global_batch=16),
+                          split_name="jpegs-train")
+    assert type(loader.loader.memory_manager).__name__ == "ProcessCacheManager"
+    assert type(loader.loader.traversal_order).__name__ == "QuasiRandom"
+    loader.set_epoch(0)
+    served = [i for batch in loader for i in batch.indices.tolist()]
+    assert len(served) == len(set(served)) and len(served) + len(loader.skipped_this_epoch) == len(loader) * 16
+
+
+def test_training_streams_a_folder_and_logs_unreadable_files_per_epoch(folder, tiny_config, tmp_path):
+    from train.main import train
+
+    summary = train(tiny_config(dataset="folder", data_root=str(folder), data_in_memory="no", loader="torch",
+                                image_size=24, batch_size=32, eval_batch_size=64, epochs=2, val_split=20,
+                                loader_workers=1, beton_dir=str(tmp_path / "cache")))
+    assert summary["completed"]
+    run_dir = tmp_path / "runs" / "tiny"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["streamed"] is True and config["data_in_memory"] == "no"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    unreadable = {r["epoch"]: r for r in records if r["kind"] == "unreadable"}
+    assert all(r["count"] == 1 and r["examples"][0].endswith("odd_truncated.jpg") for r in unreadable.values())
+    assert summary["skipped_images"] == (1 if 2 in unreadable else 0)  # the last epoch's count
