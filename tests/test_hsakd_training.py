@@ -13,7 +13,7 @@ from conftest import REPO, run_child, subprocess_env, torchrun_command
 from pipeline.batch import Batch
 from train.main import main, train
 from train.methods import build_method
-from train.methods.hsakd_checkpoints import file_sha256
+from train.methods.run_checkpoints import file_sha256
 
 TINY = ["--dataset", "digits", "--image-size", "16", "--batch-size", "64", "--log-every", "5"]
 

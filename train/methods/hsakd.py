@@ -17,7 +17,7 @@ from models import build_backbone
 from models.hsakd import HsakdNetwork, MutualPair
 from pipeline.phases import phase
 from train.methods.base import Method, place
-from train.methods.hsakd_checkpoints import load_frozen_backbone, load_teacher
+from train.methods.run_checkpoints import load_frozen_backbone, load_teacher
 
 
 # ---------------------------------------------------------------------------- losses

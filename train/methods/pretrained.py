@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from models import HeadSpec, IDENTITY_VIEW, MultiHeadNetwork, build_backbone
 from train.methods.baselines import Baseline
-from train.methods.hsakd_checkpoints import file_sha256, pretrained_backbone
+from train.methods.run_checkpoints import file_sha256, pretrained_backbone
 
 
 def load_backbone(backbone: nn.Module, path: str, flag: str, model_name: str) -> dict:

@@ -1,5 +1,6 @@
 """Checkpoints that a run builds on: an HSAKD teacher for a student (`--teacher`), a pretrained
-backbone to freeze under a teacher's branches (`--frozen-backbone`). Both are this trainer's own
+backbone to freeze under a teacher's branches (`--frozen-backbone`) or to start or probe any method
+from (`--init-from`, `--pretrained`, through train/methods/pretrained.py). All are this trainer's own
 run checkpoints (best.pt or last.pt), which carry the configuration they were trained with."""
 from __future__ import annotations
 
