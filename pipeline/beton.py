@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import DataError, ImageSet
-from .imagenet_crops import decode_rgb, read_encoded
+from .imagenet_crops import load_rgb
 
 WRITE_MODES = ("raw", "jpg")
 UNREADABLE = -1  # the label of a row whose file could not be decoded
@@ -44,8 +44,9 @@ def sidecar(path: Path) -> Path:
 
 
 def write_beton(split: ImageSet, path: Path, write_mode: str = "raw", jpeg_quality: int = 95,
-                workers: int = 1, max_resolution: int | None = None) -> Path:
-    """Write `split` to `path` (atomically: a half-written file never carries the final name)."""
+                workers: int = 1, max_resolution: int | None = None, digest: str = "") -> Path:
+    """Write `split` to `path` (atomically: a half-written file never carries the final name); `digest`: the
+    split's fingerprint when the caller has it already (a streamed folder's stats every file)."""
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -59,7 +60,7 @@ def write_beton(split: ImageSet, path: Path, write_mode: str = "raw", jpeg_quali
               "label": IntField(), "index": IntField()}
     rows = _Rows(split)
     DatasetWriter(str(partial), fields, num_workers=max(1, workers)).from_indexed_dataset(rows, chunksize=256)
-    meta = {"fingerprint": fingerprint(split, max_resolution), "num_images": len(split),
+    meta = {"fingerprint": digest or fingerprint(split, max_resolution), "num_images": len(split),
             "shape": list(split.image_shape), "num_classes": split.num_classes, "write_mode": write_mode,
             "max_resolution": max_resolution}
     partial_meta = sidecar(partial)
@@ -81,23 +82,19 @@ class _Rows:
     def __getitem__(self, index: int):
         if not self.split.streaming:
             return self.split.images[index], int(self.split.labels[index]), int(index)
-        data, problem = read_encoded(self.split.files[index])
-        if not problem:
-            try:
-                return np.asarray(decode_rgb(data)), int(self.split.labels[index]), int(index)
-            except (OSError, ValueError, SyntaxError):
-                pass
-        return np.zeros((8, 8, 3), dtype=np.uint8), UNREADABLE, int(index)
+        image, _ = load_rgb(self.split.files[index])
+        if image is None:
+            return np.zeros((8, 8, 3), dtype=np.uint8), UNREADABLE, int(index)
+        return np.asarray(image), int(self.split.labels[index]), int(index)
 
 
-def check_beton(path: Path, split: ImageSet, max_resolution: int | None = None) -> None:
+def check_beton(path: Path, split: ImageSet, expected: str = "") -> None:
+    """Refuse a .beton made from other data than `split` (`expected`: its fingerprint, when already made)."""
     meta_path = sidecar(Path(path))
     if not meta_path.is_file():
         raise DataError(f"{path} has no fingerprint file {meta_path.name}; re-create it with python -m pipeline.make_beton")
     meta = json.loads(meta_path.read_text())
-    if split.streaming:
-        max_resolution = meta.get("max_resolution")  # a user's make_beton picks its own
-    expected = fingerprint(split, max_resolution)
+    expected = expected or fingerprint(split, meta.get("max_resolution"))  # a user's make_beton picks its own
     if meta.get("fingerprint") != expected:
         raise DataError(f"{path} was made from different data (fingerprint {str(meta.get('fingerprint'))[:12]}…, "
                         f"{meta.get('num_images')} images) than this run's split (fingerprint {expected[:12]}…, "
@@ -119,9 +116,10 @@ def beton_for(split: ImageSet, cache_dir: str, name: str, write_mode: str = "raw
         from .imagenet_crops import eval_resize_size
 
         write_mode, max_resolution = "jpg", 2 * eval_resize_size(split.image_size)
-    cached = Path(cache_dir) / f"{name}-{fingerprint(split, max_resolution)[:12]}.beton"
+    digest = fingerprint(split, max_resolution)
+    cached = Path(cache_dir) / f"{name}-{digest[:12]}.beton"
     if not cached.exists() or not sidecar(cached).exists():
         write_beton(split, cached, write_mode, max_resolution=max_resolution,
-                    workers=(os.cpu_count() or 1) if split.streaming else 1)
-    check_beton(cached, split)
+                    workers=(os.cpu_count() or 1) if split.streaming else 1, digest=digest)
+    check_beton(cached, split, digest)
     return cached

@@ -19,7 +19,7 @@ import torch
 
 from .batch import Batch, LoaderSettings
 from .datasets import DataError, ImageSet
-from .imagenet_crops import RATIO, SCALE, decode_rgb, eval_resize_size, read_encoded
+from .imagenet_crops import RATIO, SCALE, eval_resize_size, load_rgb, read_encoded
 from .phases import phase
 from .sharding import shard_indices, steps_in_epoch
 
@@ -293,12 +293,7 @@ class DaliLoader:
             raise self.encoded_files.failure from None
         files = self.split.files
         failed = self.encoded_files.fetched[0].tolist() if self.encoded_files.fetched else []
-        undecodable = []
-        for index in failed:
-            try:
-                decode_rgb(read_encoded(files[index])[0])
-            except (OSError, ValueError, SyntaxError):
-                undecodable.append(index)
+        undecodable = [index for index in failed if load_rgb(files[index])[0] is None]
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if not undecodable:
             raise DataError(f"DALI stopped on a batch whose files PIL decodes ({', '.join(files[i] for i in failed[:3])}"

@@ -207,26 +207,15 @@ def read_image(path: Path, image_size: int) -> np.ndarray:
     return crop_with_pil(decode_rgb(Path(path).read_bytes()), image_size, "centre_square")
 
 
-def list_image_folder(root: Path, exclude: str = "") -> tuple[list[str], list[tuple[Path, int]]]:
-    """`exclude`: a folder inside root that is not a class (the .beton and listing cache by default)."""
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not (exclude and p.resolve() == Path(exclude).resolve()))
-    if not class_dirs:
-        raise DataError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
-    samples = []
-    for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"class folder {class_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        samples.extend((path, label) for path in files)
-    return [p.name for p in class_dirs], samples
+def load_image_folder(root: Path, image_size: int, strict: bool = False, cache_dir: str = "",
+                      listing: tuple | None = None) -> ImageSet:
+    """Every image of `root/<class>/**` decoded now (`listing`: streaming.list_folder's, when already made;
+    `cache_dir` keeps it and, inside root, is not a class)."""
+    from .streaming import list_folder
 
-
-def load_image_folder(root: Path, image_size: int, strict: bool = False, exclude: str = "") -> ImageSet:
-    class_names, samples = list_image_folder(root, exclude)
+    class_names, paths, path_labels = listing or list_folder(root, cache_dir)
     images, labels, files, skipped = [], [], [], []
-    for path, label in samples:
+    for path, label in zip(paths, path_labels.tolist()):
         try:
             images.append(read_image(path, image_size))
             labels.append(label)
@@ -257,11 +246,11 @@ def load_folder(data_root: str, image_size: int, strict: bool, in_memory: str = 
     from .streaming import decode_in_memory, list_folder, streaming_folder
 
     train_root, test_root = folder_trees(Path(data_root))
-    listed = sum(len(list_folder(tree, cache_dir)[1]) for tree in (train_root, test_root) if tree is not None)
-    if decode_in_memory(in_memory, listed, image_size):
-        load = lambda tree: load_image_folder(tree, image_size, strict, cache_dir)  # noqa: E731
+    listings = {tree: list_folder(tree, cache_dir) for tree in (train_root, test_root) if tree is not None}
+    if decode_in_memory(in_memory, sum(len(files) for _, files, _ in listings.values()), image_size):
+        load = lambda tree: load_image_folder(tree, image_size, strict, listing=listings[tree])  # noqa: E731
     else:
-        load = lambda tree: streaming_folder(tree, image_size, cache_dir)  # noqa: E731
+        load = lambda tree: streaming_folder(listings[tree], image_size)  # noqa: E731
     if test_root is not None:
         train, test = load(train_root), load(test_root)
         if train.class_names != test.class_names:

@@ -91,6 +91,17 @@ def decode_rgb(data: bytes):
         return image.convert("RGB")
 
 
+def load_rgb(path: str):
+    """(PIL RGB image, "") or (None, why not): the byte checks, then PIL's decoder."""
+    data, problem = read_encoded(path)
+    if problem:
+        return None, problem
+    try:
+        return decode_rgb(data), ""
+    except (OSError, ValueError, SyntaxError) as error:
+        return None, f"{type(error).__name__}: {error}"
+
+
 # ---------------------------------------------------------------------------- the PIL reference crops
 def crop_with_pil(image, size: int, crop: str, rng: np.random.Generator | None = None) -> np.ndarray:
     """uint8 [size, size, 3] of a PIL RGB image: `crop` is one of CROPS (module docstring)."""

@@ -123,8 +123,9 @@ def list_folder(root: str | Path, cache_dir: str = "") -> tuple[list[str], list[
     return class_names, files, np.asarray(labels, dtype=np.int64)
 
 
-def streaming_folder(root: Path, image_size: int, cache_dir: str) -> StreamingImageSet:
-    class_names, files, labels = list_folder(root, cache_dir)
+def streaming_folder(listing: tuple[list[str], list[str], np.ndarray], image_size: int) -> StreamingImageSet:
+    """The split of a `list_folder` listing, decoded by the loaders."""
+    class_names, files, labels = listing
     return StreamingImageSet(tuple(files), labels, len(class_names), class_names, image_size)
 
 

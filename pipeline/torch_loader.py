@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .batch import Batch, LoaderSettings
 from .datasets import DataError, ImageSet
-from .imagenet_crops import crop_with_pil, decode_rgb, read_encoded, sample_rng
+from .imagenet_crops import crop_with_pil, load_rgb, sample_rng
 from .phases import phase
 from .sharding import derived_seed, shard_indices, steps_in_epoch
 
@@ -49,13 +49,8 @@ class StreamedImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        data, problem = read_encoded(self.files[index])
-        if not problem:
-            try:
-                image = decode_rgb(data)
-            except (OSError, ValueError, SyntaxError) as error:
-                problem = f"{type(error).__name__}: {error}"
-        if problem:
+        image, problem = load_rgb(self.files[index])
+        if image is None:
             if self.strict:
                 raise DataError(f"unreadable image {self.files[index]}: {problem} (--strict-images)")
             return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), int(self.labels[index]), index, False
