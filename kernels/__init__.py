@@ -1,4 +1,5 @@
-"""Public API of the joint-label kernels; other packages import only from here.
+"""Public API of the joint-label kernels; other packages import only from here (and the bf16 CPU BatchNorm
+kernels of the submodule `kernels.batch_norm`, which models/cpu_batch_norm.py wraps).
 
 Math and layout: docs/methods.md (interleaved rows b·M+j, joint label y·M+j).
 `backend`: "torch" (composite reference), "cpu" (Numba), "cuda" (numba-cuda), "auto"

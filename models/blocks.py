@@ -1,7 +1,11 @@
-"""Residual blocks shared by the backbones."""
+"""Residual blocks shared by the backbones. BN followed by ReLU (after the shortcut's sum, where there is
+one) goes through `batch_norm_relu`: the operations as written, or one fused pass where the BN is
+models/cpu_batch_norm.py's and takes the activation (bf16 CPU training)."""
 from __future__ import annotations
 
 import torch.nn as nn
+
+from models.cpu_batch_norm import batch_norm_relu
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -24,13 +28,11 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, width)
         self.bn2 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
         self.shortcut = projection(in_channels, width, stride)
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        out = batch_norm_relu(self.bn1, self.conv1(x))
+        return batch_norm_relu(self.bn2, self.conv2(out), self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -45,14 +47,12 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
         self.shortcut = projection(in_channels, out_channels, stride)
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + self.shortcut(x))
+        out = batch_norm_relu(self.bn1, self.conv1(x))
+        out = batch_norm_relu(self.bn2, self.conv2(out))
+        return batch_norm_relu(self.bn3, self.conv3(out), self.shortcut(x))
 
 
 class PreActBlock(nn.Module):
@@ -65,14 +65,13 @@ class PreActBlock(nn.Module):
         self.conv1 = conv3x3(in_channels, width, stride)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, width)
-        self.relu = nn.ReLU(inplace=True)
         self.shortcut = (nn.Identity() if stride == 1 and in_channels == width
                          else nn.Conv2d(in_channels, width, 1, stride=stride, bias=False))
 
     def forward(self, x):
-        activated = self.relu(self.bn1(x))
+        activated = batch_norm_relu(self.bn1, x)
         # The projection reads the activated input, as in the WRN reference code.
         residual = x if isinstance(self.shortcut, nn.Identity) else self.shortcut(activated)
         out = self.conv1(activated)
-        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv2(batch_norm_relu(self.bn2, out))
         return out + residual

@@ -4,9 +4,10 @@ LayerNorm output as the features. Written here, not taken from timm, because tim
 which does not install beside this torch build (the same reason as train/lars.py).
 
 Other image sizes (divisible by the patch) use the position embeddings resized bicubically.
-On a CPU attention runs PyTorch's math kernel: the flash kernel's bf16 backward was a third of a ViT-Tiny
-step's time, and the math kernel took MoCo v3's step from 2.4 s to 1.8 s (BENCHMARKS.md,
-bench.py step --method moco_v3 --models vit_tiny).
+On a CPU attention is written out (`explicit_attention`): the flash kernel's bf16 backward was a third of a
+ViT-Tiny step's time, and PyTorch's math kernel, which took MoCo v3's step from 2.4 s to 1.8 s, spent a
+further sixth of it copying q, k and v and checking for rows masked to −inf, which unmasked attention never
+has (BENCHMARKS.md, bench.py step --method moco_v3 --models vit_tiny).
 `frozen_patch_projection=True` is MoCo v3's stability trick: the patch embedding keeps its random
 initialisation and takes no gradient.
 """
@@ -15,7 +16,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v without a mask: [B, heads, T, d] each → [B, heads, T, d]."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
 
 
 class Attention(nn.Module):
@@ -27,12 +33,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
-        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        if x.device.type == "cpu":  # the CPU flash kernel's bf16 backward: a third of a ViT-Tiny step
-            with sdpa_kernel([SDPBackend.MATH]):
-                out = F.scaled_dot_product_attention(q, k, v)
+        qkv = self.qkv(x).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        if x.device.type == "cpu":  # see the module's docstring: q, k, v laid out once, no mask checks
+            out = explicit_attention(*qkv.contiguous().unbind(0))
         else:
-            out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, T, dim/heads]
+            out = F.scaled_dot_product_attention(*qkv.unbind(0))  # [B, heads, T, dim/heads]
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 

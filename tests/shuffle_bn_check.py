@@ -12,7 +12,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.config import TrainConfig  # noqa: E402
-from train.methods.contrastive import ContrastiveNetwork, MocoV2  # noqa: E402
+from train.methods.contrastive import ContrastiveNetwork, MocoV2, mlp  # noqa: E402
 
 PER_RANK = 5  # odd on purpose
 
@@ -29,7 +29,8 @@ def main(out_path: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)  # the same target network on every rank
     method = MocoV2(TrainConfig(method="moco_v2", transforms="none", seed=3))
-    method.target = ContrastiveNetwork(TinyBackbone(), 8, 5).double()
+    backbone = TinyBackbone()
+    method.target = ContrastiveNetwork(backbone, mlp(backbone.feature_dim, 8, 5)).double()
     method.steps_done = 7
     whole = torch.randn(world * PER_RANK, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     local = whole[rank * PER_RANK:(rank + 1) * PER_RANK]

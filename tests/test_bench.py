@@ -154,3 +154,31 @@ def test_streaming_loader_bench_reports_speed_and_peak_memory(tmp_path):
     assert [r["loader"] for r in records] == ["torch", "dali"] and records[0]["vs_torch"] == 1.0
     assert all(r["images_per_s"] > 0 and 0 < r["peak_memory_gb"] < 4 and r["files"] == 40 for r in records)
     assert (tmp_path / "bench" / "jpeg-folder-40" / "train" / "class_0000").is_dir()
+
+
+def test_conv_and_batchnorm_benches_time_both_ways_per_shape(tmp_path):
+    from train.bench.batch_norm import SHAPES as NORM_SHAPES
+    from train.bench.conv import SHAPES as CONV_SHAPES
+
+    for command, shapes in (("conv", CONV_SHAPES), ("batchnorm", NORM_SHAPES)):
+        out = tmp_path / f"{command}.jsonl"
+        assert main([command, "--batch", "2", "--rounds", "1", "--output", str(out)]) == 0
+        records = read_lines(out)
+        assert len(records) == len(shapes)
+        if command == "batchnorm":
+            assert all(r[f"{p}_{w}_ms"] > 0 for r in records for p in ("forward", "backward")
+                       for w in ("pytorch", "numba"))
+            # at batch 2 no activation is large enough for the default rule: PyTorch's kernel everywhere
+            assert not any(r["numba_by_default"] for r in records)
+        else:
+            for r in records:  # every pass both ways, but the matmul input gradient only at stride 1
+                ways = {(p, w) for p in ("forward", "input_gradient", "weight_gradient") for w in ("pytorch", "matmul")
+                        if not (p, w, r["stride"]) == ("input_gradient", "matmul", 2)}
+                assert all(r[f"{p}_{w}_ms"] > 0 for p, w in ways)
+                assert ("input_gradient_matmul_ms" in r) == (r["stride"] == 1)
+            # the convolution rules go by map size and channels alone (models/matmul_conv.py)
+            defaults = {(r["in_channels"], r["size"], r["stride"]): r["default"] for r in records}
+            assert set(defaults[(512, 4, 1)].values()) == {"matmul"}
+            assert set(defaults[(64, 32, 1)].values()) == {"pytorch"}
+            assert defaults[(256, 8, 1)] == {"forward": "pytorch", "input_gradient": "pytorch",
+                                             "weight_gradient": "matmul"}

@@ -33,3 +33,19 @@ def test_a_bf16_step_runs_and_other_sizes_resize_the_position_embeddings():
         features.float().square().mean().backward()
         assert model.pos_embed.grad is not None and torch.isfinite(model.pos_embed.grad).all()
         model.zero_grad()
+
+
+def test_explicit_attention_equals_pytorch_attention_in_float64():
+    """The CPU path's written-out attention against F.scaled_dot_product_attention: values and gradients."""
+    from models.vit import explicit_attention
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+               for _ in range(3))
+    grad = torch.randn(3, 2, 7, 5, dtype=torch.float64, generator=generator)
+    results = []
+    for attention in (explicit_attention, torch.nn.functional.scaled_dot_product_attention):
+        out = attention(q, k, v)
+        results.append([out] + list(torch.autograd.grad(out, (q, k, v), grad)))
+    for mine, expected in zip(*results):
+        torch.testing.assert_close(mine, expected, rtol=1e-12, atol=1e-12)

@@ -124,8 +124,12 @@ class TrainConfig:
     # --- model
     model: str = field(default="resnet20", metadata={"help": "backbone name"})
     channels_last: bool = field(default=True, metadata={"help": "NHWC activations (faster convolutions)"})
-    matmul_weight_grad: bool = field(default=True, metadata={
-        "help": "CPU bf16: weight gradients of deep convolutions on small maps as matmuls (models/matmul_weight_grad.py)"})
+    matmul_conv: bool = field(default=True, metadata={
+        "help": "CPU bf16: deep convolutions on small maps as matmuls where oneDNN is slow there: the weight "
+                "gradient at 8×8 and below, the forward and input gradient at 4×4 (models/matmul_conv.py)"})
+    numba_batch_norm: bool = field(default=True, metadata={
+        "help": "CPU bf16: training-mode BatchNorm2d on channels_last activations by Numba kernels "
+                "(kernels/batch_norm.py; PyTorch's ran far below memory speed there)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     # --- optimisation
     batch_size: int = field(default=64, metadata={"help": "global batch in source images, all ranks together "

@@ -51,11 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     loader_parser.add_argument("--views", default="", help="a random-view recipe (simclr, byol, moco_v2): time the "
                                                            "contrastive view pass instead of the family's")
     loader_parser.add_argument("--output", default=None, help="append one JSON line per measurement here")
-    conv_parser = commands.add_parser("conv", help="a convolution's bf16 CPU backward: PyTorch's against the "
-                                                   "matmul weight gradient")
+    conv_parser = commands.add_parser("conv", help="a convolution's bf16 CPU passes: PyTorch's against "
+                                                   "matmul products")
     conv_parser.add_argument("--batch", type=int, default=128, help="images (views) per batch")
-    conv_parser.add_argument("--rounds", type=int, default=5, help="timed backward passes per way")
+    conv_parser.add_argument("--rounds", type=int, default=5, help="timed passes per way")
     conv_parser.add_argument("--output", default=None, help="append one JSON line per shape here")
+    norm_parser = commands.add_parser("batchnorm", help="a bf16 channels_last BatchNorm2d on a CPU: PyTorch's "
+                                                        "kernel against the Numba one")
+    norm_parser.add_argument("--batch", type=int, default=128, help="images (views) per batch")
+    norm_parser.add_argument("--rounds", type=int, default=7, help="timed passes per way")
+    norm_parser.add_argument("--output", default=None, help="append one JSON line per shape here")
     step_parser = commands.add_parser("step", help="whole training steps against the papers' pipeline")
     step_parser.add_argument("--models", default="resnet32,resnet18_cifar", help="comma-separated backbones")
     step_parser.add_argument("--num-transforms", type=integers, default=(1, 4), help="M: 1 (baseline) and/or 4 (SLA)")
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     step_parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     step_parser.add_argument("--images", type=int, default=4096, help="synthetic images")
     step_parser.add_argument("--workers", type=int, default=0, help="loader workers; 0 = the cores")
-    step_parser.add_argument("--paths", default="trainer,paper", help="trainer and/or paper (contrastive methods: also trainer_stock_conv, trainer_compiled)")
+    step_parser.add_argument("--paths", default="trainer,paper", help="trainer and/or paper (contrastive methods: also trainer_stock_conv, trainer_stock_norm, trainer_compiled)")
     step_parser.add_argument("--method", default="auto", help="auto (baseline at M=1, sla at M=4) or a --method, "
                                                               "e.g. hsakd_student")
     step_parser.add_argument("--teacher-model", default="", help="hsakd_student: the (untrained) teacher's "
@@ -100,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             tuple(name for name in args.loaders.split(",") if name), args.output, args.views)
     if args.command == "conv":
         from train.bench.conv import run
+
+        run(args.batch, args.rounds, args.output)
+    if args.command == "batchnorm":
+        from train.bench.batch_norm import run
 
         run(args.batch, args.rounds, args.output)
     if args.command == "kernels":

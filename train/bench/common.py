@@ -58,11 +58,19 @@ def endless_batches(loader):
 
 class TimedRounds:
     """Rounds of whole steps, timed with the loader's wait counted apart; a subclass sets `stream`, `step`
-    and `device`. GPU work is synchronised at each round's ends."""
+    and `device`, and may prepare and close each round's loader, untimed (`start_round`, `end_round`).
+    GPU work is synchronised at each round's ends."""
     seconds: list[float]
     waits: list[float]
 
+    def start_round(self) -> None:
+        """Untimed, before the round's first timed step."""
+
+    def end_round(self) -> None:
+        """Untimed, after the round's last timed step."""
+
     def time_round(self, steps: int) -> None:
+        self.start_round()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         wait, start = 0.0, time.perf_counter()
@@ -75,3 +83,4 @@ class TimedRounds:
             torch.cuda.synchronize(self.device)
         self.seconds.append(time.perf_counter() - start)
         self.waits.append(wait)
+        self.end_round()

@@ -2,9 +2,12 @@
 image, forward, loss, backward, optimizer, momentum update) on this trainer's path (resident loader, views
 made for the batch on the device, `--precision auto`, channels_last) against the reference way (a
 DataLoader whose workers augment one PIL image at a time, fp32, NCHW: train/bench/pil_views.py), the
-paths alternating over rounds in one run; loader wait reported for both. `--paths trainer_stock_conv`
-adds the trainer's path with PyTorch's own convolution backward (`--no-matmul-weight-grad`),
-`trainer_compiled` the trainer's path under torch.compile (`--compile`)."""
+paths alternating over rounds in one run; loader wait reported for both. The reference's workers run only
+during its own rounds: each round forks them afresh and takes one untimed step (their prefetch queue fills,
+as in a running epoch), and its end shuts them down, so their prefetching never runs in another path's round. `--paths trainer_stock_conv`
+adds the trainer's path with PyTorch's own convolutions (`--no-matmul-conv`), `trainer_stock_norm` with
+PyTorch's own BatchNorm, ReLU and sum (`--no-numba-batch-norm`), `trainer_compiled` the trainer's path under
+torch.compile (`--compile`)."""
 from __future__ import annotations
 
 import statistics
@@ -26,9 +29,10 @@ from train.optim import autocast, build_optimizer, build_scaler, build_scheduler
 from train.step import TrainStep
 
 
-# the trainer's path; the same with PyTorch's own convolution backward (models/matmul_weight_grad.py off);
-# the same under torch.compile (`--compile`; its compilation is the warm-up's time, reported as setup_s)
-TRAINER_PATHS = ("trainer", "trainer_stock_conv", "trainer_compiled")
+# the trainer's path; the same with PyTorch's own convolutions (models/matmul_conv.py off); with PyTorch's own
+# BatchNorm (models/cpu_batch_norm.py off); under torch.compile (`--compile`; its compilation is the warm-up's
+# time, reported as setup_s)
+TRAINER_PATHS = ("trainer", "trainer_stock_conv", "trainer_stock_norm", "trainer_compiled")
 
 
 def reference_batches(loader, device: torch.device):
@@ -53,7 +57,8 @@ class PreparedContrastive(TimedRounds):
         config = TrainConfig(method=method_name, model=model_name, batch_size=batch, transforms="none",
                              precision=trainer_precision if trainer else "fp32", channels_last=channels_last,
                              lr=0.05, schedule="cosine", queue_size=1024,
-                             matmul_weight_grad=path != "trainer_stock_conv")
+                             matmul_conv=path != "trainer_stock_conv",
+                             numba_batch_norm=path != "trainer_stock_norm")
         self.path, self.device, self.batch = path, device, batch
         self.precision = resolve_precision(config, device)
         self.method = build_method(config)
@@ -68,9 +73,10 @@ class PreparedContrastive(TimedRounds):
             loader = build_loader("resident", split, LoaderSettings(expander, device, batch, train=True,
                                                                      crop_padding=-1, workers=workers))
             self.stream = endless_batches(loader)
+            self.reference_loader = None
         else:
-            self.stream = reference_batches(pil_view_loader(split.images, split.labels, recipe, mean, std, batch,
-                                                            workers), device)
+            self.reference_loader = pil_view_loader(split.images, split.labels, recipe, mean, std, batch, workers,
+                                                    persistent_workers=False)
         torch.manual_seed(0)
         model = self.method.build_model(model_name, split.num_classes, kernels.get_family("none"), device,
                                         channels_last)
@@ -81,9 +87,20 @@ class PreparedContrastive(TimedRounds):
         self.step = self.method.make_step(base, 10**6)
         self.seconds, self.waits = [], []
         start = time.perf_counter()
+        self.start_round()
         for _ in range(warmup):
             self.step(next(self.stream))
+        self.end_round()
         self.setup_seconds = time.perf_counter() - start
+
+    def start_round(self) -> None:
+        if self.reference_loader is not None:  # fresh workers, their queue filled during an untimed step
+            self.stream = reference_batches(self.reference_loader, self.device)
+            self.step(next(self.stream))
+
+    def end_round(self) -> None:
+        if self.reference_loader is not None:  # closing the generator drops its DataLoader iterator: workers stop
+            self.stream.close()
 
 
 

@@ -83,8 +83,8 @@ class PilViewDataset(torch.utils.data.Dataset):
 
 
 def pil_view_loader(images: np.ndarray, labels: np.ndarray, recipe, mean, std, batch: int, workers: int,
-                    seed: int = 0) -> torch.utils.data.DataLoader:
+                    seed: int = 0, persistent_workers: bool = True) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(PilViewDataset(images, labels, recipe, mean, std, seed), batch_size=batch,
                                        shuffle=True, drop_last=True, num_workers=workers,
-                                       persistent_workers=workers > 0,
+                                       persistent_workers=persistent_workers and workers > 0,
                                        generator=torch.Generator().manual_seed(seed))

@@ -30,13 +30,13 @@ def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
 
 
 class ContrastiveNetwork(nn.Module):
-    """backbone → features h (what evaluation uses) → projector → z; BYOL adds a predictor → p."""
+    """backbone → features h (what evaluation uses) → projector → z; BYOL and MoCo v3 add a predictor → p."""
 
-    def __init__(self, backbone: nn.Module, hidden: int, dim: int, predictor: bool = False):
+    def __init__(self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
-        self.projector = mlp(backbone.feature_dim, hidden, dim)
-        self.predictor = mlp(dim, hidden, dim) if predictor else None
+        self.projector = projector
+        self.predictor = predictor
 
     def forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(views)
@@ -75,8 +75,10 @@ class ContrastiveMethod(Method):
         return super().build_model(model_name, num_classes, family, device, channels_last)
 
     def network(self, model_name, num_classes):
-        return ContrastiveNetwork(build_backbone(model_name), self.config.projector_hidden, self.config.projector_dim,
-                                  predictor=self.uses_predictor)
+        backbone = build_backbone(model_name)
+        hidden, dim = self.config.projector_hidden, self.config.projector_dim
+        return ContrastiveNetwork(backbone, mlp(backbone.feature_dim, hidden, dim),
+                                  mlp(dim, hidden, dim) if self.uses_predictor else None)
 
     # ---- evaluation: k-NN on frozen features
     @torch.no_grad()
@@ -289,11 +291,10 @@ class SimclrV2(EmaTarget):
 
     def network(self, model_name, num_classes):
         hidden, dim = self.config.projector_hidden, self.config.projector_dim
-        network = ContrastiveNetwork(build_backbone(f"{model_name}+mlp{hidden}"), hidden, dim)
+        backbone = build_backbone(f"{model_name}+mlp{hidden}")
         last = nn.BatchNorm1d(dim)  # the last layer: BN with a scale and no shift (the paper's code)
         last.bias.requires_grad_(False)
-        network.projector.append(last)
-        return network
+        return ContrastiveNetwork(backbone, nn.Sequential(*mlp(backbone.feature_dim, hidden, dim), last))
 
     def build_model(self, model_name, num_classes, family, device, channels_last):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
@@ -337,13 +338,11 @@ class MocoV3(EmaTarget):
                                  "projection")
             backbone.patch_embed.requires_grad_(False)
         hidden, dim = self.config.projector_hidden, self.config.projector_dim
-        network = ContrastiveNetwork(backbone, hidden, dim, predictor=True)
         # the paper's heads: a 3-layer projector and a 2-layer predictor, each ending in BN without affine
-        network.projector = nn.Sequential(*mlp(backbone.feature_dim, hidden, hidden), nn.BatchNorm1d(hidden),
-                                          nn.ReLU(inplace=True), nn.Linear(hidden, dim),
-                                          nn.BatchNorm1d(dim, affine=False))
-        network.predictor = nn.Sequential(*mlp(dim, hidden, dim), nn.BatchNorm1d(dim, affine=False))
-        return network
+        projector = nn.Sequential(*mlp(backbone.feature_dim, hidden, hidden), nn.BatchNorm1d(hidden),
+                                  nn.ReLU(inplace=True), nn.Linear(hidden, dim), nn.BatchNorm1d(dim, affine=False))
+        predictor = nn.Sequential(*mlp(dim, hidden, dim), nn.BatchNorm1d(dim, affine=False))
+        return ContrastiveNetwork(backbone, projector, predictor)
 
     def losses(self, outputs, labels):
         keys = self.target_projections(outputs["views"])

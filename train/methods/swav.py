@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from kernels import upcast
 from models import build_backbone
 from pipeline.random_views import MultiCropViews
-from train.methods.contrastive import ContrastiveMethod, ContrastiveNetwork
+from train.methods.contrastive import ContrastiveMethod, ContrastiveNetwork, mlp
 
 SINKHORN_ITERATIONS, SINKHORN_EPSILON, SWAV_TEMPERATURE = 3, 0.05, 0.1
 
@@ -74,7 +74,7 @@ class SwavNetwork(ContrastiveNetwork):
     """backbone → projector → unit z → prototype scores; evaluation reads the backbone's features."""
 
     def __init__(self, backbone: nn.Module, hidden: int, dim: int, num_prototypes: int):
-        super().__init__(backbone, hidden, dim)
+        super().__init__(backbone, mlp(backbone.feature_dim, hidden, dim))
         self.prototypes = nn.Linear(dim, num_prototypes, bias=False)
 
     @torch.no_grad()
