@@ -20,7 +20,7 @@ from kernels import batch_norm as kernel
 
 # From `bench.py batchnorm` on the AMX CPU (2 cores): BN alone on the Numba kernels was 1.1-1.3x faster than
 # PyTorch's for activations of 4M values and more (64 channels at 32×32 and 128 at 16×16 at batch 128, 16 at
-# 64×64), even around 4M at 16 and 32 channels, and slower below 4M; the fusion comes on top.
+# 64×64), even around 4M at 16 and 32 channels, and no faster below 4M; the fusion comes on top.
 MIN_ELEMENTS = 1 << 22
 
 

@@ -2,7 +2,7 @@
 
 On a CPU with AMX, oneDNN's bf16 convolutions lose most of their speed on small feature maps: for 512
 channels at 4×4 the forward and the input gradient ran at about a third of the rate of the same arithmetic
-at 64 channels on 32×32, and the weight gradient at a sixth (`python train/bench.py conv` times each pass
+at 64 channels on 32×32, and the weight gradient at a fifth (`python train/bench.py conv` times each pass
 per layer shape).
 The same arithmetic as matrix products, which the matmul units run at full speed:
 - weight gradient (outputs of at most MAX_AREA positions): a sum over kernel positions of
@@ -22,13 +22,13 @@ import torch.nn.functional as F
 
 # From `bench.py conv` on an AMX CPU (2 cores, batch 128, channels_last), each pass timed alone.
 # Weight gradient as matmuls: layers with at most MAX_AREA output positions (H'·W') and at least
-# MIN_CHANNEL_PAIRS in·out channels (even to 1.1x faster at 128→128 on 8×8 and 7×7 maps, 1.6x at 256→256 on
-# 8×8, about 5x at 512→512 on 4×4; slower at 16×16 and above or with 64 channels, where oneDNN's kernel is good).
+# MIN_CHANNEL_PAIRS in·out channels (even at 128→128 on 8×8 maps, 1.1x faster on 7×7, 1.6x at 256→256 on 8×8,
+# about 5x at 512→512 on 4×4; slower at 16×16 and above or with 64 channels, where oneDNN's kernel is good).
 MAX_AREA = 64
 MIN_CHANNEL_PAIRS = 128 * 128
 # Forward and stride-1 input gradient as matmuls: at most FORWARD_MAX_AREA output positions and at least
-# FORWARD_MIN_CHANNEL_PAIRS (1.2x at 256→256 on 4×4, about 2x at 512→512 on 4×4 and 256→512 to 4×4;
-# at 8×8 oneDNN is faster).
+# FORWARD_MIN_CHANNEL_PAIRS (1.1x at 256→256 on 4×4, 1.4-1.9x at 512→512 on 4×4 and 256→512 to 4×4, 1.8-2x
+# at 512→512 on 2×2; at 8×8 oneDNN is faster).
 FORWARD_MAX_AREA = 16
 FORWARD_MIN_CHANNEL_PAIRS = 256 * 256
 
