@@ -105,17 +105,14 @@ class CpuBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         return self.numba_forward(x, None, relu=False)
 
-    def activated(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """ReLU(BN(x) [+ residual]) in one pass where the Numba path takes x (and the residual is laid out
-        like x), else as the three operations (the ReLU in place, as the blocks' nn.ReLU(inplace=True))."""
-        if self.takes(x) and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape
-                                                   and residual.is_contiguous(memory_format=torch.channels_last))):
-            return self.numba_forward(x, residual, relu=True)
-        out = self(x)
-        return torch.relu_(out if residual is None else out + residual)
+    def fuses(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
+        """Whether ReLU(BN(x) [+ residual]) can be one Numba pass: the path takes x and the residual is laid
+        out like x."""
+        return self.takes(x) and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape
+                                                       and residual.is_contiguous(memory_format=torch.channels_last)))
 
     def numba_forward(self, x: torch.Tensor, residual: torch.Tensor | None, relu: bool) -> torch.Tensor:
-        mean, variance = batch_statistics(x.detach())
+        mean, variance = batch_statistics(x)
         if self.track_running_stats:
             self.update_running_statistics(mean, variance, x.numel() // x.shape[1])
         return _Bf16BatchNorm.apply(x, residual, self.weight, self.bias, mean, variance, self.eps, relu)
@@ -134,8 +131,8 @@ class CpuBatchNorm2d(nn.BatchNorm2d):
 def batch_norm_relu(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
     """ReLU(norm(x) [+ residual]) for the residual blocks: fused where `norm` is a CpuBatchNorm2d that takes x,
     otherwise the operations as written (the ReLU in place, as nn.ReLU(inplace=True))."""
-    if isinstance(norm, CpuBatchNorm2d):
-        return norm.activated(x, residual)
+    if isinstance(norm, CpuBatchNorm2d) and norm.fuses(x, residual):
+        return norm.numba_forward(x, residual, relu=True)
     out = norm(x)
     return torch.relu_(out if residual is None else out + residual)
 

@@ -114,15 +114,20 @@ class MatmulConv2d(nn.Conv2d):
     max_area, min_channel_pairs = MAX_AREA, MIN_CHANNEL_PAIRS
     forward_max_area, forward_min_channel_pairs = FORWARD_MAX_AREA, FORWARD_MIN_CHANNEL_PAIRS
 
+    def matmul_passes(self, area: int) -> tuple[bool, bool]:
+        """(weight gradient, forward and stride-1 input gradient) as matmuls, for outputs of `area` positions."""
+        pairs = self.in_channels * self.out_channels
+        weight = area <= self.max_area and pairs >= self.min_channel_pairs
+        return weight, weight and area <= self.forward_max_area and pairs >= self.forward_min_channel_pairs
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
                 and torch.get_autocast_dtype("cpu") == torch.bfloat16):
             return super().forward(x)
         out_h, out_w = output_size(x.shape[2:], self.kernel_size, self.stride, self.padding)
-        channel_pairs = self.in_channels * self.out_channels
-        forward_as_matmul = out_h * out_w <= self.forward_max_area and channel_pairs >= self.forward_min_channel_pairs
+        weight_as_matmul, forward_as_matmul = self.matmul_passes(out_h * out_w)
         if torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad):
-            if out_h * out_w > self.max_area or channel_pairs < self.min_channel_pairs:
+            if not weight_as_matmul:
                 return super().forward(x)
             out = _MatmulConv.apply(x, self.weight, self.stride, self.padding, forward_as_matmul)
         elif forward_as_matmul:  # no gradient (a momentum network, evaluation): the forward product alone

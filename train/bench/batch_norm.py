@@ -51,7 +51,7 @@ def run(batch: int, rounds: int, output: str | None) -> list[dict]:
                   "forward_pytorch_ms": round(ms["pytorch"][0], 2), "forward_numba_ms": round(ms["numba"][0], 2),
                   "backward_pytorch_ms": round(ms["pytorch"][1], 2), "backward_numba_ms": round(ms["numba"][1], 2),
                   "speedup": round(sum(ms["pytorch"]) / sum(ms["numba"]), 2),
-                  "numba_by_default": batch * channels * size * size >= CpuBatchNorm2d.min_elements}
+                  "numba_by_default": CpuBatchNorm2d(channels).takes(x)}
         records.append(record)
         print(f"{channels:>9}{size:>6}{record['forward_pytorch_ms']:>13.2f}{record['forward_numba_ms']:>11.2f}"
               f"{record['backward_pytorch_ms']:>13.2f}{record['backward_numba_ms']:>11.2f}{record['speedup']:>9.2f}x"

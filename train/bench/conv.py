@@ -46,10 +46,8 @@ def pass_functions(x, weight, grad_out, stride: int):
 
 def default_ways(in_channels: int, out_channels: int, size: int, stride: int) -> dict[str, str]:
     """Which way MatmulConv2d takes for each pass of this layer under bf16 autocast on a CPU."""
-    area = ((size - 1) // stride + 1) ** 2
-    pairs = in_channels * out_channels
-    weight = area <= MatmulConv2d.max_area and pairs >= MatmulConv2d.min_channel_pairs
-    forward = weight and area <= MatmulConv2d.forward_max_area and pairs >= MatmulConv2d.forward_min_channel_pairs
+    layer = MatmulConv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+    weight, forward = layer.matmul_passes(((size - 1) // stride + 1) ** 2)
     return {"forward": "matmul" if forward else "pytorch",
             "input_gradient": "matmul" if forward and stride == 1 else "pytorch",
             "weight_gradient": "matmul" if weight else "pytorch"}

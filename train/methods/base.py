@@ -34,12 +34,13 @@ def views_mean(class_logits: torch.Tensor, num_transforms: int) -> torch.Tensor:
     return kernels.upcast(class_logits).reshape(-1, num_transforms, class_logits.shape[1]).mean(dim=1)
 
 
-def place(network: nn.Module, device: torch.device, channels_last: bool, matmul_conv: bool = True,
-          numba_batch_norm: bool = True) -> nn.Module:
+def place(network: nn.Module, device: torch.device, channels_last: bool, config) -> nn.Module:
+    """`network` on `device`, with the CPU kernels `config` (a TrainConfig) asks for: every network of a run,
+    trained or not, goes through here."""
     network = network.to(device)
-    if device.type == "cpu" and matmul_conv:  # only acts under bf16 autocast (models/matmul_conv.py)
+    if device.type == "cpu" and config.matmul_conv:  # only acts under bf16 autocast (models/matmul_conv.py)
         use_matmul_convolutions(network)
-    if device.type == "cpu" and numba_batch_norm:  # only acts on bf16 channels_last input (models/cpu_batch_norm.py)
+    if device.type == "cpu" and config.numba_batch_norm:  # only on bf16 channels_last input (models/cpu_batch_norm.py)
         use_cpu_batch_norm(network)
     return network.to(memory_format=torch.channels_last) if channels_last else network
 
@@ -81,7 +82,7 @@ class Method:
             if not isinstance(getattr(network, "backbone", None), nn.Module):
                 raise ValueError(f"--init-from: {self.name} has no single backbone to initialise")
             self.init_record = load_backbone(network.backbone, self.config.init_from, "--init-from", model_name)
-        return place(network, device, channels_last, self.config.matmul_conv, self.config.numba_batch_norm)
+        return place(network, device, channels_last, self.config)
 
     @classmethod
     def checkpoint_backbone(cls, config: dict) -> str:

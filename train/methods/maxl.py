@@ -120,8 +120,7 @@ class Maxl(MaxlHuman):
     def build_model(self, model_name, num_classes, family, device, channels_last):
         learner = super().build_model(model_name, num_classes, family, device, channels_last)
         backbone = build_backbone(self.config.generator_model or model_name)
-        self.generator = place(LabelGenerator(backbone, self.blocks.num_aux), device, channels_last,
-                               self.config.matmul_conv, self.config.numba_batch_norm)
+        self.generator = place(LabelGenerator(backbone, self.blocks.num_aux), device, channels_last, self.config)
         self.train_generator = self.generator
         self.generator_optimizer = torch.optim.SGD(self.generator.parameters(), lr=self.config.generator_lr,
                                                    weight_decay=self.config.generator_weight_decay)
