@@ -130,6 +130,9 @@ class TrainConfig:
     numba_batch_norm: bool = field(default=True, metadata={
         "help": "CPU bf16: training-mode BatchNorm2d on channels_last activations by Numba kernels "
                 "(kernels/batch_norm.py; PyTorch's ran far below memory speed there)"})
+    retain_host_memory: bool = field(default=True, metadata={
+        "help": "CPU: the process keeps the memory it frees, so each step's large tensors are not page-faulted "
+                "anew (glibc unmaps them at free; train/host_memory.py)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     # --- optimisation
     batch_size: int = field(default=64, metadata={"help": "global batch in source images, all ranks together "

@@ -34,6 +34,7 @@ from train.checkpoint import (atomic_save, checkpoint_payload, load_checkpoint, 
 from train.config import PRESETS, TrainConfig, config_from_namespace, parse_arguments
 from train.distributed import all_reduce_sum, barrier, init_distributed, shutdown
 from train.evaluate import evaluate
+from train.host_memory import retain_freed_memory
 from train.methods import METHODS, build_method
 from train.mfu import flops_per_view, peak_flops
 from train.profiling import StepProfiler, breakdown_table
@@ -120,6 +121,8 @@ def run(config: TrainConfig, context) -> dict:
         split_name=f"{config.dataset}-{part}") for part, split in (("val", splits.val), ("test", splits.test)))
 
     if device.type == "cpu":
+        if config.retain_host_memory:
+            retain_freed_memory()
         if os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive":
             run_log.print("warning: OMP_WAIT_POLICY=passive makes every parallel region wait for the scheduler; "
                           "on a loaded CPU the trainer's step ran 10x slower with it (BENCHMARKS.md, load sensitivity)")

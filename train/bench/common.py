@@ -10,6 +10,8 @@ import time
 
 import torch
 
+from train.host_memory import retain_freed_memory, return_freed_memory
+
 
 def bench_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -56,12 +58,22 @@ def endless_batches(loader):
         epoch += 1
 
 
+def set_host_memory(device: torch.device, retain: bool) -> None:
+    """Before a path's round on a CPU: the allocator that path trains with (train/host_memory.py)."""
+    if device.type == "cpu" and retain:
+        retain_freed_memory()
+    elif device.type == "cpu":
+        return_freed_memory()
+
+
 class TimedRounds:
     """Rounds of whole steps, timed with the loader's wait counted apart; a subclass sets `stream`, `step`
     and `device`, and may prepare and close each round's loader, untimed (`start_round`, `end_round`).
-    GPU work is synchronised at each round's ends."""
+    GPU work is synchronised at each round's ends. A path that trains as train/main.py does on a CPU sets
+    `retain_host_memory` (train/host_memory.py); the others run theirs with glibc's default allocator."""
     seconds: list[float]
     waits: list[float]
+    retain_host_memory: bool = False
 
     def start_round(self) -> None:
         """Untimed, before the round's first timed step."""
@@ -70,6 +82,7 @@ class TimedRounds:
         """Untimed, after the round's last timed step."""
 
     def time_round(self, steps: int) -> None:
+        set_host_memory(self.device, self.retain_host_memory)
         self.start_round()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -6,8 +6,9 @@ paths alternating over rounds in one run; loader wait reported for both. The ref
 during its own rounds: each round forks them afresh and takes one untimed step (their prefetch queue fills,
 as in a running epoch), and its end shuts them down, so their prefetching never runs in another path's round. `--paths trainer_stock_conv`
 adds the trainer's path with PyTorch's own convolutions (`--no-matmul-conv`), `trainer_stock_norm` with
-PyTorch's own BatchNorm, ReLU and sum (`--no-numba-batch-norm`), `trainer_compiled` the trainer's path under
-torch.compile (`--compile`)."""
+PyTorch's own BatchNorm, ReLU and sum (`--no-numba-batch-norm`), `trainer_stock_malloc` with glibc's default
+allocator (`--no-retain-host-memory`), `trainer_compiled` the trainer's path under torch.compile (`--compile`).
+The reference runs with glibc's default allocator, as the papers' code does."""
 from __future__ import annotations
 
 import statistics
@@ -30,9 +31,9 @@ from train.step import TrainStep
 
 
 # the trainer's path; the same with PyTorch's own convolutions (models/matmul_conv.py off); with PyTorch's own
-# BatchNorm (models/cpu_batch_norm.py off); under torch.compile (`--compile`; its compilation is the warm-up's
-# time, reported as setup_s)
-TRAINER_PATHS = ("trainer", "trainer_stock_conv", "trainer_stock_norm", "trainer_compiled")
+# BatchNorm (models/cpu_batch_norm.py off); with glibc's default allocator (train/host_memory.py off); under
+# torch.compile (`--compile`; its compilation is the warm-up's time, reported as setup_s)
+TRAINER_PATHS = ("trainer", "trainer_stock_conv", "trainer_stock_norm", "trainer_stock_malloc", "trainer_compiled")
 
 
 def reference_batches(loader, device: torch.device):
@@ -58,8 +59,10 @@ class PreparedContrastive(TimedRounds):
                              precision=trainer_precision if trainer else "fp32", channels_last=channels_last,
                              lr=0.05, schedule="cosine", queue_size=1024,
                              matmul_conv=path != "trainer_stock_conv",
-                             numba_batch_norm=path != "trainer_stock_norm")
+                             numba_batch_norm=path != "trainer_stock_norm",
+                             retain_host_memory=path != "trainer_stock_malloc")
         self.path, self.device, self.batch = path, device, batch
+        self.retain_host_memory = trainer and config.retain_host_memory
         self.precision = resolve_precision(config, device)
         self.method = build_method(config)
         self.method.see_data(SimpleNamespace(train=split, num_classes=split.num_classes))  # swav: the image size

@@ -17,7 +17,7 @@ from pipeline.batch import LoaderSettings
 from pipeline.datasets import channel_statistics
 from pipeline.loaders import build_loader
 from pipeline.views import ViewExpander
-from train.bench.common import endless_batches
+from train.bench.common import endless_batches, set_host_memory
 from train.config import TrainConfig
 from train.methods import build_method
 from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
@@ -62,6 +62,7 @@ class PreparedMaxl:
 
     def time_round(self, steps: int) -> None:
         """`steps` batches (the loader's time counted with θ1's step), each update timed on its own."""
+        set_host_memory(self.device, self.settings["retain_host_memory"])
         totals = dict.fromkeys(UPDATES, 0.0)
         for _ in range(steps):
             self._sync()

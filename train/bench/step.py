@@ -30,8 +30,8 @@ from train.optim import autocast, build_optimizer, build_scaler, build_scheduler
 from train.step import TrainStep
 
 PATHS = {  # name → the settings that differ between this trainer and the papers' code
-    "trainer": dict(loader="resident", precision="auto", channels_last=True, kernels="auto"),
-    "paper": dict(loader="torch", precision="fp32", channels_last=False, kernels="torch"),
+    "trainer": dict(loader="resident", precision="auto", channels_last=True, kernels="auto", retain_host_memory=True),
+    "paper": dict(loader="torch", precision="fp32", channels_last=False, kernels="torch", retain_host_memory=False),
 }
 
 
@@ -72,6 +72,7 @@ class PreparedPath(TimedRounds):
                              precision=settings["precision"], channels_last=settings["channels_last"],
                              kernels=settings["kernels"], schedule="cosine", lr=0.05, teacher=teacher)
         self.path, self.settings, self.device, self.batch = path, settings, device, batch
+        self.retain_host_memory = settings["retain_host_memory"]
         self.precision = resolve_precision(config, device)
         input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.method = build_method(config)
@@ -259,11 +260,11 @@ def _run_contrastive(method, models, data, batch, steps, warmup, num_images, wor
     from train.bench import contrastive_step
 
     return _run_table(
-        f"{'model':<16}{'data':<10}{'method':<11}{'path':<20}{'precision':<10}{'img/s':>9}{'ms/step':>10}"
+        f"{'model':<16}{'data':<10}{'method':<11}{'path':<22}{'precision':<10}{'img/s':>9}{'ms/step':>10}"
         f"{'wait':>8}{'setup s':>9}{'vs paper':>10}", data, models, num_images, output,
         lambda model_name, split, data_name: contrastive_step.run(method, model_name, split, data_name, batch, steps,
                                                                   warmup, rounds, device, workers, paths,
                                                                   trainer_precision),
-        lambda r: (f"{r['model']:<16}{r['data']:<10}{r['method']:<11}{r['path']:<20}{r['precision']:<10}"
+        lambda r: (f"{r['model']:<16}{r['data']:<10}{r['method']:<11}{r['path']:<22}{r['precision']:<10}"
                    f"{r['images_per_s']:>9,.0f}{r['ms_per_step']:>10.1f}{100 * r['loader_wait_share']:>7.1f}%"
                    f"{r['setup_s']:>9.1f}{ratio_text(r):>10}"))

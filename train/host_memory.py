@@ -1,0 +1,53 @@
+"""Whether the process keeps the memory it frees, for training on a CPU.
+
+glibc's malloc serves blocks over its mmap threshold (dynamic, at most 32 MB) with their own mmap, unmapped
+at free, and gives the heap's free top back to the system past its trim threshold. A CPU training step allocates and frees the same large activations,
+gradients and unfolded inputs every step, so each of them is page-faulted and zeroed by the kernel anew:
+about 25,000 page faults and 70 ms of kernel time per SimCLR ResNet-18 step (batch 64 × 2 views) on the
+2-core machine of BENCHMARKS.md, about 130 faults with the memory kept. Keeping it means: no mmap for
+allocations (they come from the heap) and no trimming of the heap's top at free. The process's resident
+memory then stays at its peak, which a training loop reaches again every step anyway.
+Written here (two mallopt calls) because the usual remedy, tcmalloc or jemalloc through LD_PRELOAD, needs a
+system library and a launcher change; the setting can be undone (`return_freed_memory`), which the
+benchmarks use to give the reference path glibc's defaults.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import platform
+
+# mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+# glibc's defaults, restored by return_freed_memory (the thresholds become dynamic again only in a new process)
+DEFAULT_MMAP_MAX = 65536
+DEFAULT_TRIM_THRESHOLD = 128 * 1024
+KEEP_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: the largest means never trim
+
+
+@functools.cache
+def _glibc():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL("libc.so.6")  # glibc's soname on x86-64 and AArch64
+
+
+def retain_freed_memory() -> bool:
+    """Freed memory stays in the process for the next allocation. False where the C library is not glibc
+    (nothing changed)."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD))
+
+
+def return_freed_memory() -> bool:
+    """glibc's default behaviour again, and what the heap holds free now goes back to the system."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    restored = bool(libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)) and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD))
+    libc.malloc_trim(0)
+    return restored
