@@ -125,7 +125,12 @@ def test_step_bench_times_maxls_two_updates_against_the_official_way(tmp_path):
     assert all(r["precision"] == "fp32" and not r["channels_last"] for r in records if r["path"] == "paper")
 
 
-def test_step_bench_compares_contrastive_steps_with_per_sample_pil_views(tmp_path):
+def test_step_bench_compares_contrastive_steps_with_per_sample_pil_views(tmp_path, monkeypatch):
+    from train.bench import common
+
+    allocators = []  # which allocator each timed round ran with
+    monkeypatch.setattr(common, "retain_freed_memory", lambda: allocators.append("retain"))
+    monkeypatch.setattr(common, "return_freed_memory", lambda: allocators.append("glibc"))
     out = tmp_path / "simclr.jsonl"
     assert main(["step", "--method", "simclr", "--models", "resnet8", "--data", "synthetic", "--steps", "1",
                  "--warmup", "1", "--batch", "8", "--images", "32", "--workers", "1", "--rounds", "2",
@@ -134,6 +139,8 @@ def test_step_bench_compares_contrastive_steps_with_per_sample_pil_views(tmp_pat
     assert (trainer["path"], paper["path"]) == ("trainer", "paper") and paper["precision"] == "fp32"
     assert abs(trainer["vs_paper"] - trainer["images_per_s"] / paper["images_per_s"]) <= 0.01 * trainer["vs_paper"] + 0.01
     assert all(0 <= r["loader_wait_share"] < 1 and len(r["round_images_per_s"]) == 2 for r in (trainer, paper))
+    assert allocators == ["retain", "glibc", "glibc", "retain"]  # the paths alternate: trainer, paper; paper, trainer
+    assert all(isinstance(r["page_faults_per_step"], int) and r["page_faults_per_step"] >= 0 for r in (trainer, paper))
 
 
 def test_loader_bench_times_the_random_view_pass(tmp_path):

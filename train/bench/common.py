@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -71,9 +72,13 @@ class TimedRounds:
     and `device`, and may prepare and close each round's loader, untimed (`start_round`, `end_round`).
     GPU work is synchronised at each round's ends. A path that trains as train/main.py does on a CPU sets
     `retain_host_memory` (train/host_memory.py); the others run theirs with glibc's default allocator."""
-    seconds: list[float]
+    seconds: list[float]  # per timed round
     waits: list[float]
+    page_faults: list[int]  # minor page faults of this process (a DataLoader's workers not counted)
     retain_host_memory: bool = False
+
+    def clear_rounds(self) -> None:
+        self.seconds, self.waits, self.page_faults = [], [], []
 
     def start_round(self) -> None:
         """Untimed, before the round's first timed step."""
@@ -86,6 +91,7 @@ class TimedRounds:
         self.start_round()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         wait, start = 0.0, time.perf_counter()
         for _ in range(steps):
             fetch = time.perf_counter()
@@ -96,4 +102,5 @@ class TimedRounds:
             torch.cuda.synchronize(self.device)
         self.seconds.append(time.perf_counter() - start)
         self.waits.append(wait)
+        self.page_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
         self.end_round()

@@ -88,7 +88,7 @@ class PreparedContrastive(TimedRounds):
         base = TrainStep(train_model, model, self.method, optimizer, build_scheduler(config, optimizer, 10**6),
                          build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
         self.step = self.method.make_step(base, 10**6)
-        self.seconds, self.waits = [], []
+        self.clear_rounds()
         start = time.perf_counter()
         self.start_round()
         for _ in range(warmup):
@@ -125,7 +125,8 @@ def run(method_name: str, model_name: str, split, data_name: str, batch: int, st
                   "rounds": rounds, "setup_s": round(path.setup_seconds, 1),
                   "images_per_s": round(steps * batch / median, 1),
                   "ms_per_step": round(1e3 * median / steps, 2), "loader_wait_share": round(wait / median, 4),
-                  "round_images_per_s": [round(steps * batch / s, 1) for s in path.seconds]}
+                  "round_images_per_s": [round(steps * batch / s, 1) for s in path.seconds],
+                  "page_faults_per_step": round(statistics.median(path.page_faults) / steps)}
         if "paper" in prepared:
             record["vs_paper"] = round(statistics.median(prepared["paper"].seconds) / median, 2)
         records.append(record)

@@ -92,8 +92,7 @@ class PreparedPath(TimedRounds):
         self.stream = endless_batches(self.loader)
         for _ in range(warmup):
             self.step(next(self.stream))
-        self.seconds: list[float] = []  # one entry per timed round
-        self.waits: list[float] = []
+        self.clear_rounds()
 
     def record(self, steps: int) -> dict:
         """The median round's figures, plus every round's images/s (the spread shows how steady the machine was)."""
@@ -118,6 +117,7 @@ class PreparedPath(TimedRounds):
                 "kernels": settings["kernels"], "rounds": len(self.seconds),
                 "images_per_s": round(images_per_s, 1), "views_per_s": round(images_per_s * num_transforms, 1),
                 "round_images_per_s": [round(steps * batch / s, 1) for s in self.seconds],
+                "page_faults_per_step": round(statistics.median(self.page_faults) / steps),
                 "ms_per_step": round(1e3 * seconds / steps, 2), "loader_wait_share": round(wait / seconds, 4),
                 "compute_s": round(seconds - wait, 4), "loader_wait_s": round(wait, 4),
                 "peak_memory_bytes": int(memory), "memory_kind": "device" if device.type == "cuda" else "host peak RSS",
@@ -261,10 +261,10 @@ def _run_contrastive(method, models, data, batch, steps, warmup, num_images, wor
 
     return _run_table(
         f"{'model':<16}{'data':<10}{'method':<11}{'path':<22}{'precision':<10}{'img/s':>9}{'ms/step':>10}"
-        f"{'wait':>8}{'setup s':>9}{'vs paper':>10}", data, models, num_images, output,
+        f"{'wait':>8}{'faults':>8}{'setup s':>9}{'vs paper':>10}", data, models, num_images, output,
         lambda model_name, split, data_name: contrastive_step.run(method, model_name, split, data_name, batch, steps,
                                                                   warmup, rounds, device, workers, paths,
                                                                   trainer_precision),
         lambda r: (f"{r['model']:<16}{r['data']:<10}{r['method']:<11}{r['path']:<22}{r['precision']:<10}"
                    f"{r['images_per_s']:>9,.0f}{r['ms_per_step']:>10.1f}{100 * r['loader_wait_share']:>7.1f}%"
-                   f"{r['setup_s']:>9.1f}{ratio_text(r):>10}"))
+                   f"{r['page_faults_per_step']:>8,}{r['setup_s']:>9.1f}{ratio_text(r):>10}"))
