@@ -338,7 +338,7 @@ def test_moco_v3_on_a_vit_trains_under_bf16_with_a_frozen_patch_projection(tiny_
     model = build_method(config).build_model("vit_tiny", 10, kernels.get_family("none"), torch.device("cpu"), False)
     frozen = {id(p) for p in model.backbone.patch_embed.parameters()}
     assert frozen and not any(p.requires_grad for p in model.backbone.patch_embed.parameters())
-    optimizer = build_optimizer(config, model, torch.device("cpu"))
+    optimizer = build_optimizer(config, model)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert not frozen & {id(p) for group in optimizer.param_groups for p in group["params"]}
     summary = train(config)

@@ -93,7 +93,7 @@ def test_weight_decay_reaches_norm_and_bias_only_when_asked(decay_norm_and_bias)
     model = build_backbone("resnet8")
     model.stem[0].weight.requires_grad_(False)  # frozen parameters stay out either way
     config = TrainConfig(weight_decay=1e-3, decay_norm_and_bias=decay_norm_and_bias)
-    optimizer = build_optimizer(config, model, torch.device("cpu"))
+    optimizer = build_optimizer(config, model)
     decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
     trained = [p for p in model.parameters() if p.requires_grad]
     assert len(decay_of) == len(trained) == sum(1 for _ in model.parameters()) - 1
@@ -101,6 +101,37 @@ def test_weight_decay_reaches_norm_and_bias_only_when_asked(decay_norm_and_bias)
         expected = 1e-3 if decay_norm_and_bias or parameter.ndim > 1 else 0.0
         assert decay_of[id(parameter)] == expected
     assert all(preset["decay_norm_and_bias"] for name, preset in PRESETS.items() if name.startswith("sla-"))
+
+
+@pytest.mark.parametrize("optimizer_name, nesterov", [("sgd", False), ("sgd", True), ("adamw", False)])
+def test_fused_optimizers_are_the_default_and_sgd_keeps_the_default_implementations_bits(optimizer_name, nesterov):
+    """Fused kernels by default on a CPU too; SGD's give the same bits as torch's default implementation
+    (the papers' code, the benches' reference), so figures recorded before the switch still reproduce;
+    AdamW's agree to float rounding."""
+    import torch
+
+    from models.registry import build_backbone
+    from train.config import TrainConfig
+    from train.optim import build_optimizer
+
+    config = TrainConfig(optimizer=optimizer_name, nesterov=nesterov, lr=0.05, weight_decay=1e-3)
+    weights = {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = build_backbone("resnet8")
+        optimizer = build_optimizer(config, model, fused=fused)
+        assert optimizer.defaults["fused"] is (True if fused else None)
+        gradients = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            for parameter in model.parameters():
+                parameter.grad = torch.randn(parameter.shape, generator=gradients)
+            optimizer.step()
+        weights[fused] = [p.detach().clone() for p in model.parameters()]
+    for fused_weight, default_weight in zip(weights[True], weights[False]):
+        if optimizer_name == "sgd":
+            assert torch.equal(fused_weight, default_weight)
+        else:
+            torch.testing.assert_close(fused_weight, default_weight, rtol=1e-6, atol=1e-7)
 
 
 def test_progress_lines_average_every_step_of_their_interval_across_epochs(tiny_config, tmp_path):

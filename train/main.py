@@ -133,7 +133,7 @@ def run(config: TrainConfig, context) -> dict:
     steps_per_epoch = len(train_loader) * method.passes_per_epoch
     total_steps = config.iterations or config.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
-    optimizer = build_optimizer(config, model, device)
+    optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, total_steps)
     scaler = build_scaler(precision, device)
     ema = build_ema(config, model)

@@ -83,7 +83,7 @@ class PreparedContrastive(TimedRounds):
         torch.manual_seed(0)
         model = self.method.build_model(model_name, split.num_classes, kernels.get_family("none"), device,
                                         channels_last)
-        optimizer = build_optimizer(config, model, device)
+        optimizer = build_optimizer(config, model, fused=trainer)
         train_model = torch.compile(model) if path == "trainer_compiled" else model
         base = TrainStep(train_model, model, self.method, optimizer, build_scheduler(config, optimizer, 10**6),
                          build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))

@@ -85,7 +85,7 @@ class PreparedPath(TimedRounds):
         torch.manual_seed(0)
         self.model = self.method.build_model(model_name, split.num_classes, self.family, device,
                                              settings["channels_last"])
-        optimizer = build_optimizer(config, self.model, device)
+        optimizer = build_optimizer(config, self.model, fused=path != "paper")
         self.step = TrainStep(self.model, self.model, self.method, optimizer,
                               build_scheduler(config, optimizer, warmup + total_steps + 1),
                               build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
