@@ -1,12 +1,12 @@
 """Whether the process keeps the memory it frees, for training on a CPU.
 
 glibc's malloc serves blocks over its mmap threshold (dynamic, at most 32 MB) with their own mmap, unmapped
-at free, and gives the heap's free top back to the system past its trim threshold. A CPU training step allocates and frees the same large activations,
-gradients and unfolded inputs every step, so each of them is page-faulted and zeroed by the kernel anew:
-about 25,000 page faults and 70 ms of kernel time per SimCLR ResNet-18 step (batch 64 × 2 views) on the
-2-core machine of BENCHMARKS.md, about 130 faults with the memory kept. Keeping it means: no mmap for
-allocations (they come from the heap) and no trimming of the heap's top at free. The process's resident
-memory then stays at its peak, which a training loop reaches again every step anyway.
+at free, and gives the heap's free top back to the system past its trim threshold. A CPU training step
+allocates and frees the same large activations, gradients and unfolded inputs every step, so each of them
+is page-faulted and zeroed by the kernel anew (`python train/bench.py step --method simclr --paths
+trainer,trainer_stock_malloc,paper` prints each path's page faults per step; BENCHMARKS.md has the figures).
+Keeping it means: no mmap for allocations (they come from the heap) and no trimming of the heap's top at
+free. The process's resident memory then stays at its peak, which a training loop reaches again every step.
 Written here (two mallopt calls) because the usual remedy, tcmalloc or jemalloc through LD_PRELOAD, needs a
 system library and a launcher change; the setting can be undone (`return_freed_memory`), which the
 benchmarks use to give the reference path glibc's defaults.
