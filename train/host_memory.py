@@ -48,8 +48,8 @@ def retain_freed_memory() -> bool:
 
 def return_freed_memory() -> bool:
     """glibc's default behaviour again, at the thresholds its dynamic rule settles on in a training process
-    (the benchmarks' reference path; a fresh process of it page-faulted more than this, not less), and what
-    the heap holds free now goes back to the system."""
+    (the benchmarks' reference path; in a one-off check a fresh process of it page-faulted as much or more),
+    and what the heap holds free now goes back to the system."""
     libc = _glibc()
     if libc is None:
         return False

@@ -45,7 +45,7 @@ class PreparedMaxl:
                                                                              workers=workers))
         torch.manual_seed(0)
         model = self.method.build_model(model_name, split.num_classes, family, device, settings["channels_last"])
-        optimizer = build_optimizer(config, model, fused=path != "paper")
+        optimizer = build_optimizer(config, model, fused=settings["fused_optimizer"])
         base = TrainStep(model, model, self.method, optimizer, build_scheduler(config, optimizer, 10**6),
                          build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
         self.step = self.method.make_step(base, 10**6)

@@ -30,8 +30,10 @@ from train.optim import autocast, build_optimizer, build_scaler, build_scheduler
 from train.step import TrainStep
 
 PATHS = {  # name → the settings that differ between this trainer and the papers' code
-    "trainer": dict(loader="resident", precision="auto", channels_last=True, kernels="auto", retain_host_memory=True),
-    "paper": dict(loader="torch", precision="fp32", channels_last=False, kernels="torch", retain_host_memory=False),
+    "trainer": dict(loader="resident", precision="auto", channels_last=True, kernels="auto", retain_host_memory=True,
+                    fused_optimizer=True),
+    "paper": dict(loader="torch", precision="fp32", channels_last=False, kernels="torch", retain_host_memory=False,
+                  fused_optimizer=False),
 }
 
 
@@ -85,7 +87,7 @@ class PreparedPath(TimedRounds):
         torch.manual_seed(0)
         self.model = self.method.build_model(model_name, split.num_classes, self.family, device,
                                              settings["channels_last"])
-        optimizer = build_optimizer(config, self.model, fused=path != "paper")
+        optimizer = build_optimizer(config, self.model, fused=settings["fused_optimizer"])
         self.step = TrainStep(self.model, self.model, self.method, optimizer,
                               build_scheduler(config, optimizer, warmup + total_steps + 1),
                               build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
