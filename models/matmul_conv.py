@@ -1,13 +1,14 @@
 """Convolutions computed as matrix products where oneDNN's bf16 kernels are slow, for bf16 training on a CPU.
 
-On a CPU with AMX, oneDNN's bf16 convolutions lose most of their speed on small feature maps: for 512
-channels at 4×4 the forward and the input gradient ran at about a third of the rate of the same arithmetic
-at 64 channels on 32×32, and the weight gradient at a fifth (`python train/bench.py conv` times each pass
-per layer shape).
+oneDNN's bf16 convolutions lose much of their speed on small feature maps: with AMX, for 512 channels at
+4×4 the forward and the input gradient ran at about a third of the rate of the same arithmetic at 64
+channels on 32×32, and the weight gradient at a fifth; with AVX512-BF16 alone (AMD Zen 5) the loss is
+smaller and starts at smaller maps (`python train/bench.py conv` times each pass per layer shape; the rules
+below are per CPU kind, from that command on each).
 The same arithmetic as matrix products, which the matmul units run at full speed:
-- weight gradient (outputs of at most MAX_AREA positions): a sum over kernel positions of
+- weight gradient (outputs of at most `max_area` positions): a sum over kernel positions of
   (grad_out)ᵀ · (shifted input), each an [O × N·H'·W'] by [N·H'·W' × C] product;
-- forward (at most FORWARD_MAX_AREA positions and wide layers): the unfolded input [N·H'·W' × k_h·k_w·C]
+- forward (at most `forward_max_area` positions and wide layers): the unfolded input [N·H'·W' × k_h·k_w·C]
   by the weight [k_h·k_w·C × O], one product;
 - input gradient of those layers at stride 1: the same product on grad_out with the flipped, transposed
   kernel (other strides keep PyTorch's).
@@ -16,21 +17,44 @@ CPU, or for layers outside these rules, the layer is nn.Conv2d.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# From `bench.py conv` on an AMX CPU (2 cores, batch 128, channels_last), each pass timed alone.
-# Weight gradient as matmuls: layers with at most MAX_AREA output positions (H'·W') and at least
-# MIN_CHANNEL_PAIRS in·out channels (even at 128→128 on 8×8 maps, 1.1x faster on 7×7, 1.6x at 256→256 on 8×8,
-# about 5x at 512→512 on 4×4; slower at 16×16 and above or with 64 channels, where oneDNN's kernel is good).
-MAX_AREA = 64
-MIN_CHANNEL_PAIRS = 128 * 128
-# Forward and stride-1 input gradient as matmuls: at most FORWARD_MAX_AREA output positions and at least
-# FORWARD_MIN_CHANNEL_PAIRS (1.1x at 256→256 on 4×4, 1.4-1.9x at 512→512 on 4×4 and 256→512 to 4×4, 1.8-2x
-# at 512→512 on 2×2; at 8×8 oneDNN is faster).
-FORWARD_MAX_AREA = 16
-FORWARD_MIN_CHANNEL_PAIRS = 256 * 256
+@dataclass(frozen=True)
+class MatmulRules:
+    """Which passes of a layer run as matmuls: the weight gradient for outputs of at most `max_area` positions
+    (H'·W') and at least `min_channel_pairs` in·out channels; the forward and the stride-1 input gradient
+    when, besides, the outputs are at most `forward_max_area` positions and the layer has at least
+    `forward_min_channel_pairs`. `name`: the CPU kind they were measured on."""
+    name: str
+    max_area: int
+    min_channel_pairs: int
+    forward_max_area: int
+    forward_min_channel_pairs: int
+
+
+# From `bench.py conv` (2 cores, batch 128, channels_last), each pass timed alone; BENCHMARKS.md has both tables.
+# AMX (Intel Sapphire Rapids class): the weight gradient as matmuls from 128→128 on 8×8 maps (1.1x faster on
+# 7×7, 1.6x at 256→256 on 8×8, about 5x at 512→512 on 4×4; slower at 16×16 and above or with 64 channels,
+# where oneDNN's kernel is good); the forward and input gradient from 256→256 on 4×4 (1.1x, 1.4-1.9x at
+# 512→512 on 4×4 and 256→512 to 4×4, 1.8-2x at 512→512 on 2×2; at 8×8 oneDNN is faster).
+AMX_RULES = MatmulRules("amx", max_area=64, min_channel_pairs=128 * 128, forward_max_area=16,
+                        forward_min_channel_pairs=256 * 256)
+# AVX512-BF16 without AMX (AMD Zen 5): oneDNN stays ahead down to 8×8 maps and on 256→256 at 4×4 in the
+# forward (2.7 against 4.1 ms) and input gradient; matmuls win the weight gradient from 256→256 on 4×4 (1.3x;
+# 1.5x at 512→512 on 4×4, 2.4x at 256→512 to 4×4, 3.2x at 512→512 on 2×2) and the forward and input
+# gradient from 256→512 to 4×4 (1.2x; 1.0-1.1x at 512→512 on 4×4, 1.3-1.6x on 2×2).
+AVX512_BF16_RULES = MatmulRules("avx512_bf16", max_area=16, min_channel_pairs=256 * 256, forward_max_area=16,
+                                forward_min_channel_pairs=256 * 512)
+
+
+def cpu_matmul_rules() -> MatmulRules:
+    """The rules measured on this CPU's kind: AMX or not (torch.cpu's own CPUID probe)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return AMX_RULES if amx else AVX512_BF16_RULES
 
 
 def output_size(size: tuple[int, int], kernel, stride, padding) -> tuple[int, int]:
@@ -111,8 +135,9 @@ class _MatmulConv(torch.autograd.Function):
 
 class MatmulConv2d(nn.Conv2d):
     """nn.Conv2d (same parameters and state dict) whose passes are matmuls where that is faster."""
-    max_area, min_channel_pairs = MAX_AREA, MIN_CHANNEL_PAIRS
-    forward_max_area, forward_min_channel_pairs = FORWARD_MAX_AREA, FORWARD_MIN_CHANNEL_PAIRS
+    _rules = cpu_matmul_rules()
+    max_area, min_channel_pairs = _rules.max_area, _rules.min_channel_pairs
+    forward_max_area, forward_min_channel_pairs = _rules.forward_max_area, _rules.forward_min_channel_pairs
 
     def matmul_passes(self, area: int) -> tuple[bool, bool]:
         """(weight gradient, forward and stride-1 input gradient) as matmuls, for outputs of `area` positions."""

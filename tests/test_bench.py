@@ -1,6 +1,7 @@
 """The benchmark commands run at tiny sizes and write one valid JSON line per measurement (no timing asserted)."""
 import json
 
+from models.matmul_conv import AMX_RULES, cpu_matmul_rules
 from train.bench import main
 from train.optim import cpu_has_native_bf16
 
@@ -183,9 +184,11 @@ def test_conv_and_batchnorm_benches_time_both_ways_per_shape(tmp_path):
                         if not (p, w, r["stride"]) == ("input_gradient", "matmul", 2)}
                 assert all(r[f"{p}_{w}_ms"] > 0 for p, w in ways)
                 assert ("input_gradient_matmul_ms" in r) == (r["stride"] == 1)
-            # the convolution rules go by map size and channels alone (models/matmul_conv.py)
+            # the convolution rules go by map size and channels (and the CPU's kind: models/matmul_conv.py)
             defaults = {(r["in_channels"], r["size"], r["stride"]): r["default"] for r in records}
             assert set(defaults[(512, 4, 1)].values()) == {"matmul"}
             assert set(defaults[(64, 32, 1)].values()) == {"pytorch"}
+            amx = cpu_matmul_rules() == AMX_RULES  # AMX takes the weight gradient as matmuls from 8×8 maps
             assert defaults[(256, 8, 1)] == {"forward": "pytorch", "input_gradient": "pytorch",
-                                             "weight_gradient": "matmul"}
+                                             "weight_gradient": "matmul" if amx else "pytorch"}
+            assert all(r["cpu_rules"] == ("amx" if amx else "avx512_bf16") for r in records)

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models.matmul_conv import (MatmulConv2d, flipped_input_gradient_applies, matmul_convolution,
-                                use_matmul_convolutions, weight_gradient)
+from models.matmul_conv import (AMX_RULES, AVX512_BF16_RULES, MatmulConv2d, cpu_matmul_rules,
+                                flipped_input_gradient_applies, matmul_convolution, use_matmul_convolutions,
+                                weight_gradient)
 
 
 SHAPES = [(3, 5, 7, 9, 3, 1, 1), (3, 5, 7, 9, 3, 2, 1), (5, 4, 6, 7, 1, 2, 0), (2, 3, 4, 6, 3, 1, 0),
@@ -108,3 +109,20 @@ def test_the_matmul_path_compiles_and_gives_eager_gradients():
         results.append([out.float()] + [p.grad.clone() for p in model.parameters()])
     for eager, traced in zip(*results):
         torch.testing.assert_close(traced, eager)
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_the_rules_are_the_ones_measured_on_this_kind_of_cpu(monkeypatch, amx):
+    """AMX: weight gradients as matmuls from 8×8 maps, forwards from 256→256 on 4×4; AVX512-BF16 alone
+    (Zen 5): oneDNN keeps 8×8 maps and the 256→256 forward on 4×4 (bench.py conv's tables in BENCHMARKS.md)."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    rules = cpu_matmul_rules()
+    assert rules == (AMX_RULES if amx else AVX512_BF16_RULES)
+    # (in, out, output area) → (weight gradient, forward and input gradient) as matmuls
+    expected = {(64, 64, 32 * 32): (False, False), (256, 256, 8 * 8): (amx, False), (128, 128, 7 * 7): (amx, False),
+                (256, 256, 4 * 4): (True, amx), (256, 512, 4 * 4): (True, True), (512, 512, 2 * 2): (True, True)}
+    for (in_channels, out_channels, area), ways in expected.items():
+        layer = MatmulConv2d(in_channels, out_channels, 3, 1, 1, bias=False)
+        vars(layer).update({field: getattr(rules, field) for field in ("max_area", "min_channel_pairs",
+                                                                        "forward_max_area", "forward_min_channel_pairs")})
+        assert layer.matmul_passes(area) == ways, (in_channels, out_channels, area)

@@ -2,7 +2,7 @@
 gradient), PyTorch's own (oneDNN) against models/matmul_conv.py's matrix products (the forward and the
 stride-1 input gradient as one product over the unfolded input, the weight gradient as k_h·k_w products), per
 layer shape of the CIFAR ResNets and of SwAV's small crops, the two ways alternating over rounds in one
-process. These figures set the area and channel rules there."""
+process. These figures set the area and channel rules there, per CPU kind (AMX or AVX512-BF16 alone)."""
 from __future__ import annotations
 
 import statistics
@@ -11,7 +11,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from models.matmul_conv import (MatmulConv2d, flipped_input_gradient_applies, matmul_convolution,
+from models.matmul_conv import (MatmulConv2d, cpu_matmul_rules, flipped_input_gradient_applies, matmul_convolution,
                                 weight_gradient)
 from train.bench.common import append_json_lines
 
@@ -54,8 +54,9 @@ def default_ways(in_channels: int, out_channels: int, size: int, stride: int) ->
 
 
 def run(batch: int, rounds: int, output: str | None) -> list[dict]:
+    rules = cpu_matmul_rules().name
     print(f"bf16, channels_last, batch {batch}, torch threads {torch.get_num_threads()}, median of {rounds}, "
-          "ms per pass (pytorch / matmul; * = the default)")
+          f"ms per pass (pytorch / matmul; * = the default under this CPU's rules: {rules})")
     print(f"{'in':>5}{'out':>5}{'size':>6}{'stride':>8}" + "".join(f"{name:>22}" for name in PASSES))
     records = []
     for in_channels, out_channels, size, stride in SHAPES:
@@ -74,7 +75,8 @@ def run(batch: int, rounds: int, output: str | None) -> list[dict]:
                 functions[name][way]()
                 seconds[(name, way)].append(time.perf_counter() - start)
         record = {"benchmark": "conv", "in_channels": in_channels, "out_channels": out_channels, "size": size,
-                  "stride": stride, "batch": batch, "default": default_ways(in_channels, out_channels, size, stride)}
+                  "stride": stride, "batch": batch, "cpu_rules": rules,
+                  "default": default_ways(in_channels, out_channels, size, stride)}
         for (name, way), times in seconds.items():
             record[f"{name}_{way}_ms"] = round(1e3 * statistics.median(times), 2)
         records.append(record)
