@@ -67,9 +67,22 @@ def measured_peak(device: torch.device, precision: str) -> tuple[float, str]:
     return rates[best], f"best measured rate ({best}; measured: {measured})"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo; platform.processor() is empty there) and the bf16 units
+    PyTorch finds, so that a cache in a home directory shared by different machines keeps their peaks apart."""
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
+    except OSError:
+        pass
+    units = [unit for unit, probe in (("amx", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
+             if getattr(torch.cpu, probe, lambda: False)()]
+    return "+".join([name or platform.machine(), *units])
+
+
 def _cpu_key(precision: str) -> str:
-    return f"{platform.processor() or platform.machine()}|{os.cpu_count()}|{torch.get_num_threads()}|" \
-           f"{torch.__version__}|{precision}"
+    return f"{cpu_model()}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}|{precision}"
 
 
 @functools.lru_cache(maxsize=None)
