@@ -135,15 +135,13 @@ class _MatmulConv(torch.autograd.Function):
 
 class MatmulConv2d(nn.Conv2d):
     """nn.Conv2d (same parameters and state dict) whose passes are matmuls where that is faster."""
-    _rules = cpu_matmul_rules()
-    max_area, min_channel_pairs = _rules.max_area, _rules.min_channel_pairs
-    forward_max_area, forward_min_channel_pairs = _rules.forward_max_area, _rules.forward_min_channel_pairs
+    rules = cpu_matmul_rules()  # this CPU's kind's; a layer (or a test) may set its own
 
     def matmul_passes(self, area: int) -> tuple[bool, bool]:
         """(weight gradient, forward and stride-1 input gradient) as matmuls, for outputs of `area` positions."""
-        pairs = self.in_channels * self.out_channels
-        weight = area <= self.max_area and pairs >= self.min_channel_pairs
-        return weight, weight and area <= self.forward_max_area and pairs >= self.forward_min_channel_pairs
+        pairs, rules = self.in_channels * self.out_channels, self.rules
+        weight = area <= rules.max_area and pairs >= rules.min_channel_pairs
+        return weight, weight and area <= rules.forward_max_area and pairs >= rules.forward_min_channel_pairs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")

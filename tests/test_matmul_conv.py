@@ -7,11 +7,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models.matmul_conv import (AMX_RULES, AVX512_BF16_RULES, MatmulConv2d, cpu_matmul_rules,
+from models.matmul_conv import (AMX_RULES, AVX512_BF16_RULES, MatmulConv2d, MatmulRules, cpu_matmul_rules,
                                 flipped_input_gradient_applies, matmul_convolution, use_matmul_convolutions,
                                 weight_gradient)
 
 
+EVERY_PASS_AS_MATMUL = MatmulRules("every pass", max_area=10**6, min_channel_pairs=1, forward_max_area=10**6,
+                                   forward_min_channel_pairs=1)
 SHAPES = [(3, 5, 7, 9, 3, 1, 1), (3, 5, 7, 9, 3, 2, 1), (5, 4, 6, 7, 1, 2, 0), (2, 3, 4, 6, 3, 1, 0),
           (1, 2, 3, 5, 5, 2, 2), (3, 3, 5, 5, 5, 1, 1)]
 
@@ -66,8 +68,7 @@ def test_the_swapped_layer_trains_like_conv2d_under_bf16_autocast_and_falls_back
     assert swapped.state_dict().keys() == stock.state_dict().keys()
     for layer in swapped:
         if isinstance(layer, MatmulConv2d):
-            layer.max_area, layer.min_channel_pairs = 10**6, 1  # take the matmul passes at these tiny sizes
-            layer.forward_max_area, layer.forward_min_channel_pairs = 10**6, 1
+            layer.rules = EVERY_PASS_AS_MATMUL  # take the matmul passes at these tiny sizes
     x = torch.randn(5, 6, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
 
     def gradients(model, autocast):
@@ -96,8 +97,7 @@ def test_the_matmul_path_compiles_and_gives_eager_gradients():
     model = use_matmul_convolutions(nn.Sequential(nn.Conv2d(4, 6, 3, 1, 1), nn.ReLU(), nn.Conv2d(6, 6, 3, 2, 1)))
     for layer in model:
         if isinstance(layer, MatmulConv2d):
-            layer.max_area, layer.min_channel_pairs = 10**6, 1
-            layer.forward_max_area, layer.forward_min_channel_pairs = 10**6, 1
+            layer.rules = EVERY_PASS_AS_MATMUL
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     x = torch.randn(3, 4, 6, 6).contiguous(memory_format=torch.channels_last)
     results = []
@@ -123,6 +123,5 @@ def test_the_rules_are_the_ones_measured_on_this_kind_of_cpu(monkeypatch, amx):
                 (256, 256, 4 * 4): (True, amx), (256, 512, 4 * 4): (True, True), (512, 512, 2 * 2): (True, True)}
     for (in_channels, out_channels, area), ways in expected.items():
         layer = MatmulConv2d(in_channels, out_channels, 3, 1, 1, bias=False)
-        vars(layer).update({field: getattr(rules, field) for field in ("max_area", "min_channel_pairs",
-                                                                        "forward_max_area", "forward_min_channel_pairs")})
+        layer.rules = rules
         assert layer.matmul_passes(area) == ways, (in_channels, out_channels, area)

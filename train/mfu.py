@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from train.optim import cpu_bf16_units
+
 # Dense peaks (FLOP/s) by the device-name pattern that identifies the variant, most specific first.
 GPU_PEAKS = (
     ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12}),
@@ -76,9 +78,7 @@ def cpu_model() -> str:
             name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
     except OSError:
         pass
-    units = [unit for unit, probe in (("amx", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
-             if getattr(torch.cpu, probe, lambda: False)()]
-    return "+".join([name or platform.machine(), *units])
+    return "+".join([name or platform.machine(), *cpu_bf16_units()])
 
 
 def _cpu_key(precision: str) -> str:

@@ -63,11 +63,18 @@ def build_scheduler(config: TrainConfig, optimizer, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, config))
 
 
+CPU_BF16_UNITS = (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx", "_is_amx_tile_supported"))
+
+
+def cpu_bf16_units() -> list[str]:
+    """The CPU's native bf16 units that torch.cpu's own CPUID probes find: avx512_bf16, amx."""
+    return [unit for unit, probe in CPU_BF16_UNITS if getattr(torch.cpu, probe, lambda: False)()]
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: oneDNN then runs bf16 convolutions and matmuls at about twice the fp32 rate
     (`bench.py step` prints its measured 3×3 conv rate: 476 bf16 against 238 fp32 GFLOP/s, BENCHMARKS.md)."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own CPUID probes
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return bool(cpu_bf16_units())
 
 
 def resolve_precision(config: TrainConfig, device: torch.device) -> str:

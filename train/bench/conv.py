@@ -11,7 +11,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from models.matmul_conv import (MatmulConv2d, cpu_matmul_rules, flipped_input_gradient_applies, matmul_convolution,
+from models.matmul_conv import (MatmulConv2d, flipped_input_gradient_applies, matmul_convolution,
                                 weight_gradient)
 from train.bench.common import append_json_lines
 
@@ -54,7 +54,7 @@ def default_ways(in_channels: int, out_channels: int, size: int, stride: int) ->
 
 
 def run(batch: int, rounds: int, output: str | None) -> list[dict]:
-    rules = cpu_matmul_rules().name
+    rules = MatmulConv2d.rules.name  # what default_ways reads
     print(f"bf16, channels_last, batch {batch}, torch threads {torch.get_num_threads()}, median of {rounds}, "
           f"ms per pass (pytorch / matmul; * = the default under this CPU's rules: {rules})")
     print(f"{'in':>5}{'out':>5}{'size':>6}{'stride':>8}" + "".join(f"{name:>22}" for name in PASSES))
