@@ -9,7 +9,8 @@ sizes and times and the stored resolution) is written to `<file>.json`; a loader
 A streamed folder is written file by file in FFCV's worker processes (memory stays bounded),
 each image at its own size, the longer side capped at `max_resolution`. A file that cannot be
 decoded is written as a blank 8×8 row with label −1, which the loader drops and counts: rows
-keep their positions, so the ranks' shards never shift.
+keep their positions, so the ranks' shards never shift. The writing itself happens in a process
+of its own (pipeline/beton_writer.py says why).
 """
 from __future__ import annotations
 
@@ -20,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .beton_writer import UNREADABLE, write_in_new_process
 from .datasets import DataError, ImageSet
-from .imagenet_crops import load_rgb
 
 WRITE_MODES = ("raw", "jpg")
-UNREADABLE = -1  # the label of a row whose file could not be decoded
 
 
 def fingerprint(split: ImageSet, max_resolution: int | None = None) -> str:
@@ -47,19 +47,12 @@ def write_beton(split: ImageSet, path: Path, write_mode: str = "raw", jpeg_quali
                 workers: int = 1, max_resolution: int | None = None, digest: str = "") -> Path:
     """Write `split` to `path` (atomically: a half-written file never carries the final name); `digest`: the
     split's fingerprint when the caller has it already (a streamed folder's stats every file)."""
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
-
     if write_mode not in WRITE_MODES:
         raise ValueError(f"unknown write mode {write_mode!r}; valid: {', '.join(WRITE_MODES)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    fields = {"image": RGBImageField(write_mode="jpg" if write_mode == "jpg" else "raw", jpeg_quality=jpeg_quality,
-                                     max_resolution=max_resolution),
-              "label": IntField(), "index": IntField()}
-    rows = _Rows(split)
-    DatasetWriter(str(partial), fields, num_workers=max(1, workers)).from_indexed_dataset(rows, chunksize=256)
+    write_in_new_process(split, partial, write_mode, jpeg_quality, workers, max_resolution, path)
     meta = {"fingerprint": digest or fingerprint(split, max_resolution), "num_images": len(split),
             "shape": list(split.image_shape), "num_classes": split.num_classes, "write_mode": write_mode,
             "max_resolution": max_resolution}
@@ -68,24 +61,6 @@ def write_beton(split: ImageSet, path: Path, write_mode: str = "raw", jpeg_quali
     os.replace(partial, path)
     os.replace(partial_meta, sidecar(path))
     return path
-
-
-class _Rows:
-    """The (image, label, index) rows FFCV's writer asks for by position."""
-
-    def __init__(self, split: ImageSet):
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int):
-        if not self.split.streaming:
-            return self.split.images[index], int(self.split.labels[index]), int(index)
-        image, _ = load_rgb(self.split.files[index])
-        if image is None:
-            return np.zeros((8, 8, 3), dtype=np.uint8), UNREADABLE, int(index)
-        return np.asarray(image), int(self.split.labels[index]), int(index)
 
 
 def check_beton(path: Path, split: ImageSet, expected: str = "") -> None:

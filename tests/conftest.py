@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -81,15 +82,53 @@ def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONFAULTHANDLER"] = "1"  # a child aborted by run_child's timeout prints where it was
     return env
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (Linux /proc), children before their own children."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    children = [int(c) for task in tasks for c in (task / "children").read_text().split()]
+    return children + [grandchild for c in children for grandchild in descendants(c)]
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def run_child(command: list[str], *, expect: int | None = 0, timeout: int = 600, env: dict | None = None,
               **kwargs) -> subprocess.CompletedProcess:
     """Run a child process with its output captured. If its exit status is not `expect` (None: any but 0),
-    the failure shows the tails of its stdout and stderr, so a crash in a child is never a bare status."""
-    result = subprocess.run(command, env=env or subprocess_env(), timeout=timeout, capture_output=True, text=True,
-                            **kwargs)
+    the failure shows the tails of its stdout and stderr, so a crash in a child is never a bare status. Past
+    `timeout` seconds the child and every process below it (torchrun's ranks, their workers) are aborted
+    (SIGABRT, then SIGKILL) and the failure shows what they printed, every thread's stack included: a hang is
+    never a bare timeout either."""
+    with subprocess.Popen(command, env=env or subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, **kwargs) as child:
+        try:
+            stdout, stderr = child.communicate(timeout=timeout)
+            hung = False
+        except subprocess.TimeoutExpired:  # SIGABRT first: PYTHONFAULTHANDLER makes each process print its stacks
+            everyone = [child.pid, *descendants(child.pid)]  # torchrun starts each rank in a session of its own
+            signal_all(everyone, signal.SIGABRT)
+            try:
+                stdout, stderr = child.communicate(timeout=20)
+            except subprocess.TimeoutExpired:
+                signal_all([*everyone, *descendants(child.pid)], signal.SIGKILL)
+                stdout, stderr = child.communicate()
+            hung = True
+    if hung:
+        pytest.fail(f"{' '.join(map(str, command[:4]))} ... still running after {timeout} s; aborted\n"
+                    f"--- stdout tail ---\n{stdout[-4000:]}\n--- stderr tail ---\n{stderr[-12000:]}")
+    result = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
     ok = result.returncode != 0 if expect is None else result.returncode == expect
     assert ok, (f"{' '.join(map(str, command[:4]))} ... exited {result.returncode} (expected "
                 f"{'non-zero' if expect is None else expect})\n--- stdout tail ---\n{result.stdout[-2000:]}"

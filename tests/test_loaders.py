@@ -154,6 +154,30 @@ def test_make_beton_writes_fingerprinted_files_and_a_mismatch_is_refused(digits,
         build_loader("ffcv", digits.test, settings, split_name="digits-val")
 
 
+BETON_WORKER_FAILS = """
+import sys
+from pathlib import Path
+import numpy as np
+from pipeline.beton import write_beton
+from pipeline.datasets import DataError, ImageSet
+# one raw row of 1700x1700x3 bytes (8.7 MB) is over FFCV's 8 MiB page: the worker writing it raises
+split = ImageSet(np.zeros((2, 1700, 1700, 3), dtype=np.uint8), np.array([0, 1]), 2, ["a", "b"])
+try:
+    write_beton(split, Path(sys.argv[1]) / "big.beton")
+except DataError as error:
+    print("DataError:", error)
+"""
+
+
+def test_a_beton_writer_worker_that_fails_ends_the_write_with_an_error(tmp_path):
+    """FFCV's writer waits for its workers' row count without checking that they live: without the watchdog in
+    pipeline/beton_writer.py this child would never end (run_child's timeout fails the test then)."""
+    done = run_child([sys.executable, "-c", BETON_WORKER_FAILS, str(tmp_path)], cwd=REPO, timeout=180)
+    assert "Tried allocating" in done.stderr and "writer worker" in done.stderr, done.stderr[-2000:]
+    assert f"DataError: writing {tmp_path / 'big.beton'} failed" in done.stdout, done.stdout
+    assert not list(tmp_path.iterdir())  # neither a .beton nor a partial file is left
+
+
 def epoch_batches_named(split_name, split, settings):
     return list(build_loader("ffcv", split, settings, split_name=split_name))
 
