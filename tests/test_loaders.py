@@ -26,10 +26,17 @@ def digits():
     return datasets.build_splits("digits", "unused", 16, 0.1, seed=0)
 
 
-def settings_for(splits, tmp_path, family="rotation", **overrides):
+@pytest.fixture(scope="module")
+def beton_dir(tmp_path_factory):
+    """One .beton cache for the tests that serve digits: a .beton is keyed by its split's fingerprint, so they
+    share one written file (each write starts an interpreter, pipeline/beton_writer.py)."""
+    return tmp_path_factory.mktemp("digits-betons")
+
+
+def settings_for(splits, directory, family="rotation", **overrides):
     values = dict(expander=ViewExpander(kernels.get_family(family), splits.mean, splits.std),
                   device=torch.device("cpu"), global_batch=BATCH, train=True, seed=3, workers=2,
-                  cache_dir=str(tmp_path / "betons"))
+                  cache_dir=str(directory / "betons"))
     values.update(overrides)
     return LoaderSettings(**values)
 
@@ -44,9 +51,9 @@ def epoch_batches(name, split, settings, epoch=0):
 
 @pytest.mark.parametrize("name", LOADERS)
 @pytest.mark.parametrize("train", [True, False])
-def test_batch_contract(name, train, digits, tmp_path):
+def test_batch_contract(name, train, digits, beton_dir):
     split = digits.val  # 144 images
-    settings = settings_for(digits, tmp_path, train=train, workers=1)
+    settings = settings_for(digits, beton_dir, train=train, workers=1)
     threads = torch.get_num_threads()
     batches = epoch_batches(name, split, settings)
     assert torch.get_num_threads() == threads  # FFCV sets torch's process-wide count to its workers' otherwise
@@ -67,10 +74,10 @@ def test_batch_contract(name, train, digits, tmp_path):
 
 
 @pytest.mark.parametrize("name", [n for n in LOADERS if n != "resident"])
-def test_without_augmentation_every_loader_serves_the_resident_views(name, digits, tmp_path):
+def test_without_augmentation_every_loader_serves_the_resident_views(name, digits, beton_dir):
     split = digits.val
     for mode, overrides in (("train", dict(train=True, crop_padding=-1)), ("eval", dict(train=False))):
-        settings = settings_for(digits, tmp_path, **overrides)
+        settings = settings_for(digits, beton_dir, **overrides)
         reference = epoch_batches("resident", split, settings)
         expected = {}
         for batch in reference:
@@ -85,10 +92,10 @@ def test_without_augmentation_every_loader_serves_the_resident_views(name, digit
 
 
 @pytest.mark.parametrize("name", LOADERS)
-def test_augmentation_is_one_padded_crop_and_mirror_per_image_shared_by_its_views(name, digits, tmp_path):
+def test_augmentation_is_one_padded_crop_and_mirror_per_image_shared_by_its_views(name, digits, beton_dir):
     split = digits.val
     padding = 2
-    settings = settings_for(digits, tmp_path, crop_padding=padding)
+    settings = settings_for(digits, beton_dir, crop_padding=padding)
     expander = settings.expander
     grid = [(top, left, flip) for top in range(2 * padding + 1) for left in range(2 * padding + 1)
             for flip in (False, True)]
@@ -107,10 +114,10 @@ def test_augmentation_is_one_padded_crop_and_mirror_per_image_shared_by_its_view
 
 
 @pytest.mark.parametrize("name", LOADERS)
-def test_a_dataset_smaller_than_one_global_batch_is_refused(name, digits, tmp_path):
+def test_a_dataset_smaller_than_one_global_batch_is_refused(name, digits, beton_dir):
     tiny = digits.val.subset(np.arange(10))
     with pytest.raises(ValueError, match="fewer than one global batch of 24"):
-        build_loader(name, tiny, settings_for(digits, tmp_path), split_name="tiny")
+        build_loader(name, tiny, settings_for(digits, beton_dir), split_name="tiny")
 
 
 def test_resident_loader_refuses_data_that_does_not_fit(monkeypatch):
