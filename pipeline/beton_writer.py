@@ -22,6 +22,7 @@ import numpy as np
 
 from .datasets import DataError
 from .imagenet_crops import load_rgb
+from .processes import child_pids, command_line
 
 UNREADABLE = -1  # the label of a row whose file could not be decoded
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +58,7 @@ def write_rows(split, partial: str, write_mode: str, jpeg_quality: int, workers:
 def end_if_a_worker_dies(poll_s: float = 0.5) -> None:
     """Ends this process (code 1) when one of FFCV's writer workers exits with an error or a signal. FFCV never
     joins its workers, so a failed one stays a zombie: its status is read without reaping it (WNOWAIT)."""
+    own_command = command_line()  # the workers are forks of this process: the same command line
     while True:
         for pid in child_pids():
             try:
@@ -68,27 +70,11 @@ def end_if_a_worker_dies(poll_s: float = 0.5) -> None:
             how = f"code {status.si_status}" if status.si_code == os.CLD_EXITED else f"signal {status.si_status}"
             print(f"FFCV's writer worker {pid} ended with {how}; the .beton is not written", file=sys.stderr,
                   flush=True)
-            for sibling in child_pids():  # the other workers (forks of this process), not multiprocessing's tracker
-                if sibling != pid and command_line(sibling) == command_line(os.getpid()):
+            for sibling in child_pids():  # the other workers, not multiprocessing's resource tracker
+                if sibling != pid and command_line(sibling) == own_command:
                     os.kill(sibling, signal.SIGKILL)
             os._exit(1)
         time.sleep(poll_s)
-
-
-def child_pids() -> list[int]:
-    """This process's children, zombies included (Linux /proc; none where the kernel does not list them)."""
-    try:
-        return [int(pid) for task in Path("/proc/self/task").iterdir()
-                for pid in (task / "children").read_text().split()]
-    except OSError:
-        return []
-
-
-def command_line(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 class Rows:

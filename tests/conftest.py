@@ -9,6 +9,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.processes import descendants  # noqa: E402
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` are skipped where no CUDA device answers."""
@@ -84,16 +86,6 @@ def subprocess_env() -> dict:
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONFAULTHANDLER"] = "1"  # a child aborted by run_child's timeout prints where it was
     return env
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (Linux /proc), children before their own children."""
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return []
-    children = [int(c) for task in tasks for c in (task / "children").read_text().split()]
-    return children + [grandchild for c in children for grandchild in descendants(c)]
 
 
 def signal_all(pids: list[int], signum: int) -> None:

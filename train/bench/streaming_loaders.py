@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.processes import descendants
 from train.bench.common import append_json_lines, available_cores, bench_device, device_name, print_header
 
 STREAMING_LOADERS = ("torch", "dali", "ffcv")
@@ -28,15 +29,11 @@ STREAMING_LOADERS = ("torch", "dali", "ffcv")
 
 def tree_pss_bytes(pid: int) -> int:
     """PSS of a process and all its descendants (Linux /proc; 0 where unreadable)."""
-    total, pending = 0, [pid]
-    while pending:
-        current = pending.pop()
+    total = 0
+    for member in (pid, *descendants(pid)):
         try:
-            with open(f"/proc/{current}/smaps_rollup") as f:
+            with open(f"/proc/{member}/smaps_rollup") as f:
                 total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as f:
-                    pending.extend(int(child) for child in f.read().split())
         except (OSError, StopIteration, ValueError):
             continue
     return total
