@@ -6,14 +6,15 @@ The page faults are counted in a fresh interpreter: what earlier tests of this p
 (training runs retain freed memory) decides whether a 40 MB allocation is served from a free chunk of the
 heap or by its own mmap, so measuring in the test process would depend on the test order."""
 import json
+import os
 import platform
 import resource
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_child
 from train.config import config_from_namespace, parse_arguments
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -43,8 +44,8 @@ print(json.dumps({"default": default_faults, "retained": allocation_faults(24, p
 
 
 def test_retained_memory_is_reused_without_page_faults():
-    measured = subprocess.run([sys.executable, "-c", MEASUREMENT, str(PAGES)], cwd=REPOSITORY,
-                              capture_output=True, text=True, check=True)
+    measured = run_child([sys.executable, "-c", MEASUREMENT, str(PAGES)], cwd=REPOSITORY, timeout=300,
+                         env=dict(os.environ))  # this environment, as the training runs it measures have
     faults = json.loads(measured.stdout.strip().splitlines()[-1])
     assert min(faults["default"]) > PAGES // 2, f"glibc's default: {faults['default']} faults for {PAGES} pages"
     assert max(faults["retained"][-4:]) < PAGES // 10, f"retained: {faults['retained']} faults for {PAGES} pages"

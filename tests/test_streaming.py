@@ -10,7 +10,6 @@ truncated file. Tolerances, stated once:
 """
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -269,9 +268,8 @@ def peak_rss(root, mode, loader, cache=None):
     """Peak RSS of one subprocess's data phase; `cache` (e.g. an empty NUMBA_CACHE_DIR) as in a fresh clone."""
     cache = cache or {}
     script = RSS_SCRIPT.format(repo=str(REPO))
-    done = subprocess.run([sys.executable, "-c", script, str(root), mode, loader], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **cache})
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_child([sys.executable, "-c", script, str(root), mode, loader], timeout=300,
+                     env={**os.environ, "OMP_NUM_THREADS": "1", **cache})
     return int(done.stdout.split()[-1])
 
 
