@@ -1,169 +1,118 @@
-"""Convolutions computed as matrix products where oneDNN's bf16 kernels are slow, for bf16 training on a CPU.
+"""A convolution's passes as matrix products, for bf16 training on a CPU where oneDNN's kernels are slow.
 
 oneDNN's bf16 convolutions lose much of their speed on small feature maps: with AMX, for 512 channels at
 4×4 the forward and the input gradient ran at about a third of the rate of the same arithmetic at 64
-channels on 32×32, and the weight gradient at a fifth; with AVX512-BF16 alone (AMD Zen 5) the loss is
-smaller and starts at smaller maps (`python train/bench.py conv` times each pass per layer shape; the rules
-below are per CPU kind, from that command on each).
-The same arithmetic as matrix products, which the matmul units run at full speed:
-- weight gradient (outputs of at most `max_area` positions): a sum over kernel positions of
-  (grad_out)ᵀ · (shifted input), each an [O × N·H'·W'] by [N·H'·W' × C] product;
-- forward (at most `forward_max_area` positions and wide layers): the unfolded input [N·H'·W' × k_h·k_w·C]
-  by the weight [k_h·k_w·C × O], one product;
-- input gradient of those layers at stride 1: the same product on grad_out with the flipped, transposed
-  kernel (other strides keep PyTorch's).
-Written here because no library offers this choice of algorithm per layer. Outside bf16 autocast on a
-CPU, or for layers outside these rules, the layer is nn.Conv2d.
+channels on 32×32, and the weight gradient at a fifth (`python train/bench.py conv`). The same arithmetic as
+matrix products, which the matmul units run at full speed, without the products that would multiply the
+zero padding (on a 2×2 map a 3×3 kernel reads padding with 5 of its 9 taps):
+- weight gradient: per kernel tap, (grad_out)ᵀ · (input rows that tap reads), an [O × rows] by [rows × C]
+  product over the outputs whose input for that tap is inside the image;
+- forward: per block of outputs that read the same taps (`tap_segments`), the unfolded input
+  [rows × taps·C] by those taps' weights [taps·C × O];
+- input gradient at stride 1: the same forward on grad_out with the flipped, transposed kernel.
+Written here because no library offers this choice of algorithm per layer; models/conv_ways.py picks, per
+layer and CPU, which passes run this way, and models/cpu_conv2d.py is the layer that runs them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-@dataclass(frozen=True)
-class MatmulRules:
-    """Which passes of a layer run as matmuls: the weight gradient for outputs of at most `max_area` positions
-    (H'·W') and at least `min_channel_pairs` in·out channels; the forward and the stride-1 input gradient
-    when, besides, the outputs are at most `forward_max_area` positions and the layer has at least
-    `forward_min_channel_pairs`. `name`: the CPU kind they were measured on."""
-    name: str
-    max_area: int
-    min_channel_pairs: int
-    forward_max_area: int
-    forward_min_channel_pairs: int
-
-
-# From `bench.py conv` (2 cores, batch 128, channels_last), each pass timed alone; BENCHMARKS.md has both tables.
-# AMX (Intel Sapphire Rapids class): the weight gradient as matmuls from 128→128 on 8×8 maps (1.1x faster on
-# 7×7, 1.6x at 256→256 on 8×8, about 5x at 512→512 on 4×4; slower at 16×16 and above or with 64 channels,
-# where oneDNN's kernel is good); the forward and input gradient from 256→256 on 4×4 (1.1x, 1.4-1.9x at
-# 512→512 on 4×4 and 256→512 to 4×4, 1.8-2x at 512→512 on 2×2; at 8×8 oneDNN is faster).
-AMX_RULES = MatmulRules("amx", max_area=64, min_channel_pairs=128 * 128, forward_max_area=16,
-                        forward_min_channel_pairs=256 * 256)
-# AVX512-BF16 without AMX (AMD Zen 5): oneDNN stays ahead down to 8×8 maps and on 256→256 at 4×4 in the
-# forward (2.7 against 4.1 ms) and input gradient; matmuls win the weight gradient from 256→256 on 4×4 (1.3x;
-# 1.5x at 512→512 on 4×4, 2.4x at 256→512 to 4×4, 3.2x at 512→512 on 2×2) and the forward and input
-# gradient from 256→512 to 4×4 (1.2x; 1.0-1.1x at 512→512 on 4×4, 1.3-1.6x on 2×2).
-AVX512_BF16_RULES = MatmulRules("avx512_bf16", max_area=16, min_channel_pairs=256 * 256, forward_max_area=16,
-                                forward_min_channel_pairs=256 * 512)
-
-
-def cpu_matmul_rules() -> MatmulRules:
-    """The rules measured on this CPU's kind: AMX or not (torch.cpu's own CPUID probe)."""
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return AMX_RULES if amx else AVX512_BF16_RULES
-
 
 def output_size(size: tuple[int, int], kernel, stride, padding) -> tuple[int, int]:
     return tuple((s + 2 * p - k) // st + 1 for s, k, st, p in zip(size, kernel, stride, padding))
 
 
-def shifted_windows(x: torch.Tensor, kernel, stride, padding):
-    """The k_h·k_w views of x (as N, H, W, C, zero-padded) that kernel position (i, j) multiplies."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    out_h, out_w = output_size(x.shape[2:], kernel, stride, padding)
-    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # N, H + 2p, W + 2p, C
-    for i in range(kh):
-        for j in range(kw):
-            yield i, j, padded[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
+def output_range(in_size: int, out_size: int, tap: int, stride: int, padding: int) -> tuple[int, int]:
+    """The outputs [y0, y1) for which tap t reads inside the input (y1 <= y0: none)."""
+    first = max(0, -(-(padding - tap) // stride))
+    last = min(out_size - 1, (in_size - 1 + padding - tap) // stride)
+    return first, last + 1
+
+
+def tap_segments(in_size: int, out_size: int, kernel: int, stride: int, padding: int) -> list[tuple[int, int, int, int]]:
+    """Along one dimension: the output positions cut into runs [a, b) that read the same kernel taps [t0, t1),
+    the taps whose input index y·stride + t − padding falls inside the input for every y of the run. A tap
+    that would read the zero padding is left out, so no product below multiplies padding (at 2×2 outputs of
+    a 3×3 kernel that is 5 of every 9 products; at 4×4, 4 of 9 on the border)."""
+    ranges = [output_range(in_size, out_size, tap, stride, padding) for tap in range(kernel)]
+    segments: list[tuple[int, int, int, int]] = []
+    for y in range(out_size):
+        valid = [tap for tap, (first, end) in enumerate(ranges) if first <= y < end]  # consecutive taps
+        taps = (valid[0], valid[-1] + 1) if valid else (0, 0)
+        if segments and segments[-1][2:] == taps:
+            segments[-1] = (segments[-1][0], y + 1, *taps)
+        else:
+            segments.append((y, y + 1, *taps))
+    return segments
+
+
+def input_rows(rows: torch.Tensor, y: tuple[int, int], x: tuple[int, int], tap: tuple[int, int], stride,
+               padding) -> torch.Tensor:
+    """The input positions (of rows, as N, H, W, C) that kernel tap (i, j) multiplies for outputs y0 <= y < y1,
+    x0 <= x < x1; all inside the input when the tap is valid for those outputs (tap_segments)."""
+    (y0, y1), (x0, x1), (i, j), (sh, sw), (ph, pw) = y, x, tap, stride, padding
+    return rows[:, y0 * sh + i - ph:(y1 - 1) * sh + i - ph + 1:sh, x0 * sw + j - pw:(x1 - 1) * sw + j - pw + 1:sw]
 
 
 def weight_gradient(grad_out: torch.Tensor, x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
                     padding: tuple[int, int]) -> torch.Tensor:
-    """dL/dW[o, c, i, j] = Σ_{n, y, x} grad_out[n, o, y, x] · x_padded[n, c, y·s_h + i, x·s_w + j]."""
-    c = x.shape[1]
-    out_channels = grad_out.shape[1]
-    rows = grad_out.numel() // out_channels
-    grad_rows = grad_out.permute(0, 2, 3, 1).reshape(rows, out_channels).t()  # O × N·H'·W'
-    grad = torch.empty(*kernel, out_channels, c, dtype=x.dtype, device=x.device)
-    for i, j, shifted in shifted_windows(x, kernel, stride, padding):
-        torch.mm(grad_rows, shifted.reshape(rows, c), out=grad[i, j])
+    """dL/dW[o, c, i, j] = Σ_{n, y, x} grad_out[n, o, y, x] · x[n, c, y·s_h + i − p_h, x·s_w + j − p_w], the sum
+    over the outputs whose input for tap (i, j) is inside the image (the rest multiply padding, zero): per tap
+    an [O × rows] by [rows × C] product."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c, h, w = x.shape
+    out_channels, out_h, out_w = grad_out.shape[1:]
+    rows_in, rows_out = x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1)  # N, H, W, C and N, H', W', O
+    ranges_y = [output_range(h, out_h, i, sh, ph) for i in range(kh)]
+    ranges_x = [output_range(w, out_w, j, sw, pw) for j in range(kw)]
+    grad = torch.zeros(kh, kw, out_channels, c, dtype=x.dtype, device=x.device)
+    grad_rows = {}  # the outputs' gradient for one (y range, x range), as O × rows; taps share them
+    for i, (y0, y1) in enumerate(ranges_y):
+        for j, (x0, x1) in enumerate(ranges_x):
+            if y1 <= y0 or x1 <= x0:
+                continue  # this tap only ever multiplies padding
+            if (y0, y1, x0, x1) not in grad_rows:
+                grad_rows[y0, y1, x0, x1] = rows_out[:, y0:y1, x0:x1].reshape(-1, out_channels).t()
+            inputs = input_rows(rows_in, (y0, y1), (x0, x1), (i, j), stride, padding)
+            torch.mm(grad_rows[y0, y1, x0, x1], inputs.reshape(-1, c), out=grad[i, j])
     return grad.permute(2, 3, 0, 1)  # O, C, kh, kw
 
 
 def matmul_convolution(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
                        padding: tuple[int, int]) -> torch.Tensor:
-    """conv2d(x, weight) as one product: the unfolded input [N·H'·W' × k_h·k_w·C] by the weight
-    [k_h·k_w·C × O]. The result is channels_last."""
-    n, c = x.shape[:2]
-    kh, kw = weight.shape[2:]
-    out_h, out_w = output_size(x.shape[2:], (kh, kw), stride, padding)
-    unfolded = torch.empty(n, out_h, out_w, kh * kw, c, dtype=x.dtype, device=x.device)
-    for i, j, shifted in shifted_windows(x, (kh, kw), stride, padding):
-        unfolded[:, :, :, i * kw + j] = shifted
-    out = unfolded.view(n * out_h * out_w, kh * kw * c) @ weight.permute(2, 3, 1, 0).reshape(kh * kw * c, -1)
-    return out.view(n, out_h, out_w, -1).permute(0, 3, 1, 2)
+    """conv2d(x, weight) as products of the unfolded input by the weight, one per block of outputs that read
+    the same taps (tap_segments): [N·rows × taps·C] by [taps·C × O], padding never multiplied. Without
+    padding that is one product over all outputs. The result is channels_last."""
+    n, c, h, w = x.shape
+    out_channels, _, kh, kw = weight.shape
+    out_h, out_w = output_size((h, w), (kh, kw), stride, padding)
+    rows_in = x.permute(0, 2, 3, 1)  # N, H, W, C
+    taps = weight.permute(2, 3, 1, 0)  # kh, kw, C, O
+    blocks = [(ys, xs) for ys in tap_segments(h, out_h, kh, stride[0], padding[0])
+              for xs in tap_segments(w, out_w, kw, stride[1], padding[1])]
+    dtype, out = torch.promote_types(x.dtype, weight.dtype), None
+    if len(blocks) > 1:
+        out = torch.empty(n, out_h, out_w, out_channels, dtype=dtype, device=x.device)
+    for (y0, y1, i0, i1), (x0, x1, j0, j1) in blocks:
+        count = (i1 - i0) * (j1 - j0)
+        if count == 0:  # every tap of these outputs reads padding
+            if out is None:
+                out = torch.zeros(n, out_h, out_w, out_channels, dtype=dtype, device=x.device)
+            out[:, y0:y1, x0:x1] = 0
+            continue
+        unfolded = torch.empty(n, y1 - y0, x1 - x0, count, c, dtype=x.dtype, device=x.device)
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                unfolded[:, :, :, (i - i0) * (j1 - j0) + j - j0] = input_rows(rows_in, (y0, y1), (x0, x1), (i, j),
+                                                                              stride, padding)
+        product = unfolded.view(-1, count * c) @ taps[i0:i1, j0:j1].reshape(count * c, out_channels)
+        if out is None:
+            out = product.view(n, out_h, out_w, out_channels)
+        else:
+            out[:, y0:y1, x0:x1] = product.view(n, y1 - y0, x1 - x0, out_channels)
+    return out.permute(0, 3, 1, 2)
 
 
 def flipped_input_gradient_applies(kernel, stride, padding) -> bool:
     """dL/dx of a stride-1 convolution is grad_out convolved with the flipped, transposed kernel at padding
     k − 1 − p, which must not be negative."""
     return tuple(stride) == (1, 1) and all(p <= k - 1 for p, k in zip(padding, kernel))
-
-
-class _MatmulConv(torch.autograd.Function):
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.bfloat16)
-    def forward(ctx, x, weight, stride, padding, forward_as_matmul: bool):
-        ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding, ctx.forward_as_matmul = stride, padding, forward_as_matmul
-        if forward_as_matmul:
-            return matmul_convolution(x, weight, stride, padding)
-        return F.conv2d(x, weight, None, stride, padding)
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        kernel = tuple(weight.shape[2:])
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            if ctx.forward_as_matmul and flipped_input_gradient_applies(kernel, ctx.stride, ctx.padding):
-                grad_x = matmul_convolution(grad_out, weight.flip(2, 3).transpose(0, 1), (1, 1),
-                                            tuple(k - 1 - p for k, p in zip(kernel, ctx.padding)))
-            else:
-                grad_x = torch.ops.aten.convolution_backward(
-                    grad_out, x, weight, None, list(ctx.stride), list(ctx.padding), [1, 1], False, [0, 0], 1,
-                    [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            grad_weight = weight_gradient(grad_out, x, kernel, ctx.stride, ctx.padding)
-        return grad_x, grad_weight, None, None, None
-
-
-class MatmulConv2d(nn.Conv2d):
-    """nn.Conv2d (same parameters and state dict) whose passes are matmuls where that is faster."""
-    rules = cpu_matmul_rules()  # this CPU's kind's; a layer (or a test) may set its own
-
-    def matmul_passes(self, area: int) -> tuple[bool, bool]:
-        """(weight gradient, forward and stride-1 input gradient) as matmuls, for outputs of `area` positions."""
-        pairs, rules = self.in_channels * self.out_channels, self.rules
-        weight = area <= rules.max_area and pairs >= rules.min_channel_pairs
-        return weight, weight and area <= rules.forward_max_area and pairs >= rules.forward_min_channel_pairs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
-            return super().forward(x)
-        out_h, out_w = output_size(x.shape[2:], self.kernel_size, self.stride, self.padding)
-        weight_as_matmul, forward_as_matmul = self.matmul_passes(out_h * out_w)
-        if torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad):
-            if not weight_as_matmul:
-                return super().forward(x)
-            out = _MatmulConv.apply(x, self.weight, self.stride, self.padding, forward_as_matmul)
-        elif forward_as_matmul:  # no gradient (a momentum network, evaluation): the forward product alone
-            out = matmul_convolution(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), self.stride, self.padding)
-        else:
-            return super().forward(x)
-        return out if self.bias is None else out + self.bias.to(out.dtype).view(1, -1, 1, 1)
-
-
-def use_matmul_convolutions(network: nn.Module) -> nn.Module:
-    """Every plain Conv2d (groups 1, dilation 1, zero padding) becomes a MatmulConv2d in place."""
-    for module in network.modules():
-        if (type(module) is nn.Conv2d and module.groups == 1 and module.dilation == (1, 1)
-                and module.padding_mode == "zeros" and not isinstance(module.padding, str)):
-            module.__class__ = MatmulConv2d
-    return network

@@ -1,7 +1,6 @@
 """The benchmark commands run at tiny sizes and write one valid JSON line per measurement (no timing asserted)."""
 import json
 
-from models.matmul_conv import AMX_RULES, cpu_matmul_rules
 from train.bench import main
 from train.optim import cpu_has_native_bf16
 
@@ -142,6 +141,15 @@ def test_step_bench_compares_contrastive_steps_with_per_sample_pil_views(tmp_pat
     assert all(0 <= r["loader_wait_share"] < 1 and len(r["round_images_per_s"]) == 2 for r in (trainer, paper))
     assert allocators == ["retain", "glibc", "glibc", "retain"]  # the paths alternate: trainer, paper; paper, trainer
     assert all(isinstance(r["page_faults_per_step"], int) and r["page_faults_per_step"] >= 0 for r in (trainer, paper))
+    # MFU: both paths share the reference step's model FLOPs, each over its own time and precision's peak
+    assert trainer["flops_per_step"] == paper["flops_per_step"] > 0
+    for record in (trainer, paper):
+        expected = record["flops_per_step"] / (record["ms_per_step"] / 1e3) / record["peak_flops"]
+        assert abs(record["mfu"] - expected) <= 0.01 * expected + 1e-4
+    if trainer["precision"] == "bf16":  # the ceiling: the reference's step time over a step's FLOPs at the bf16 peak
+        ceiling = (paper["ms_per_step"] / 1e3) / (trainer["flops_per_step"] / trainer["peak_flops"])
+        assert abs(trainer["vs_paper_at_peak"] - ceiling) <= 0.01 * ceiling + 0.01
+        assert trainer["vs_paper_at_peak"] >= trainer["vs_paper"]  # no step beats the peak
 
 
 def test_loader_bench_times_the_random_view_pass(tmp_path):
@@ -184,11 +192,11 @@ def test_conv_and_batchnorm_benches_time_both_ways_per_shape(tmp_path):
                         if not (p, w, r["stride"]) == ("input_gradient", "matmul", 2)}
                 assert all(r[f"{p}_{w}_ms"] > 0 for p, w in ways)
                 assert ("input_gradient_matmul_ms" in r) == (r["stride"] == 1)
-            # the convolution rules go by map size and channels (and the CPU's kind: models/matmul_conv.py)
-            defaults = {(r["in_channels"], r["size"], r["stride"]): r["default"] for r in records}
-            assert set(defaults[(512, 4, 1)].values()) == {"matmul"}
-            assert set(defaults[(64, 32, 1)].values()) == {"pytorch"}
-            amx = cpu_matmul_rules() == AMX_RULES  # AMX takes the weight gradient as matmuls from 8×8 maps
-            assert defaults[(256, 8, 1)] == {"forward": "pytorch", "input_gradient": "pytorch",
-                                             "weight_gradient": "matmul" if amx else "pytorch"}
-            assert all(r["cpu_rules"] == ("amx" if amx else "avx512_bf16") for r in records)
+            for r in records:  # the faster way per pass, as a training run would choose (models/conv_ways.py)
+                for p in ("forward", "input_gradient", "weight_gradient"):
+                    matmul = r.get(f"{p}_matmul_ms", float("inf"))
+                    assert r["faster"][p] == ("matmul" if matmul < r[f"{p}_pytorch_ms"] else "pytorch")
+            # only small maps of wide layers are timed in training; the rest always run oneDNN's kernels
+            candidates = {(r["in_channels"], r["size"], r["stride"]): r["candidate"] for r in records}
+            assert candidates[(512, 4, 1)] and candidates[(64, 16, 2)] and candidates[(256, 8, 1)]
+            assert not (candidates[(64, 32, 1)] or candidates[(128, 16, 1)] or candidates[(64, 8, 1)])

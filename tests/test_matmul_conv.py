@@ -1,21 +1,25 @@
 """The matmul convolution passes against PyTorch's convolution: float64 on awkward shapes (odd batch, channels,
-sizes; strides 1 and 2; 1×1, 3×3 and 5×5 kernels) for the forward, the weight gradient and the flipped-kernel
-input gradient, and the swapped layer under bf16 autocast."""
+sizes; strides 1 and 2; 1×1, 3×3 and 5×5 kernels; maps down to 1×1, where most taps read padding) for the
+forward, the weight gradient and the flipped-kernel input gradient; the swapped layer under bf16 autocast with
+every mix of ways; and the per-layer choice of ways (models/conv_ways.py)."""
 import copy
 
 import pytest
 import torch
 import torch.nn as nn
 
-from models.matmul_conv import (AMX_RULES, AVX512_BF16_RULES, MatmulConv2d, MatmulRules, cpu_matmul_rules,
-                                flipped_input_gradient_applies, matmul_convolution, use_matmul_convolutions,
-                                weight_gradient)
+from models import conv_ways
+from models.conv_ways import ONEDNN, ConvWays
+from models.cpu_conv2d import MatmulConv2d, use_matmul_convolutions
+from models.matmul_conv import flipped_input_gradient_applies, matmul_convolution, tap_segments, weight_gradient
+from train import machine_cache
 
-
-EVERY_PASS_AS_MATMUL = MatmulRules("every pass", max_area=10**6, min_channel_pairs=1, forward_max_area=10**6,
-                                   forward_min_channel_pairs=1)
+EVERY_PASS_AS_MATMUL = ConvWays(forward=True, input_gradient=True, weight_gradient=True)
+# (batch, in, out, size, kernel, stride, padding); the last four: 2×2 and 1×1 maps, where most taps read
+# padding, a 1×1 kernel whose border outputs read only padding, and a stride that skips the last input row
 SHAPES = [(3, 5, 7, 9, 3, 1, 1), (3, 5, 7, 9, 3, 2, 1), (5, 4, 6, 7, 1, 2, 0), (2, 3, 4, 6, 3, 1, 0),
-          (1, 2, 3, 5, 5, 2, 2), (3, 3, 5, 5, 5, 1, 1)]
+          (1, 2, 3, 5, 5, 2, 2), (3, 3, 5, 5, 5, 1, 1), (3, 5, 3, 2, 3, 1, 1), (2, 3, 5, 1, 3, 1, 1),
+          (3, 2, 4, 3, 1, 1, 1), (2, 3, 3, 6, 3, 2, 1)]
 
 
 def float64_case(seed, batch, channels, out_channels, size, kernel, stride, padding):
@@ -31,6 +35,22 @@ def float64_case(seed, batch, channels, out_channels, size, kernel, stride, padd
     return x, weight, grad_out, out, grad_x, grad_weight
 
 
+@pytest.mark.parametrize("in_size,kernel,stride,padding", [(2, 3, 1, 1), (4, 3, 1, 1), (8, 3, 2, 1), (7, 3, 2, 1),
+                                                          (1, 1, 1, 1), (3, 1, 2, 1), (5, 5, 1, 2), (6, 3, 1, 0)])
+def test_tap_segments_cover_every_output_once_with_exactly_its_taps_inside_the_input(in_size, kernel, stride,
+                                                                                      padding):
+    out_size = (in_size + 2 * padding - kernel) // stride + 1
+    segments = tap_segments(in_size, out_size, kernel, stride, padding)
+    covered = [y for first, end, _, _ in segments for y in range(first, end)]
+    assert covered == list(range(out_size))
+    for first, end, tap_first, tap_end in segments:
+        for y in range(first, end):
+            inside = [t for t in range(kernel) if 0 <= y * stride + t - padding < in_size]
+            assert list(range(tap_first, tap_end)) == inside, (y, segments)
+    if (in_size, kernel, padding) == (2, 3, 1):  # 2×2 maps: each output reads 2 of the 3 taps per dimension
+        assert segments == [(0, 1, 1, 3), (1, 2, 0, 2)]
+
+
 @pytest.mark.parametrize("batch,channels,out_channels,size,kernel,stride,padding", SHAPES)
 def test_matmul_forward_and_input_gradient_equal_convolution_in_float64(batch, channels, out_channels, size, kernel,
                                                                          stride, padding):
@@ -41,7 +61,7 @@ def test_matmul_forward_and_input_gradient_equal_convolution_in_float64(batch, c
         assert result.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(result, out, rtol=1e-12, atol=1e-12)
         applies = flipped_input_gradient_applies((kernel, kernel), (stride, stride), (padding, padding))
-        assert applies == (stride == 1)
+        assert applies == (stride == 1 and padding <= kernel - 1)
         if applies:  # what _MatmulConv.backward computes for dL/dx
             grad_x = matmul_convolution(grad_out.contiguous(memory_format=layout), weight.flip(2, 3).transpose(0, 1),
                                         (1, 1), (kernel - 1 - padding,) * 2)
@@ -59,7 +79,9 @@ def test_weight_gradient_equals_convolution_backward_in_float64(batch, channels,
         torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_the_swapped_layer_trains_like_conv2d_under_bf16_autocast_and_falls_back_elsewhere():
+@pytest.mark.parametrize("ways", [EVERY_PASS_AS_MATMUL, ConvWays(weight_gradient=True), ConvWays(forward=True),
+                                  ConvWays(input_gradient=True, weight_gradient=True)])
+def test_the_swapped_layer_trains_like_conv2d_under_bf16_autocast_and_falls_back_elsewhere(ways):
     torch.manual_seed(0)
     stock = nn.Sequential(nn.Conv2d(6, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 4, 1, bias=False), nn.Conv2d(4, 4, 3,
                                                                                                         groups=2))
@@ -68,7 +90,7 @@ def test_the_swapped_layer_trains_like_conv2d_under_bf16_autocast_and_falls_back
     assert swapped.state_dict().keys() == stock.state_dict().keys()
     for layer in swapped:
         if isinstance(layer, MatmulConv2d):
-            layer.rules = EVERY_PASS_AS_MATMUL  # take the matmul passes at these tiny sizes
+            layer.forced_ways = ways  # these passes as matmuls at these tiny sizes, the rest oneDNN's
     x = torch.randn(5, 6, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
 
     def gradients(model, autocast):
@@ -97,7 +119,7 @@ def test_the_matmul_path_compiles_and_gives_eager_gradients():
     model = use_matmul_convolutions(nn.Sequential(nn.Conv2d(4, 6, 3, 1, 1), nn.ReLU(), nn.Conv2d(6, 6, 3, 2, 1)))
     for layer in model:
         if isinstance(layer, MatmulConv2d):
-            layer.rules = EVERY_PASS_AS_MATMUL
+            layer.forced_ways = EVERY_PASS_AS_MATMUL
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     x = torch.randn(3, 4, 6, 6).contiguous(memory_format=torch.channels_last)
     results = []
@@ -111,17 +133,46 @@ def test_the_matmul_path_compiles_and_gives_eager_gradients():
         torch.testing.assert_close(traced, eager)
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_the_rules_are_the_ones_measured_on_this_kind_of_cpu(monkeypatch, amx):
-    """AMX: weight gradients as matmuls from 8×8 maps, forwards from 256→256 on 4×4; AVX512-BF16 alone
-    (Zen 5): oneDNN keeps 8×8 maps and the 256→256 forward on 4×4 (bench.py conv's tables in BENCHMARKS.md)."""
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    rules = cpu_matmul_rules()
-    assert rules == (AMX_RULES if amx else AVX512_BF16_RULES)
-    # (in, out, output area) → (weight gradient, forward and input gradient) as matmuls
-    expected = {(64, 64, 32 * 32): (False, False), (256, 256, 8 * 8): (amx, False), (128, 128, 7 * 7): (amx, False),
-                (256, 256, 4 * 4): (True, amx), (256, 512, 4 * 4): (True, True), (512, 512, 2 * 2): (True, True)}
-    for (in_channels, out_channels, area), ways in expected.items():
-        layer = MatmulConv2d(in_channels, out_channels, 3, 1, 1, bias=False)
-        layer.rules = rules
-        assert layer.matmul_passes(area) == ways, (in_channels, out_channels, area)
+def test_each_pass_takes_the_way_that_timed_faster(monkeypatch):
+    """A fake clock: oneDNN's forward and input gradient take 1 tick, the matmul ones 2; the weight gradient the
+    other way round. The choice follows the medians, per pass."""
+    now = [0.0]
+    costs = {("forward", "pytorch"): 1, ("forward", "matmul"): 2, ("input_gradient", "pytorch"): 1,
+             ("input_gradient", "matmul"): 2, ("weight_gradient", "pytorch"): 3, ("weight_gradient", "matmul"): 1}
+
+    def functions(*_):
+        def run(key):
+            return lambda: now.__setitem__(0, now[0] + costs[key])
+        return {name: {way: run((name, way)) for way in ("pytorch", "matmul")} for name in conv_ways.PASSES}
+
+    monkeypatch.setattr(conv_ways, "pass_functions", functions)
+    x, weight = torch.zeros(2, 128, 4, 4), torch.zeros(128, 128, 3, 3)
+    ways = conv_ways.fastest_ways(x, weight, (1, 1), (1, 1), clock=lambda: now[0])
+    assert ways == ConvWays(forward=False, input_gradient=False, weight_gradient=True)
+    costs[("input_gradient", "matmul")] = 0.5
+    assert conv_ways.fastest_ways(x, weight, (1, 1), (1, 1), clock=lambda: now[0]).input_gradient
+
+
+def test_a_layer_is_timed_once_per_machine_and_batch_shape_and_the_run_s_random_stream_is_untouched(monkeypatch,
+                                                                                                  tmp_path):
+    monkeypatch.setattr(machine_cache, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(conv_ways, "_chosen", {})  # this process's choices, restored afterwards
+    monkeypatch.setattr(conv_ways, "_stored", None)
+    timed = []
+    real = conv_ways.fastest_ways
+    monkeypatch.setattr(conv_ways, "fastest_ways", lambda *a, **k: timed.append(tuple(a[0].shape)) or real(*a, **k))
+    weight = torch.randn(128, 64, 3, 3)
+    small, narrow = torch.randn(3, 64, 8, 8), torch.randn(3, 8, 8, 8)
+    state = torch.get_rng_state()
+    ways = conv_ways.ways_for(small, weight, (2, 2), (1, 1))
+    assert torch.equal(torch.get_rng_state(), state)  # its gradient for timing has its own generator
+    assert conv_ways.ways_for(small, weight, (2, 2), (1, 1)) == ways and timed == [(3, 64, 8, 8)]
+    assert conv_ways.ways_for(small[:2], weight, (2, 2), (1, 1)) is not None and len(timed) == 2  # a new batch
+    # a large map, or a narrow layer, is never timed: oneDNN
+    assert conv_ways.ways_for(torch.randn(3, 64, 32, 32), weight, (1, 1), (1, 1)) == ONEDNN
+    assert conv_ways.ways_for(narrow, torch.randn(8, 8, 3, 3), (1, 1), (1, 1)) == ONEDNN and len(timed) == 2
+    # the next process (here: the same one, its choices forgotten) reads the machine's file, and times nothing
+    conv_ways.forget()
+    assert conv_ways.ways_for(small, weight, (2, 2), (1, 1)) == ways and len(timed) == 2
+    stored = machine_cache.load(conv_ways.CACHE_KIND)
+    assert len(stored) == 2 and all(key.startswith(machine_cache.machine_key()) for key in stored)

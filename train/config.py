@@ -125,8 +125,9 @@ class TrainConfig:
     model: str = field(default="resnet20", metadata={"help": "backbone name"})
     channels_last: bool = field(default=True, metadata={"help": "NHWC activations (faster convolutions)"})
     matmul_conv: bool = field(default=True, metadata={
-        "help": "CPU bf16: deep convolutions on small maps as matmuls where oneDNN is slow there: the weight "
-                "gradient at 8×8 and below, the forward and input gradient at 4×4 (models/matmul_conv.py)"})
+        "help": "CPU bf16: each pass of a deep convolution on a small map (8×8 and below) as matmuls where that "
+                "beat oneDNN's kernel, timed per layer on its first batch and kept per machine "
+                "(models/conv_ways.py)"})
     numba_batch_norm: bool = field(default=True, metadata={
         "help": "CPU bf16: training-mode BatchNorm2d on channels_last activations by Numba kernels "
                 "(kernels/batch_norm.py; PyTorch's ran far below memory speed there)"})

@@ -3,22 +3,20 @@
 Peaks: datasheet dense rates for GPUs whose exact variant the name tells (an H100 PCIe, NVL and SXM
 differ by 30%); otherwise, and on CPUs, the best measured rate of a large matmul and of a channels_last
 3×3 convolution (a floor for the true peak, so MFU against it is an upper estimate). A CPU's measured
-peak is cached per machine, precision and thread count, so runs do not pay for it twice.
+peak is cached per machine, precision and thread count (train/machine_cache.py), so runs do not pay
+for it twice.
 """
 from __future__ import annotations
 
 import functools
-import json
 import math
-import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from train.optim import cpu_bf16_units
+from train import machine_cache
+from train.machine_cache import machine_key
 
 # Dense peaks (FLOP/s) by the device-name pattern that identifies the variant, most specific first.
 GPU_PEAKS = (
@@ -31,7 +29,6 @@ GPU_PEAKS = (
     ("A100-SXM4", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),
     ("A100-PCIE", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),
 )
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sla-trainer" / "peak_flops.json"
 
 
 def datasheet_peak(device_name: str, precision: str) -> tuple[float, str] | None:
@@ -69,46 +66,19 @@ def measured_peak(device: torch.device, precision: str) -> tuple[float, str]:
     return rates[best], f"best measured rate ({best}; measured: {measured})"
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo; platform.processor() is empty there) and the bf16 units
-    PyTorch finds, so that a cache in a home directory shared by different machines keeps their peaks apart."""
-    name = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return "+".join([name or platform.machine(), *cpu_bf16_units()])
-
-
-def _cpu_key(precision: str) -> str:
-    return f"{cpu_model()}|{os.cpu_count()}|{torch.get_num_threads()}|{torch.__version__}|{precision}"
-
-
 @functools.lru_cache(maxsize=None)
 def peak_flops(device: torch.device, precision: str, use_cache: bool = True) -> tuple[float, str]:
     """(peak FLOP/s, where the figure comes from) for `precision` on `device`."""
     if device.type == "cuda":
         known = datasheet_peak(torch.cuda.get_device_name(device), precision)
         return known if known is not None else measured_peak(device, precision)
-    key = _cpu_key(precision)
-    cached = {}
-    if use_cache and CACHE.is_file():
-        try:
-            cached = json.loads(CACHE.read_text())
-        except (OSError, ValueError):
-            cached = {}
+    key = machine_key(precision)
+    cached = machine_cache.load("peak_flops") if use_cache else {}
     if key in cached:
         return cached[key][0], cached[key][1] + " (cached)"
     peak = measured_peak(device, precision)
     if use_cache:
-        try:
-            CACHE.parent.mkdir(parents=True, exist_ok=True)
-            temporary = CACHE.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps({**cached, key: list(peak)}))
-            os.replace(temporary, CACHE)
-        except OSError:
-            pass  # a read-only home: measure again next time
+        machine_cache.store("peak_flops", key, list(peak))
     return peak
 
 

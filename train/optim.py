@@ -7,6 +7,7 @@ from contextlib import nullcontext
 import torch
 
 from .config import TrainConfig
+from .machine_cache import cpu_bf16_units
 
 
 def build_optimizer(config: TrainConfig, model: torch.nn.Module, fused: bool = True) -> torch.optim.Optimizer:
@@ -61,14 +62,6 @@ def build_scheduler(config: TrainConfig, optimizer, total_steps: int):
     if config.schedule not in ("cosine", "multistep"):
         raise ValueError(f"unknown schedule {config.schedule!r}; valid: cosine, multistep")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, config))
-
-
-CPU_BF16_UNITS = (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx", "_is_amx_tile_supported"))
-
-
-def cpu_bf16_units() -> list[str]:
-    """The CPU's native bf16 units that torch.cpu's own CPUID probes find: avx512_bf16, amx."""
-    return [unit for unit, probe in CPU_BF16_UNITS if getattr(torch.cpu, probe, lambda: False)()]
 
 
 def cpu_has_native_bf16() -> bool:

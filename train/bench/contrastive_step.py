@@ -8,7 +8,12 @@ as in a running epoch), and its end shuts them down, so their prefetching never 
 adds the trainer's path with PyTorch's own convolutions (`--no-matmul-conv`), `trainer_stock_norm` with
 PyTorch's own BatchNorm, ReLU and sum (`--no-numba-batch-norm`), `trainer_stock_malloc` with glibc's default
 allocator (`--no-retain-host-memory`), `trainer_compiled` the trainer's path under torch.compile (`--compile`).
-The reference runs with glibc's default allocator, as the papers' code does."""
+The reference runs with glibc's default allocator, as the papers' code does.
+
+Each path's MFU is the step's model FLOPs (counted once, on the reference's first warm-up step: its
+convolutions at their full size, padding included, its matmuls, the momentum network's forward) over its
+time and its precision's peak (train/mfu.py); `vs_paper_at_peak` is the ratio a step running at the bf16 peak
+would reach, the ceiling of the trainer's `vs_paper` on this machine."""
 from __future__ import annotations
 
 import statistics
@@ -16,6 +21,7 @@ import time
 from types import SimpleNamespace
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import kernels
 from pipeline.batch import Batch, LoaderSettings
@@ -26,6 +32,7 @@ from train.bench.common import TimedRounds, endless_batches
 from train.bench.pil_views import pil_view_loader
 from train.config import TrainConfig
 from train.methods import build_method
+from train.mfu import peak_flops
 from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
 from train.step import TrainStep
 
@@ -91,6 +98,11 @@ class PreparedContrastive(TimedRounds):
         self.clear_rounds()
         start = time.perf_counter()
         self.start_round()
+        self.flops_per_step = None
+        if not trainer:  # the model FLOPs of a step: the reference runs every convolution at its full size
+            with FlopCounterMode(display=False) as counter:
+                self.step(next(self.stream))
+            self.flops_per_step = counter.get_total_flops()
         for _ in range(warmup):
             self.step(next(self.stream))
         self.end_round()
@@ -116,6 +128,7 @@ def run(method_name: str, model_name: str, split, data_name: str, batch: int, st
         order = list(prepared.values())
         for path in order if round_index % 2 == 0 else reversed(order):
             path.time_round(steps)
+    flops = next((path.flops_per_step for path in prepared.values() if path.flops_per_step), None)
     records = []
     for name, path in prepared.items():
         median = statistics.median(path.seconds)
@@ -127,7 +140,14 @@ def run(method_name: str, model_name: str, split, data_name: str, batch: int, st
                   "ms_per_step": round(1e3 * median / steps, 2), "loader_wait_share": round(wait / median, 4),
                   "round_images_per_s": [round(steps * batch / s, 1) for s in path.seconds],
                   "page_faults_per_step": round(statistics.median(path.page_faults) / steps)}
+        if flops:
+            peak, peak_source = peak_flops(device, path.precision)
+            record.update(flops_per_step=flops, peak_flops=peak, peak_source=peak_source,
+                          mfu=round(flops * steps / median / peak, 4))
         if "paper" in prepared:
-            record["vs_paper"] = round(statistics.median(prepared["paper"].seconds) / median, 2)
+            paper_step = statistics.median(prepared["paper"].seconds) / steps
+            record["vs_paper"] = round(paper_step * steps / median, 2)
+            if flops and name != "paper":
+                record["vs_paper_at_peak"] = round(paper_step / (flops / peak_flops(device, "bf16")[0]), 2)
         records.append(record)
     return records

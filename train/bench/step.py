@@ -223,9 +223,9 @@ def _run(models, num_transforms, data, batch, steps, warmup, num_images, workers
     return records
 
 
-def _run_table(header: str, data, models, num_images: int, output, measure, row) -> list[dict]:
+def _run_table(header: str, data, models, num_images: int, output, measure, row, footer=None) -> list[dict]:
     """One table of a method-specific bench: `measure(model_name, split, data_name)` gives its records,
-    `row(record)` prints each."""
+    `row(record)` prints each, `footer(records)` a closing line (or None)."""
     print_header(header)
     sources = {"synthetic": lambda: cifar_shaped(num_images),
                "digits": lambda: build_splits("digits", "unused", 32, 0.1, 0).train}
@@ -236,6 +236,9 @@ def _run_table(header: str, data, models, num_images: int, output, measure, row)
             for record in measure(model_name, split, data_name):
                 records.append(record)
                 print(row(record))
+    closing = footer(records) if footer else None
+    if closing:
+        print(closing)
     append_json_lines(output, records)
     return records
 
@@ -263,10 +266,17 @@ def _run_contrastive(method, models, data, batch, steps, warmup, num_images, wor
 
     return _run_table(
         f"{'model':<16}{'data':<10}{'method':<11}{'path':<22}{'precision':<10}{'img/s':>9}{'ms/step':>10}"
-        f"{'wait':>8}{'faults':>8}{'setup s':>9}{'vs paper':>10}", data, models, num_images, output,
+        f"{'wait':>8}{'faults':>8}{'setup s':>9}{'MFU':>8}{'vs paper':>10}{'at peak':>9}", data, models, num_images,
+        output,
         lambda model_name, split, data_name: contrastive_step.run(method, model_name, split, data_name, batch, steps,
                                                                   warmup, rounds, device, workers, paths,
                                                                   trainer_precision),
         lambda r: (f"{r['model']:<16}{r['data']:<10}{r['method']:<11}{r['path']:<22}{r['precision']:<10}"
                    f"{r['images_per_s']:>9,.0f}{r['ms_per_step']:>10.1f}{100 * r['loader_wait_share']:>7.1f}%"
-                   f"{r['page_faults_per_step']:>8,}{r['setup_s']:>9.1f}{ratio_text(r):>10}"))
+                   f"{r['page_faults_per_step']:>8,}{r['setup_s']:>9.1f}"
+                   + (f"{100 * r['mfu']:>7.1f}%" if "mfu" in r else f"{'-':>8}") + f"{ratio_text(r):>10}"
+                   + (f"{r['vs_paper_at_peak']:>8.2f}x" if "vs_paper_at_peak" in r else f"{'-':>9}")),
+        footer=lambda records: (f"MFU: the reference step's model FLOPs over each path's time and its precision's "
+                                f"peak ({records[0]['peak_source']}, and the fp32 one for the reference); at peak: "
+                                f"the vs paper of a step at the bf16 peak") if records and "mfu" in records[0]
+        else None)

@@ -15,7 +15,7 @@ import torch.nn as nn
 import kernels
 from kernels import identity_rows
 from models.cpu_batch_norm import use_cpu_batch_norm
-from models.matmul_conv import use_matmul_convolutions
+from models.cpu_conv2d import use_matmul_convolutions
 from train.config import TrainConfig
 
 
@@ -38,7 +38,7 @@ def place(network: nn.Module, device: torch.device, channels_last: bool, config)
     """`network` on `device`, with the CPU kernels `config` (a TrainConfig) asks for: every network of a run,
     trained or not, goes through here."""
     network = network.to(device)
-    if device.type == "cpu" and config.matmul_conv:  # only acts under bf16 autocast (models/matmul_conv.py)
+    if device.type == "cpu" and config.matmul_conv:  # only acts under bf16 autocast (models/cpu_conv2d.py)
         use_matmul_convolutions(network)
     if device.type == "cpu" and config.numba_batch_norm:  # only on bf16 channels_last input (models/cpu_batch_norm.py)
         use_cpu_batch_norm(network)
