@@ -36,8 +36,8 @@ class ConvWays:
 
 
 ONEDNN = ConvWays()
-_chosen: dict[str, ConvWays] = {}  # this process's choices by layer and batch shape
-_stored: dict | None = None  # the machine's cache, read once per process
+_chosen: dict[str, ConvWays] = {}  # this process's choices by layer and batch shape, the machine's stored ones too
+_loaded = False  # whether the machine's stored choices are in _chosen
 
 
 def is_candidate(in_channels: int, out_channels: int, out_area: int) -> bool:
@@ -100,30 +100,37 @@ def faster_ways(seconds: dict[tuple[str, str], list[float]]) -> ConvWays:
                        for name in PASSES})
 
 
+def load_machine_choices() -> None:
+    """The choices stored for this machine, into this process's (once; before torch.compile traces a layer,
+    which cannot time or read files: models/cpu_conv2d.py calls this when it swaps the layers in)."""
+    global _loaded
+    if not _loaded:
+        prefix = machine_cache.machine_key() + "|"
+        for stored_key, ways in machine_cache.load(CACHE_KIND).items():
+            if stored_key.startswith(prefix):
+                _chosen.setdefault(stored_key[len(prefix):], ConvWays(**ways))
+        _loaded = True
+
+
 def ways_for(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> ConvWays:
-    """This layer's ways for this batch shape: kept, stored for this machine, or timed now."""
+    """This layer's ways for this batch shape: chosen before (in this process or stored for this machine), or
+    timed now and stored. While torch.compile traces: what was chosen before, or oneDNN's."""
     out_h, out_w = output_size(x.shape[2:], weight.shape[2:], stride, padding)
     if not is_candidate(weight.shape[1], weight.shape[0], out_h * out_w):
         return ONEDNN
     key = (f"{weight.shape[1]}>{weight.shape[0]} k{tuple(weight.shape[2:])} s{tuple(stride)} p{tuple(padding)} "
            f"on {tuple(x.shape)}")
-    if key in _chosen or torch.compiler.is_compiling():  # no timing while tracing: what eager chose, or oneDNN
+    if torch.compiler.is_compiling():
         return _chosen.get(key, ONEDNN)
-    global _stored
-    if _stored is None:
-        _stored = machine_cache.load(CACHE_KIND)
-    stored_key = machine_cache.machine_key(key)
-    if stored_key in _stored:
-        _chosen[key] = ConvWays(**_stored[stored_key])
-    else:
+    load_machine_choices()
+    if key not in _chosen:
         _chosen[key] = fastest_ways(x, weight, stride, padding)
-        _stored[stored_key] = vars(_chosen[key])
-        machine_cache.store(CACHE_KIND, stored_key, vars(_chosen[key]))
+        machine_cache.store(CACHE_KIND, machine_cache.machine_key(key), vars(_chosen[key]))
     return _chosen[key]
 
 
 def forget() -> None:
-    """Drops this process's choices and its copy of the machine's cache (tests; a changed cache file)."""
-    global _stored
+    """Drops this process's choices, the machine's stored ones read too (tests; a changed cache file)."""
+    global _loaded
     _chosen.clear()
-    _stored = None
+    _loaded = False

@@ -70,7 +70,9 @@ class MatmulConv2d(nn.Conv2d):
 
 
 def use_matmul_convolutions(network: nn.Module) -> nn.Module:
-    """Every plain Conv2d (groups 1, dilation 1, zero padding) becomes a MatmulConv2d in place."""
+    """Every plain Conv2d (groups 1, dilation 1, zero padding) becomes a MatmulConv2d in place; the ways stored
+    for this machine are read now, so a network that torch.compile traces takes them too."""
+    conv_ways.load_machine_choices()
     for module in network.modules():
         if (type(module) is nn.Conv2d and module.groups == 1 and module.dilation == (1, 1)
                 and module.padding_mode == "zeros" and not isinstance(module.padding, str)):

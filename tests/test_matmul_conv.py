@@ -133,6 +133,26 @@ def test_the_matmul_path_compiles_and_gives_eager_gradients():
         torch.testing.assert_close(traced, eager)
 
 
+def test_a_compiled_network_takes_the_ways_stored_for_this_machine(monkeypatch, tmp_path):
+    """torch.compile cannot time a layer; the ways an earlier run stored are read when the layers are swapped in."""
+    from models import cpu_conv2d
+
+    monkeypatch.setattr(machine_cache, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(conv_ways, "_chosen", {})
+    monkeypatch.setattr(conv_ways, "_loaded", False)
+    key = "64>128 k(3, 3) s(1, 1) p(1, 1) on (2, 64, 4, 4)"
+    machine_cache.store(conv_ways.CACHE_KIND, machine_cache.machine_key(key), vars(ConvWays(weight_gradient=True)))
+    calls = []
+    real = cpu_conv2d.weight_gradient
+    monkeypatch.setattr(cpu_conv2d, "weight_gradient", lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(conv_ways, "fastest_ways", lambda *a, **k: pytest.fail("timed while a stored choice exists"))
+    model = use_matmul_convolutions(nn.Sequential(nn.Conv2d(64, 128, 3, 1, 1)))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        compiled(torch.randn(2, 64, 4, 4).contiguous(memory_format=torch.channels_last)).float().sum().backward()
+    assert calls and model[0].weight.grad is not None  # the stored matmul weight gradient, traced
+
+
 def test_each_pass_takes_the_way_that_timed_faster(monkeypatch):
     """A fake clock: oneDNN's forward and input gradient take 1 tick, the matmul ones 2; the weight gradient the
     other way round. The choice follows the medians, per pass."""
@@ -157,7 +177,7 @@ def test_a_layer_is_timed_once_per_machine_and_batch_shape_and_the_run_s_random_
                                                                                                   tmp_path):
     monkeypatch.setattr(machine_cache, "CACHE_DIR", tmp_path)
     monkeypatch.setattr(conv_ways, "_chosen", {})  # this process's choices, restored afterwards
-    monkeypatch.setattr(conv_ways, "_stored", None)
+    monkeypatch.setattr(conv_ways, "_loaded", False)
     timed = []
     real = conv_ways.fastest_ways
     monkeypatch.setattr(conv_ways, "fastest_ways", lambda *a, **k: timed.append(tuple(a[0].shape)) or real(*a, **k))
@@ -176,3 +196,9 @@ def test_a_layer_is_timed_once_per_machine_and_batch_shape_and_the_run_s_random_
     assert conv_ways.ways_for(small, weight, (2, 2), (1, 1)) == ways and len(timed) == 2
     stored = machine_cache.load(conv_ways.CACHE_KIND)
     assert len(stored) == 2 and all(key.startswith(machine_cache.machine_key()) for key in stored)
+    # another machine's entries in the same file (a shared home directory) are not taken
+    machine_cache.store(conv_ways.CACHE_KIND, "Other CPU|2|2|2.13.0|512>512 k(3, 3) s(1, 1) p(1, 1) on (1, 512, 2, 2)",
+                        vars(ConvWays(forward=True)))
+    conv_ways.forget()
+    conv_ways.load_machine_choices()
+    assert set(conv_ways._chosen) == {key.rsplit("|", 1)[1] for key in stored}
