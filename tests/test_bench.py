@@ -96,6 +96,9 @@ def test_step_bench_alternates_rounds_under_a_background_load(tmp_path, monkeypa
         return spawned[-1]
 
     monkeypatch.setattr(common.subprocess, "Popen", recording_popen)
+    opened = []  # each opening of a reference loader's round stream: its workers forked afresh
+    real_open = common.RoundStream.open
+    monkeypatch.setattr(common.RoundStream, "open", lambda self: opened.append(self) or real_open(self))
     out = tmp_path / "rounds.jsonl"
     assert main(["step", "--models", "resnet8", "--num-transforms", "4", "--data", "synthetic", "--steps", "1",
                  "--warmup", "1", "--batch", "4", "--images", "16", "--workers", "1", "--rounds", "3",
@@ -109,9 +112,39 @@ def test_step_bench_alternates_rounds_under_a_background_load(tmp_path, monkeypa
         assert abs(record["images_per_s"] - rates[1]) <= 0.01 * rates[1] + 0.1  # the median round is reported
     expected = [t / p for t, p in zip(trainer["round_images_per_s"], paper["round_images_per_s"])]
     assert all(abs(r - e) <= 0.01 * e + 0.01 for r, e in zip(trainer["round_vs_paper"], expected))
+    # only the paper path's torch loader gets fresh workers: the warm-up, each of 3 rounds, the phase shares
+    assert len(opened) == 5 and len(set(map(id, opened))) == 1 and opened[0].stream is None  # closed at the end
 
 
-def test_step_bench_times_maxls_two_updates_against_the_official_way(tmp_path):
+def test_a_round_stream_forks_its_workers_afresh_and_stops_them_at_the_round_s_end():
+    from train.bench.common import RoundStream
+
+    events = []
+
+    def batches():  # stands in for a DataLoader's iterator: its workers start and stop with it
+        events.append("fork")
+        try:
+            index = 0
+            while True:
+                yield index
+                index += 1
+        finally:
+            events.append("shutdown")
+
+    rounds = RoundStream(batches, lambda current: events.append(f"untimed {current}"))
+    for _ in range(2):
+        stream = rounds.open()
+        assert next(stream) == 1  # the untimed step took batch 0
+        rounds.close()
+    assert events == ["fork", "untimed 0", "shutdown"] * 2
+
+
+def test_step_bench_times_maxls_two_updates_against_the_official_way(tmp_path, monkeypatch):
+    from train.bench import common
+
+    opened = []
+    real_open = common.RoundStream.open
+    monkeypatch.setattr(common.RoundStream, "open", lambda self: opened.append(self) or real_open(self))
     out = tmp_path / "maxl.jsonl"
     assert main(["step", "--method", "maxl", "--models", "resnet8", "--data", "synthetic", "--steps", "1",
                  "--warmup", "1", "--batch", "6", "--images", "24", "--workers", "1", "--rounds", "2",
@@ -123,6 +156,7 @@ def test_step_bench_times_maxls_two_updates_against_the_official_way(tmp_path):
         paper = next(r for r in records if r["path"] == "paper" and r["update"] == record["update"])
         assert abs(record["vs_paper"] - record["images_per_s"] / paper["images_per_s"]) <= 0.01 * record["vs_paper"] + 0.01
     assert all(r["precision"] == "fp32" and not r["channels_last"] for r in records if r["path"] == "paper")
+    assert len(opened) == 3 and len(set(map(id, opened))) == 1  # the official way's loader: warm-up and 2 rounds
 
 
 def test_step_bench_compares_contrastive_steps_with_per_sample_pil_views(tmp_path, monkeypatch):

@@ -59,6 +59,28 @@ def endless_batches(loader):
         epoch += 1
 
 
+class RoundStream:
+    """A reference loader's batches for one round of timed steps at a time, so that its worker processes run in
+    its own rounds only: `open` forks them afresh (a new iterator) and takes one untimed step, which fills
+    their prefetch queue as in a running epoch; `close` shuts them down. A kept iterator would let them
+    prefetch during another path's round: taking that path's cores and starting the next reference round with
+    a full queue (the torch loader keeps 4 batches per worker ready)."""
+
+    def __init__(self, make_stream, untimed_step):
+        self.make_stream, self.untimed_step = make_stream, untimed_step
+        self.stream = None
+
+    def open(self):
+        self.stream = self.make_stream()
+        self.untimed_step(next(self.stream))
+        return self.stream
+
+    def close(self) -> None:
+        if self.stream is not None:  # closing the generator drops its DataLoader iterator: the workers stop
+            self.stream.close()
+            self.stream = None
+
+
 def set_host_memory(device: torch.device, retain: bool) -> None:
     """Before a path's round on a CPU: the allocator that path trains with (train/host_memory.py)."""
     if device.type == "cpu" and retain:
@@ -68,8 +90,8 @@ def set_host_memory(device: torch.device, retain: bool) -> None:
 
 
 class TimedRounds:
-    """Rounds of whole steps, timed with the loader's wait counted apart; a subclass sets `stream`, `step`
-    and `device`, and may prepare and close each round's loader, untimed (`start_round`, `end_round`).
+    """Rounds of whole steps, timed with the loader's wait counted apart; a subclass sets `step`, `device` and
+    either `stream` or, for a reference loader with worker processes, `round_stream` (each round's own).
     GPU work is synchronised at each round's ends. A path that trains as train/main.py does on a CPU sets
     `retain_host_memory` (train/host_memory.py); the others run theirs with glibc's default allocator."""
     seconds: list[float]  # per timed round
@@ -80,11 +102,17 @@ class TimedRounds:
     def clear_rounds(self) -> None:
         self.seconds, self.waits, self.page_faults = [], [], []
 
+    round_stream: RoundStream | None = None  # a reference loader whose workers run in this path's rounds only
+
     def start_round(self) -> None:
         """Untimed, before the round's first timed step."""
+        if self.round_stream is not None:
+            self.stream = self.round_stream.open()
 
     def end_round(self) -> None:
         """Untimed, after the round's last timed step."""
+        if self.round_stream is not None:
+            self.round_stream.close()
 
     def time_round(self, steps: int) -> None:
         set_host_memory(self.device, self.retain_host_memory)

@@ -28,7 +28,7 @@ from pipeline.batch import Batch, LoaderSettings
 from pipeline.datasets import channel_statistics
 from pipeline.loaders import build_loader
 from pipeline.random_views import MultiCropViews, RandomViewExpander, get_recipe
-from train.bench.common import TimedRounds, endless_batches
+from train.bench.common import RoundStream, TimedRounds, endless_batches
 from train.bench.pil_views import pil_view_loader
 from train.config import TrainConfig
 from train.methods import build_method
@@ -83,10 +83,11 @@ class PreparedContrastive(TimedRounds):
             loader = build_loader("resident", split, LoaderSettings(expander, device, batch, train=True,
                                                                      crop_padding=-1, workers=workers))
             self.stream = endless_batches(loader)
-            self.reference_loader = None
-        else:
-            self.reference_loader = pil_view_loader(split.images, split.labels, recipe, mean, std, batch, workers,
-                                                    persistent_workers=False)
+        else:  # fresh workers each round (train/bench/common.py)
+            reference_loader = pil_view_loader(split.images, split.labels, recipe, mean, std, batch, workers,
+                                               persistent_workers=False)
+            self.round_stream = RoundStream(lambda: reference_batches(reference_loader, device),
+                                            lambda current: self.step(current))
         torch.manual_seed(0)
         model = self.method.build_model(model_name, split.num_classes, kernels.get_family("none"), device,
                                         channels_last)
@@ -107,15 +108,6 @@ class PreparedContrastive(TimedRounds):
             self.step(next(self.stream))
         self.end_round()
         self.setup_seconds = time.perf_counter() - start
-
-    def start_round(self) -> None:
-        if self.reference_loader is not None:  # fresh workers, their queue filled during an untimed step
-            self.stream = reference_batches(self.reference_loader, self.device)
-            self.step(next(self.stream))
-
-    def end_round(self) -> None:
-        if self.reference_loader is not None:  # closing the generator drops its DataLoader iterator: workers stop
-            self.stream.close()
 
 
 

@@ -1,6 +1,7 @@
 """`python train/bench.py step`: whole training steps (loader, views, forward, joint-label loss,
 backward, optimizer; all-reduce under torchrun), this trainer's path against the papers' path
-(torch DataLoader, fp32, NCHW, torch.rot90 stacking, eager torch losses) in the same run."""
+(torch DataLoader, fp32, NCHW, torch.rot90 stacking, eager torch losses) in the same run, the paths taking
+turns over rounds; the papers' DataLoader workers run in its own rounds only (common.RoundStream)."""
 from __future__ import annotations
 
 import os
@@ -21,7 +22,7 @@ from pipeline.loaders import build_loader
 from pipeline.views import ViewExpander
 from train.bench.loaders import cifar_shaped
 from train.bench.common import (append_json_lines, available_cores, bench_device, busy_processes, device_name,
-                                endless_batches, print_header, TimedRounds)
+                                endless_batches, print_header, RoundStream, TimedRounds)
 from train.config import TrainConfig
 from train.methods import build_method
 from train.mfu import flops_per_view, peak_flops
@@ -91,9 +92,14 @@ class PreparedPath(TimedRounds):
         self.step = TrainStep(self.model, self.model, self.method, optimizer,
                               build_scheduler(config, optimizer, warmup + total_steps + 1),
                               build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
-        self.stream = endless_batches(self.loader)
+        if settings["loader"] == "torch":  # its workers run in its own rounds only (train/bench/common.py)
+            self.round_stream = RoundStream(lambda: endless_batches(self.loader), lambda current: self.step(current))
+        else:
+            self.stream = endless_batches(self.loader)
+        self.start_round()
         for _ in range(warmup):
             self.step(next(self.stream))
+        self.end_round()
         self.clear_rounds()
 
     def record(self, steps: int) -> dict:
@@ -101,9 +107,11 @@ class PreparedPath(TimedRounds):
         device, batch = self.device, self.batch
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        self.start_round()
         shares = phase_shares(self.step, self.stream, max(2, steps // 4), device)
         num_transforms = self.family.num_transforms
         sample = next(self.stream).views
+        self.end_round()
         flops = flops_per_view(self.model, sample, getattr(self.method, "teacher", None))
         peak, peak_source = peak_flops(device, self.precision)
         seconds = statistics.median(self.seconds)
