@@ -5,7 +5,7 @@ Which is faster depends on the CPU and on the layer: `python train/bench.py conv
 at full width, AMD Zen 5; double-pumped, Zen 4) gave three different sets of winners (BENCHMARKS.md), so fixed
 rules per CPU kind picked wrong on the next machine. Each candidate layer's passes are instead timed on its
 first batch, the two ways alternating, as cuDNN's benchmark mode picks a GPU's algorithm; the choice is kept
-per machine and batch shape (train/machine_cache.py), so later runs, a resumed one too, take the same ways
+per machine, batch shape and memory layout (train/machine_cache.py), so later runs, a resumed one too, take the same ways
 without timing again. Candidates: outputs of at most 8×8 positions and at least 64·128 channel pairs; on
 larger maps and narrower layers oneDNN won every pass on every CPU timed, so those layers are never timed.
 """
@@ -118,8 +118,9 @@ def ways_for(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> ConvWays
     out_h, out_w = output_size(x.shape[2:], weight.shape[2:], stride, padding)
     if not is_candidate(weight.shape[1], weight.shape[0], out_h * out_w):
         return ONEDNN
+    layout = "channels_last" if x.is_contiguous(memory_format=torch.channels_last) else "nchw"
     key = (f"{weight.shape[1]}>{weight.shape[0]} k{tuple(weight.shape[2:])} s{tuple(stride)} p{tuple(padding)} "
-           f"on {tuple(x.shape)}")
+           f"on {tuple(x.shape)} {layout}")
     if torch.compiler.is_compiling():
         return _chosen.get(key, ONEDNN)
     load_machine_choices()

@@ -140,7 +140,7 @@ def test_a_compiled_network_takes_the_ways_stored_for_this_machine(monkeypatch, 
     monkeypatch.setattr(machine_cache, "CACHE_DIR", tmp_path)
     monkeypatch.setattr(conv_ways, "_chosen", {})
     monkeypatch.setattr(conv_ways, "_loaded", False)
-    key = "64>128 k(3, 3) s(1, 1) p(1, 1) on (2, 64, 4, 4)"
+    key = "64>128 k(3, 3) s(1, 1) p(1, 1) on (2, 64, 4, 4) channels_last"
     machine_cache.store(conv_ways.CACHE_KIND, machine_cache.machine_key(key), vars(ConvWays(weight_gradient=True)))
     # a stand-in matmul weight gradient of zeros (tracing forbids side effects such as counting calls)
     monkeypatch.setattr(cpu_conv2d, "weight_gradient",
@@ -191,16 +191,18 @@ def test_a_layer_is_timed_once_per_machine_and_batch_shape_and_the_run_s_random_
     assert torch.equal(torch.get_rng_state(), state)  # its gradient for timing has its own generator
     assert conv_ways.ways_for(small, weight, (2, 2), (1, 1)) == ways and timed == [(3, 64, 8, 8)]
     assert conv_ways.ways_for(small[:2], weight, (2, 2), (1, 1)) is not None and len(timed) == 2  # a new batch
+    channels_last = small.contiguous(memory_format=torch.channels_last)  # a new layout: timed on its own
+    assert conv_ways.ways_for(channels_last, weight, (2, 2), (1, 1)) is not None and len(timed) == 3
     # a large map, or a narrow layer, is never timed: oneDNN
     assert conv_ways.ways_for(torch.randn(3, 64, 32, 32), weight, (1, 1), (1, 1)) == ONEDNN
-    assert conv_ways.ways_for(narrow, torch.randn(8, 8, 3, 3), (1, 1), (1, 1)) == ONEDNN and len(timed) == 2
+    assert conv_ways.ways_for(narrow, torch.randn(8, 8, 3, 3), (1, 1), (1, 1)) == ONEDNN and len(timed) == 3
     # the next process (here: the same one, its choices forgotten) reads the machine's file, and times nothing
     conv_ways.forget()
-    assert conv_ways.ways_for(small, weight, (2, 2), (1, 1)) == ways and len(timed) == 2
+    assert conv_ways.ways_for(small, weight, (2, 2), (1, 1)) == ways and len(timed) == 3
     stored = machine_cache.load(conv_ways.CACHE_KIND)
-    assert len(stored) == 2 and all(key.startswith(machine_cache.machine_key()) for key in stored)
+    assert len(stored) == 3 and all(key.startswith(machine_cache.machine_key()) for key in stored)
     # another machine's entries in the same file (a shared home directory) are not taken
-    machine_cache.store(conv_ways.CACHE_KIND, "Other CPU|2|2|2.13.0|512>512 k(3, 3) s(1, 1) p(1, 1) on (1, 512, 2, 2)",
+    machine_cache.store(conv_ways.CACHE_KIND, "Other CPU|2|2|2.13.0|512>512 k(3, 3) s(1, 1) p(1, 1) on (1, 512, 2, 2) nchw",
                         vars(ConvWays(forward=True)))
     conv_ways.forget()
     conv_ways.load_machine_choices()
