@@ -5,9 +5,10 @@ Which is faster depends on the CPU and on the layer: `python train/bench.py conv
 at full width, AMD Zen 5; double-pumped, Zen 4) gave three different sets of winners (BENCHMARKS.md), so fixed
 rules per CPU kind picked wrong on the next machine. Each candidate layer's passes are instead timed on its
 first batch, the two ways alternating, as cuDNN's benchmark mode picks a GPU's algorithm; the choice is kept
-per machine, batch shape and memory layout (train/machine_cache.py), so later runs, a resumed one too, take the same ways
-without timing again. Candidates: outputs of at most 8×8 positions and at least 64·128 channel pairs; on
-larger maps and narrower layers oneDNN won every pass on every CPU timed, so those layers are never timed.
+per machine, batch shape and memory layout (train/machine_cache.py), so later runs, a resumed one too, take
+the same ways without timing again. Candidates: outputs of at most 8×8 positions and at least 64·128 channel
+pairs; on larger maps and narrower layers oneDNN won every pass on every CPU timed, so those layers are never
+timed.
 """
 from __future__ import annotations
 

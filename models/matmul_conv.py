@@ -28,7 +28,8 @@ def output_range(in_size: int, out_size: int, tap: int, stride: int, padding: in
     return first, last + 1
 
 
-def tap_segments(in_size: int, out_size: int, kernel: int, stride: int, padding: int) -> list[tuple[int, int, int, int]]:
+def tap_segments(in_size: int, out_size: int, kernel: int, stride: int,
+                 padding: int) -> list[tuple[int, int, int, int]]:
     """Along one dimension: the output positions cut into runs [a, b) that read the same kernel taps [t0, t1),
     the taps whose input index y·stride + t − padding falls inside the input for every y of the run. A tap
     that would read the zero padding is left out, so no product below multiplies padding (at 2×2 outputs of

@@ -202,7 +202,8 @@ def test_a_layer_is_timed_once_per_machine_and_batch_shape_and_the_run_s_random_
     stored = machine_cache.load(conv_ways.CACHE_KIND)
     assert len(stored) == 3 and all(key.startswith(machine_cache.machine_key()) for key in stored)
     # another machine's entries in the same file (a shared home directory) are not taken
-    machine_cache.store(conv_ways.CACHE_KIND, "Other CPU|2|2|2.13.0|512>512 k(3, 3) s(1, 1) p(1, 1) on (1, 512, 2, 2) nchw",
+    machine_cache.store(conv_ways.CACHE_KIND,
+                        "Other CPU|2|2|2.13.0|512>512 k(3, 3) s(1, 1) p(1, 1) on (1, 512, 2, 2) nchw",
                         vars(ConvWays(forward=True)))
     conv_ways.forget()
     conv_ways.load_machine_choices()
