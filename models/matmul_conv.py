@@ -60,7 +60,7 @@ def weight_gradient(grad_out: torch.Tensor, x: torch.Tensor, kernel: tuple[int, 
     over the outputs whose input for tap (i, j) is inside the image (the rest multiply padding, zero): per tap
     an [O × rows] by [rows × C] product."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    n, c, h, w = x.shape
+    c, h, w = x.shape[1:]
     out_channels, out_h, out_w = grad_out.shape[1:]
     rows_in, rows_out = x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1)  # N, H, W, C and N, H', W', O
     ranges_y = [output_range(h, out_h, i, sh, ph) for i in range(kh)]
@@ -88,28 +88,29 @@ def matmul_convolution(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int,
     out_h, out_w = output_size((h, w), (kh, kw), stride, padding)
     rows_in = x.permute(0, 2, 3, 1)  # N, H, W, C
     taps = weight.permute(2, 3, 1, 0)  # kh, kw, C, O
-    blocks = [(ys, xs) for ys in tap_segments(h, out_h, kh, stride[0], padding[0])
-              for xs in tap_segments(w, out_w, kw, stride[1], padding[1])]
-    dtype, out = torch.promote_types(x.dtype, weight.dtype), None
-    if len(blocks) > 1:
-        out = torch.empty(n, out_h, out_w, out_channels, dtype=dtype, device=x.device)
-    for (y0, y1, i0, i1), (x0, x1, j0, j1) in blocks:
+    dtype = torch.promote_types(x.dtype, weight.dtype)
+
+    def block(ys, xs) -> torch.Tensor:
+        """The outputs y0 <= y < y1, x0 <= x < x1, as N, rows, columns, O."""
+        (y0, y1, i0, i1), (x0, x1, j0, j1) = ys, xs
         count = (i1 - i0) * (j1 - j0)
         if count == 0:  # every tap of these outputs reads padding
-            if out is None:
-                out = torch.zeros(n, out_h, out_w, out_channels, dtype=dtype, device=x.device)
-            out[:, y0:y1, x0:x1] = 0
-            continue
+            return torch.zeros(n, y1 - y0, x1 - x0, out_channels, dtype=dtype, device=x.device)
         unfolded = torch.empty(n, y1 - y0, x1 - x0, count, c, dtype=x.dtype, device=x.device)
         for i in range(i0, i1):
             for j in range(j0, j1):
                 unfolded[:, :, :, (i - i0) * (j1 - j0) + j - j0] = input_rows(rows_in, (y0, y1), (x0, x1), (i, j),
                                                                               stride, padding)
         product = unfolded.view(-1, count * c) @ taps[i0:i1, j0:j1].reshape(count * c, out_channels)
-        if out is None:
-            out = product.view(n, out_h, out_w, out_channels)
-        else:
-            out[:, y0:y1, x0:x1] = product.view(n, y1 - y0, x1 - x0, out_channels)
+        return product.view(n, y1 - y0, x1 - x0, out_channels)
+
+    blocks = [(ys, xs) for ys in tap_segments(h, out_h, kh, stride[0], padding[0])
+              for xs in tap_segments(w, out_w, kw, stride[1], padding[1])]
+    if len(blocks) == 1:  # no padding read: the product is the output
+        return block(*blocks[0]).permute(0, 3, 1, 2)
+    out = torch.empty(n, out_h, out_w, out_channels, dtype=dtype, device=x.device)
+    for ys, xs in blocks:
+        out[:, ys[0]:ys[1], xs[0]:xs[1]] = block(ys, xs)
     return out.permute(0, 3, 1, 2)
 
 

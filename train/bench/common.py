@@ -89,20 +89,18 @@ def set_host_memory(device: torch.device, retain: bool) -> None:
         return_freed_memory()
 
 
-class TimedRounds:
-    """Rounds of whole steps, timed with the loader's wait counted apart; a subclass sets `step`, `device` and
-    either `stream` or, for a reference loader with worker processes, `round_stream` (each round's own).
-    GPU work is synchronised at each round's ends. A path that trains as train/main.py does on a CPU sets
-    `retain_host_memory` (train/host_memory.py); the others run theirs with glibc's default allocator."""
-    seconds: list[float]  # per timed round
-    waits: list[float]
-    page_faults: list[int]  # minor page faults of this process (a DataLoader's workers not counted)
-    retain_host_memory: bool = False
+class RoundStreams:
+    """A path whose `stream` is, for a reference loader with worker processes, each round's own (`round_stream`
+    set); other paths set `stream` once."""
+    round_stream: RoundStream | None = None
 
-    def clear_rounds(self) -> None:
-        self.seconds, self.waits, self.page_faults = [], [], []
-
-    round_stream: RoundStream | None = None  # a reference loader whose workers run in this path's rounds only
+    def stream_from(self, loader, fresh_workers_each_round: bool, untimed_step) -> None:
+        """The loader's batches, epoch after epoch: from one kept iterator, or (a DataLoader with worker
+        processes: the papers' torch loader) from each round's own."""
+        if fresh_workers_each_round:
+            self.round_stream = RoundStream(lambda: endless_batches(loader), untimed_step)
+        else:
+            self.stream = endless_batches(loader)
 
     def start_round(self) -> None:
         """Untimed, before the round's first timed step."""
@@ -113,6 +111,20 @@ class TimedRounds:
         """Untimed, after the round's last timed step."""
         if self.round_stream is not None:
             self.round_stream.close()
+
+
+class TimedRounds(RoundStreams):
+    """Rounds of whole steps, timed with the loader's wait counted apart; a subclass sets `step`, `device` and
+    `stream` or `round_stream` (RoundStreams).
+    GPU work is synchronised at each round's ends. A path that trains as train/main.py does on a CPU sets
+    `retain_host_memory` (train/host_memory.py); the others run theirs with glibc's default allocator."""
+    seconds: list[float]  # per timed round
+    waits: list[float]
+    page_faults: list[int]  # minor page faults of this process (a DataLoader's workers not counted)
+    retain_host_memory: bool = False
+
+    def clear_rounds(self) -> None:
+        self.seconds, self.waits, self.page_faults = [], [], []
 
     def time_round(self, steps: int) -> None:
         set_host_memory(self.device, self.retain_host_memory)

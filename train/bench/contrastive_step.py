@@ -137,9 +137,9 @@ def run(method_name: str, model_name: str, split, data_name: str, batch: int, st
             record.update(flops_per_step=flops, peak_flops=peak, peak_source=peak_source,
                           mfu=round(flops * steps / median / peak, 4))
         if "paper" in prepared:
-            paper_step = statistics.median(prepared["paper"].seconds) / steps
-            record["vs_paper"] = round(paper_step * steps / median, 2)
-            if flops and name != "paper":
-                record["vs_paper_at_peak"] = round(paper_step / (flops / peak_flops(device, "bf16")[0]), 2)
+            paper_round = statistics.median(prepared["paper"].seconds)
+            record["vs_paper"] = round(paper_round / median, 2)
+            if flops and name != "paper":  # the paper's step over a step's FLOPs at the bf16 peak
+                record["vs_paper_at_peak"] = round(paper_round / steps / (flops / peak_flops(device, "bf16")[0]), 2)
         records.append(record)
     return records

@@ -17,7 +17,7 @@ from pipeline.batch import LoaderSettings
 from pipeline.datasets import channel_statistics
 from pipeline.loaders import build_loader
 from pipeline.views import ViewExpander
-from train.bench.common import RoundStream, endless_batches, set_host_memory
+from train.bench.common import RoundStreams, set_host_memory
 from train.config import TrainConfig
 from train.methods import build_method
 from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
@@ -26,7 +26,7 @@ from train.step import TrainStep
 UPDATES = ("learner", "meta")
 
 
-class PreparedMaxl:
+class PreparedMaxl(RoundStreams):
     def __init__(self, path: str, settings: dict, model_name: str, split, batch: int, order: str, warmup: int,
                  device: torch.device, workers: int):
         config = TrainConfig(method="maxl", model=model_name, batch_size=batch, precision=settings["precision"],
@@ -49,28 +49,16 @@ class PreparedMaxl:
         base = TrainStep(model, model, self.method, optimizer, build_scheduler(config, optimizer, 10**6),
                          build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
         self.step = self.method.make_step(base, 10**6)
-        self.round_stream = None
-        if settings["loader"] == "torch":  # its workers run in its own rounds only (train/bench/common.py)
-            self.round_stream = RoundStream(lambda: endless_batches(self.loader), self.untimed_step)
-        else:
-            self.stream = endless_batches(self.loader)
+        self.stream_from(self.loader, settings["loader"] == "torch", self.untimed_step)
         self.seconds = {update: [] for update in UPDATES}
-        self.open_round()
+        self.start_round()
         for _ in range(warmup):
             self.untimed_step(next(self.stream))
-        self.close_round()
+        self.end_round()
 
     def untimed_step(self, current) -> None:
         self.step.update_learner(current)
         self.step.update_generator(current)
-
-    def open_round(self) -> None:
-        if self.round_stream is not None:
-            self.stream = self.round_stream.open()
-
-    def close_round(self) -> None:
-        if self.round_stream is not None:
-            self.round_stream.close()
 
     def _sync(self):
         if self.device.type == "cuda":
@@ -79,7 +67,7 @@ class PreparedMaxl:
     def time_round(self, steps: int) -> None:
         """`steps` batches (the loader's time counted with θ1's step), each update timed on its own."""
         set_host_memory(self.device, self.settings["retain_host_memory"])
-        self.open_round()
+        self.start_round()
         totals = dict.fromkeys(UPDATES, 0.0)
         for _ in range(steps):
             self._sync()
@@ -92,7 +80,7 @@ class PreparedMaxl:
             self._sync()
             totals["learner"] += middle - start
             totals["meta"] += time.perf_counter() - middle
-        self.close_round()
+        self.end_round()
         for update in UPDATES:
             self.seconds[update].append(totals[update])
 

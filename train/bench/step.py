@@ -22,7 +22,7 @@ from pipeline.loaders import build_loader
 from pipeline.views import ViewExpander
 from train.bench.loaders import cifar_shaped
 from train.bench.common import (append_json_lines, available_cores, bench_device, busy_processes, device_name,
-                                endless_batches, print_header, RoundStream, TimedRounds)
+                                print_header, TimedRounds)
 from train.config import TrainConfig
 from train.methods import build_method
 from train.mfu import flops_per_view, peak_flops
@@ -92,10 +92,7 @@ class PreparedPath(TimedRounds):
         self.step = TrainStep(self.model, self.model, self.method, optimizer,
                               build_scheduler(config, optimizer, warmup + total_steps + 1),
                               build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
-        if settings["loader"] == "torch":  # its workers run in its own rounds only (train/bench/common.py)
-            self.round_stream = RoundStream(lambda: endless_batches(self.loader), lambda current: self.step(current))
-        else:
-            self.stream = endless_batches(self.loader)
+        self.stream_from(self.loader, settings["loader"] == "torch", self.step)  # the papers' workers: per round
         self.start_round()
         for _ in range(warmup):
             self.step(next(self.stream))
