@@ -39,6 +39,7 @@ class ConvWays:
 ONEDNN = ConvWays()
 _chosen: dict[str, ConvWays] = {}  # this process's choices by layer and batch shape, the machine's stored ones too
 _loaded = False  # whether the machine's stored choices are in _chosen
+_machine = ""  # this machine's key prefix in the cache file (machine_cache.machine_key), read with them
 
 
 def is_candidate(in_channels: int, out_channels: int, out_area: int) -> bool:
@@ -104,12 +105,12 @@ def faster_ways(seconds: dict[tuple[str, str], list[float]]) -> ConvWays:
 def load_machine_choices() -> None:
     """The choices stored for this machine, into this process's (once; before torch.compile traces a layer,
     which cannot time or read files: models/cpu_conv2d.py calls this when it swaps the layers in)."""
-    global _loaded
+    global _loaded, _machine
     if not _loaded:
-        prefix = machine_cache.machine_key() + "|"
+        _machine = machine_cache.machine_key() + "|"
         for stored_key, ways in machine_cache.load(CACHE_KIND).items():
-            if stored_key.startswith(prefix):
-                _chosen.setdefault(stored_key[len(prefix):], ConvWays(**ways))
+            if stored_key.startswith(_machine):
+                _chosen.setdefault(stored_key[len(_machine):], ConvWays(**ways))
         _loaded = True
 
 
@@ -127,7 +128,7 @@ def ways_for(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> ConvWays
     load_machine_choices()
     if key not in _chosen:
         _chosen[key] = fastest_ways(x, weight, stride, padding)
-        machine_cache.store(CACHE_KIND, machine_cache.machine_key(key), vars(_chosen[key]))
+        machine_cache.store(CACHE_KIND, _machine + key, vars(_chosen[key]))
     return _chosen[key]
 
 
