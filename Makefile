@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 STAMP := $(VENV)/.setup-done
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test gpu-check clean
 
 setup: $(STAMP)
 
@@ -24,10 +24,12 @@ $(STAMP): requirements.txt requirements-ffcv.txt Makefile
 	$(PIP) install -q --upgrade pip setuptools wheel
 	@# Here pip's configuration serves the CPU wheel of torch 2.13.0 from local disk; where an NVIDIA GPU
 	@# answers and no local wheel is configured, the same pin takes PyPI's CUDA build.
-	if nvidia-smi -L >/dev/null 2>&1; then echo "NVIDIA GPU found: installing a CUDA build of torch"; fi
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.txt
 	$(PIP) install -q --no-deps --no-build-isolation -r requirements-ffcv.txt
+	@# Where an NVIDIA driver answers, the torch build must use the GPU: one line says which build it took, and a
+	@# CPU build or a CUDA major the driver cannot run stops here rather than train on the CPU unnoticed.
+	if nvidia-smi -L >/dev/null 2>&1; then $(PYTHON) -m train.gpu_check --install; fi
 	touch $(STAMP)
 
 demo: setup
@@ -35,6 +37,11 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+# The GPU path on one device, in minutes; installs nothing (a GPU machine may have no network): it runs with
+# .venv's Python where `make setup` made one, else with the machine's python3 and what it has installed.
+gpu-check:
+	$$( [ -x $(PYTHON) ] && echo $(PYTHON) || echo python3 ) -m train.gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,5 +1,4 @@
-"""Public API of the joint-label kernels; other packages import only from here (and the bf16 CPU BatchNorm
-kernels of the submodule `kernels.batch_norm`, which models/cpu_batch_norm.py wraps).
+"""Public API of the joint-label kernels; other packages import only from here.
 
 Math and layout: docs/methods.md (interleaved rows b·M+j, joint label y·M+j).
 `backend`: "torch" (composite reference), "cpu" (Numba), "cuda" (numba-cuda), "auto"
@@ -16,7 +15,7 @@ import torch
 from . import ops, reference
 from .reference import upcast
 from .ops import raise_pending_label_error
-from .families import FAMILIES, TransformFamily, check_family_fits, get_family
+from .families import FAMILIES, TransformFamily, get_family
 
 BACKENDS = ("auto", "cuda", "cpu", "torch")
 
@@ -126,10 +125,21 @@ def distillation_kl(student_logits, teacher_logits, *, temperature=1.0, backend=
     return row_kl.mean() * temperature**2
 
 
-def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels_last=True, backend="auto",
-                 out=None):
-    """uint8 [B, H, W, C] → normalised views [B·M, C, H, W] in the interleaved layout. `out`: a float32 CPU
-    buffer of that shape to write into (the CPU kernel only), returned."""
+def check_family_fits(family: TransformFamily, height: int, width: int, channels: int) -> None:
+    """Raise a clear error where a family is undefined for an image shape (docs/methods.md)."""
+    if family.rotates and height != width:
+        raise ValueError(
+            f"transformation family {family.name!r} rotates by 90°, which needs square images; "
+            f"got H={height}, W={width}"
+        )
+    if family.permutes_channels and channels != 3:
+        raise ValueError(
+            f"transformation family {family.name!r} permutes colour channels, which needs 3 channels; got {channels}"
+        )
+
+
+def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels_last=True, backend="auto"):
+    """uint8 [B, H, W, C] → normalised views [B·M, C, H, W] in the interleaved layout."""
     family = get_family(family) if isinstance(family, str) else family
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"images must be uint8 [B, H, W, C]; got {images.dtype} of shape {tuple(images.shape)}")
@@ -138,13 +148,6 @@ def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels
     if backend == "torch":
         return reference.expand_views(images, family, mean, std, out_dtype, channels_last)
     turns, orders, scale, shift = _family_tensors(family, tuple(mean), tuple(std), images.device)
-    if out is not None:
-        batch, height, width, channels = images.shape
-        expected = (batch * family.num_transforms, channels, height, width)
-        if backend != "cpu" or out.dtype != torch.float32 or tuple(out.shape) != expected or out.device.type != "cpu":
-            raise ValueError(f"out= takes a float32 CPU tensor of shape {expected} for the cpu backend; got "
-                             f"{out.dtype} {tuple(out.shape)} on {out.device} for backend {backend}")
-        return ops.expand_views_into(images, turns, orders, scale, shift, out)
     views = ops.call(ops.expand_views, images, turns, orders, scale, shift, channels_last, backend)
     return views if out_dtype == torch.float32 else views.to(out_dtype)
 

@@ -65,10 +65,10 @@ def joint_ce_forward(logits, labels, num_transforms, row_loss, row_stats, error_
 
 @cuda.jit
 def joint_ce_backward(logits, labels, num_transforms, row_stats, row_grad, grad):
-    r = cuda.blockIdx.y
-    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    index = cuda.grid(1)  # one thread per gradient element, row-major: any row count fits a 1-D grid
     columns = logits.shape[1]
-    if k < columns:
+    r, k = index // columns, index % columns
+    if r < logits.shape[0]:
         target = labels[r // num_transforms] * num_transforms + r % num_transforms
         value = math.exp((float32(logits[r, k]) - row_stats[r, 0]) - row_stats[r, 1])
         if k == target:
@@ -88,9 +88,9 @@ def aggregate_forward(logits, num_transforms, scores):
 
 @cuda.jit
 def aggregate_backward(grad_scores, num_transforms, grad):
-    r = cuda.blockIdx.y
-    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if k < grad.shape[1]:
+    index = cuda.grid(1)
+    r, k = index // grad.shape[1], index % grad.shape[1]
+    if r < grad.shape[0]:
         if k % num_transforms == r % num_transforms:
             grad[r, k] = grad_scores[r // num_transforms, k // num_transforms] / num_transforms
         else:
@@ -129,9 +129,9 @@ def kl_forward(student, teacher, inverse_temperature, row_kl, stats_student, sta
 
 @cuda.jit
 def kl_backward(student, teacher, inverse_temperature, stats_student, stats_teacher, row_grad, grad):
-    r = cuda.blockIdx.y
-    k = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
-    if k < student.shape[1]:
+    index = cuda.grid(1)
+    r, k = index // student.shape[1], index % student.shape[1]
+    if r < student.shape[0]:
         q = math.exp((float32(student[r, k]) * inverse_temperature - stats_student[r, 0]) - stats_student[r, 1])
         p = math.exp((float32(teacher[r, k]) * inverse_temperature - stats_teacher[r, 0]) - stats_teacher[r, 1])
         grad[r, k] = (q - p) * (row_grad[r] * inverse_temperature)

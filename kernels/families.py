@@ -6,7 +6,7 @@ reordering `out[c] = in[channel_order[j][c]]`. Row b·M+j of a batch holds view 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IDENTITY_ORDER = (0, 1, 2)
 LEXICOGRAPHIC_ORDERS = tuple(itertools.permutations(IDENTITY_ORDER))  # RGB, RBG, GRB, GBR, BRG, BGR
@@ -18,18 +18,15 @@ class TransformFamily:
     name: str
     quarter_turns: tuple[int, ...]  # per view: counter-clockwise 90° turns over (H, W)
     channel_orders: tuple[tuple[int, int, int], ...]  # per view: source channel of each output channel
+    # derived once (plain fields: the per-step code reads them without a call)
+    num_transforms: int = field(init=False)  # M
+    rotates: bool = field(init=False)  # some view turns by an odd number of quarters: needs square images
+    permutes_channels: bool = field(init=False)  # some view reorders channels: needs 3 of them
 
-    @property
-    def num_transforms(self) -> int:
-        return len(self.quarter_turns)
-
-    @property
-    def rotates(self) -> bool:
-        return any(turns % 2 for turns in self.quarter_turns)
-
-    @property
-    def permutes_channels(self) -> bool:
-        return any(order != IDENTITY_ORDER for order in self.channel_orders)
+    def __post_init__(self):
+        object.__setattr__(self, "num_transforms", len(self.quarter_turns))
+        object.__setattr__(self, "rotates", any(turns % 2 for turns in self.quarter_turns))
+        object.__setattr__(self, "permutes_channels", any(order != IDENTITY_ORDER for order in self.channel_orders))
 
 
 def _product(name: str, turns: tuple[int, ...], orders) -> TransformFamily:
@@ -57,16 +54,3 @@ def get_family(name: str) -> TransformFamily:
     if name not in FAMILIES:
         raise ValueError(f"unknown transformation family {name!r}; valid: {', '.join(FAMILIES)}")
     return FAMILIES[name]
-
-
-def check_family_fits(family: TransformFamily, height: int, width: int, channels: int) -> None:
-    """Raise a clear error where a family is undefined for an image shape (docs/methods.md)."""
-    if family.rotates and height != width:
-        raise ValueError(
-            f"transformation family {family.name!r} rotates by 90°, which needs square images; "
-            f"got H={height}, W={width}"
-        )
-    if family.permutes_channels and channels != 3:
-        raise ValueError(
-            f"transformation family {family.name!r} permutes colour channels, which needs 3 channels; got {channels}"
-        )

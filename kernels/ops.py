@@ -84,8 +84,10 @@ def raise_pending_label_error() -> None:
 
 
 def _row_grid(rows: int, columns: int):
+    """A 1-D grid of one thread per element of a [rows, columns] gradient: gridDim.x allows 2³¹ − 1 blocks, where
+    a grid with rows in y would stop at 65,535 rows (batch × views)."""
     threads = _cuda_kernels().ELEMENT_THREADS
-    return (math.ceil(columns / threads), rows), threads
+    return math.ceil(rows * columns / threads), threads
 
 
 _implementations: dict = {}  # custom op → its plain function
@@ -129,10 +131,12 @@ def call(op, *args):
 
 # ------------------------------------------------------------------ joint cross-entropy (L_SLA)
 def check_label_range(labels: Tensor, num_classes: int) -> None:
-    """Host labels (free there; the CUDA kernels raise a device flag instead of syncing). The CPU op
-    checks inside itself, so that a compiled graph keeps the check without breaking at it."""
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)][0].item()
+    """Labels in host memory, read there with numpy: no device is involved and nothing waits (the CUDA kernels
+    raise a device flag instead). The CPU op checks inside itself, so that a compiled graph keeps the check
+    without breaking at it."""
+    values = labels.detach().numpy()
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        bad = int(values[(values < 0) | (values >= num_classes)][0])
         raise ValueError(f"label {bad} is outside [0, {num_classes}) for {num_classes} classes")
 
 
@@ -236,7 +240,8 @@ class _JointCrossEntropyMean(torch.autograd.Function):
             ready, ctx.ready_grad = ctx.ready_grad, None  # handed over once; never touched again here
             if ready is None:  # a second backward: the same kernel again, so the same bits
                 ready = _joint_ce_cpu_with_grad(logits, labels, ctx.num_transforms, ctx.row_weight)[2]
-            return (ready if grad.item() == 1 else ready * grad).to(logits.dtype), None, None, None, None, None
+            unit = grad.detach().numpy() == 1  # a host tensor here (the CPU path): read without a device sync
+            return (ready if unit else ready * grad).to(logits.dtype), None, None, None, None, None
         row_grad = (grad * ctx.row_weight).expand(logits.shape[0])
         grad_logits = _implementations[joint_ce_backward](logits, labels, ctx.num_transforms, row_lse, row_grad,
                                                           ctx.backend)
@@ -393,15 +398,6 @@ def expand_views(images: Tensor, quarter_turns: Tensor, channel_orders: Tensor, 
         _launch(kernels.expand_views, blocks, kernels.ELEMENT_THREADS, images, *map(_array, args), _array(target))
         if target is not out_hwc:
             out_hwc.copy_(target)
-    return out
-
-
-def expand_views_into(images: Tensor, quarter_turns: Tensor, channel_orders: Tensor, scale: Tensor, shift: Tensor,
-                      out: Tensor) -> Tensor:
-    """The CPU kernel of `expand_views` writing into a caller's float32 [B·M, C, H, W] buffer (eager only: the
-    loaders recycle view buffers, pipeline/views.py); page faults on a fresh output took half its time."""
-    cpu_kernels.expand_views(*map(_array, (images.contiguous(), quarter_turns, channel_orders, scale, shift)),
-                             _array(out.permute(0, 2, 3, 1)))
     return out
 
 

@@ -1,11 +1,8 @@
-"""Residual blocks shared by the backbones. BN followed by ReLU (after the shortcut's sum, where there is
-one) goes through `batch_norm_relu`: the operations as written, or one fused pass where the BN is
-models/cpu_batch_norm.py's and takes the activation (bf16 CPU training)."""
+"""Residual blocks shared by the backbones."""
 from __future__ import annotations
 
 import torch.nn as nn
-
-from models.cpu_batch_norm import batch_norm_relu
+import torch.nn.functional as F
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -31,8 +28,8 @@ class BasicBlock(nn.Module):
         self.shortcut = projection(in_channels, width, stride)
 
     def forward(self, x):
-        out = batch_norm_relu(self.bn1, self.conv1(x))
-        return batch_norm_relu(self.bn2, self.conv2(out), self.shortcut(x))
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -50,9 +47,9 @@ class Bottleneck(nn.Module):
         self.shortcut = projection(in_channels, out_channels, stride)
 
     def forward(self, x):
-        out = batch_norm_relu(self.bn1, self.conv1(x))
-        out = batch_norm_relu(self.bn2, self.conv2(out))
-        return batch_norm_relu(self.bn3, self.conv3(out), self.shortcut(x))
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
 
 
 class PreActBlock(nn.Module):
@@ -69,9 +66,9 @@ class PreActBlock(nn.Module):
                          else nn.Conv2d(in_channels, width, 1, stride=stride, bias=False))
 
     def forward(self, x):
-        activated = batch_norm_relu(self.bn1, x)
+        activated = F.relu(self.bn1(x))
         # The projection reads the activated input, as in the WRN reference code.
         residual = x if isinstance(self.shortcut, nn.Identity) else self.shortcut(activated)
         out = self.conv1(activated)
-        out = self.conv2(batch_norm_relu(self.bn2, out))
+        out = self.conv2(F.relu(self.bn2(out)))
         return out + residual

@@ -1,14 +1,17 @@
-"""The process that writes a .beton: FFCV's DatasetWriter in a new interpreter, watched.
+"""The process that writes .beton files: FFCV's DatasetWriter in a new interpreter, watched.
 
 FFCV's writer forks its workers. A fork of a process that runs other threads (a training rank
 has DALI's, gloo's and OpenMP's) can leave a lock held forever in the child, so the writer runs
-in a new interpreter (`python -m pipeline.beton_writer`, its job pickled on stdin; not
-multiprocessing's spawn, which re-imports the caller's main script). FFCV's writer then waits
-for its workers' row count without checking that they live; a watchdog thread ends the write
-with an error when one dies (an exception, a signal) instead of waiting forever.
+in a new interpreter (`python -m pipeline.beton_writer`; not multiprocessing's spawn, which
+re-imports the caller's main script). The interpreter is started on a process's first write and
+serves its later ones (jobs pickled on its stdin, one status line back each): starting it, mostly
+`import ffcv`, takes seconds. FFCV's writer waits for its workers' row count without checking that
+they live; a watchdog thread ends the writer process with an error when one dies (an exception, a
+signal) instead of waiting forever, and the next write starts a new one.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import signal
@@ -28,18 +31,50 @@ UNREADABLE = -1  # the label of a row whose file could not be decoded
 REPO = Path(__file__).resolve().parents[1]
 
 
+class WriterProcess:
+    """This process's writer interpreter: started on first use, kept for later writes, ended at exit."""
+
+    def __init__(self):
+        self.child: subprocess.Popen | None = None
+        self.lock = threading.Lock()  # one job at a time on the pipe
+        atexit.register(self.close)
+
+    def write(self, job: bytes) -> str:
+        """Send one pickled job; the writer's answer: "written", "failed", or "" when the process ended."""
+        with self.lock:
+            if self.child is None or self.child.poll() is not None:
+                import_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+                self.child = subprocess.Popen([sys.executable, "-m", "pipeline.beton_writer"], stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": import_path})
+            try:
+                self.child.stdin.write(job)
+                self.child.stdin.flush()
+                return self.child.stdout.readline().decode().strip()
+            except BrokenPipeError:
+                return ""
+
+    def close(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            self.child.stdin.close()  # end of jobs: the writer exits
+            try:
+                self.child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.child.kill()
+
+
+WRITER = WriterProcess()
+
+
 def write_in_new_process(split, partial: Path, write_mode: str, jpeg_quality: int, workers: int,
                          max_resolution: int | None, destination: Path) -> None:
     """Write `split`'s rows to `partial` (on its way to `destination`); on failure, remove it and raise DataError
     (the writer process has printed the cause)."""
     job = pickle.dumps((split, str(partial), write_mode, jpeg_quality, workers, max_resolution))
-    import_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    writer = subprocess.run([sys.executable, "-m", "pipeline.beton_writer"], input=job,
-                            env={**os.environ, "PYTHONPATH": import_path})
-    if writer.returncode != 0:
+    answer = WRITER.write(job)
+    if answer != "written":
         partial.unlink(missing_ok=True)
-        raise DataError(f"writing {destination} failed: the writer process exited with code {writer.returncode} "
-                        "(its error is printed above)")
+        how = "reported an error" if answer else f"exited with code {WRITER.child.wait()}"
+        raise DataError(f"writing {destination} failed: the writer process {how} (its error is printed above)")
 
 
 def write_rows(split, partial: str, write_mode: str, jpeg_quality: int, workers: int,
@@ -51,7 +86,6 @@ def write_rows(split, partial: str, write_mode: str, jpeg_quality: int, workers:
     fields = {"image": RGBImageField(write_mode="jpg" if write_mode == "jpg" else "raw", jpeg_quality=jpeg_quality,
                                      max_resolution=max_resolution),
               "label": IntField(), "index": IntField()}
-    threading.Thread(target=end_if_a_worker_dies, name="beton-watchdog", daemon=True).start()
     DatasetWriter(partial, fields, num_workers=max(1, workers)).from_indexed_dataset(Rows(split), chunksize=256)
 
 
@@ -95,5 +129,28 @@ class Rows:
         return np.asarray(image), int(self.split.labels[index]), int(index)
 
 
+def serve() -> None:
+    """The writer process: jobs from stdin until it closes, a status line for each on stdout (FFCV's own output
+    goes to stderr, so that nothing else reaches the status pipe)."""
+    status = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    threading.Thread(target=end_if_a_worker_dies, name="beton-watchdog", daemon=True).start()
+    while True:
+        try:
+            job = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            return
+        try:
+            write_rows(*job)
+            reply = b"written\n"
+        except Exception:  # reported to the caller, which raises; this process serves the next write
+            import traceback
+
+            traceback.print_exc()
+            reply = b"failed\n"
+        status.write(reply)
+        status.flush()
+
+
 if __name__ == "__main__":
-    write_rows(*pickle.load(sys.stdin.buffer))
+    serve()

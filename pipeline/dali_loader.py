@@ -307,10 +307,15 @@ class DaliLoader:
         self._build(self.epoch, first_step=served)
 
     def _batch(self, out: dict) -> Batch:
+        device = self.settings.device
         with phase("copy"):
-            indices = out["indices"].reshape(-1).to(torch.int64).to(self.settings.device, non_blocking=True)
-            images = [out[name].to(self.settings.device, non_blocking=True) for name in self.image_outputs]
-            labels = out["labels"].reshape(-1).to(self.settings.device) if "labels" in out else self.labels[indices]
+            images = [out[name].to(device, non_blocking=True) for name in self.image_outputs]
+            # labels (streamed files: the reader's) and indices are host tensors: one pinned, non-blocking copy
+            host = [out["labels"].reshape(-1)] if "labels" in out else []
+            targets = torch.stack([*host, out["indices"].reshape(-1)]).to(torch.int64)
+            targets = targets.pin_memory() if device.type == "cuda" else targets
+            *labels, indices = targets.to(device, non_blocking=True).unbind(0)
+            labels = labels[0] if labels else self.labels[indices]
         with phase("expand"):
             views = self._operator_batch(images) if self.operator_views else self.settings.expander(images[0])
         return Batch(views, labels, indices)

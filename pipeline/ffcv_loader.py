@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from .batch import Batch, LoaderSettings
@@ -64,9 +65,11 @@ class FfcvLoader:
         else:
             decode = [SimpleRGBImageDecoder()]
         to_device = ToDevice(device, non_blocking=True)
+        # labels and indices stay on the host: their unreadable rows are dropped there, and what is kept goes to
+        # the device in one pinned, non-blocking copy (a check on the device would make the host wait for it)
         pipelines = {"image": [*decode, ToTensor(), to_device],
-                     "label": [IntDecoder(), ToTensor(), Squeeze(), to_device],
-                     "index": [IntDecoder(), ToTensor(), Squeeze(), to_device]}
+                     "label": [IntDecoder(), ToTensor(), Squeeze()],
+                     "index": [IntDecoder(), ToTensor(), Squeeze()]}
         distributed = settings.world_size > 1
         # a .beton larger than half the free memory is read per batch (FFCV's process cache) instead of through
         # the page cache, whose pages would count against this process as the epoch touches them all
@@ -99,16 +102,22 @@ class FfcvLoader:
                 batches.join(timeout=30)
 
     def _batches(self, batches):
+        device = self.settings.device
         for images, labels, indices in batches:
-            # FFCV recycles its output buffers a few batches later: keep copies of what outlives the step
-            labels, indices = labels.reshape(-1).to(torch.int64, copy=True), indices.reshape(-1).to(torch.int64, copy=True)
+            # host arrays, read with numpy; FFCV recycles its buffers a few batches later, so the copy is kept
+            labels, indices = labels.numpy().reshape(-1), indices.numpy().reshape(-1)
             readable = labels != UNREADABLE
-            if not bool(readable.all()):
+            if not readable.all():
                 if self.settings.strict_images:
                     bad = self.files[int(indices[~readable][0])]
                     raise DataError(f"unreadable image {bad}: its .beton row is blank (--strict-images)")
                 self.skipped_this_epoch += indices[~readable].tolist()
-                images, labels, indices = images[readable], labels[readable], indices[readable]
+                kept = torch.from_numpy(np.flatnonzero(readable)).to(images.device, non_blocking=True)
+                images, labels, indices = images.index_select(0, kept), labels[readable], indices[readable]
+            targets = torch.from_numpy(np.stack([labels, indices]).astype(np.int64))
+            if device.type == "cuda":
+                targets = targets.pin_memory()
+            labels, indices = targets.to(device, non_blocking=True).unbind(0)  # one copy for both
             with phase("expand"):
                 views = self.settings.expander(images)
             yield Batch(views, labels, indices)

@@ -7,19 +7,15 @@ each group's classes in the order given (the hierarchy ψ of docs/methods.md, "M
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .datasets import DatasetSplits, ImageSet
+from .image_set import DataError, DatasetSplits, ImageSet
 
 
-def parse_groups(spec: str, train_full: "ImageSet") -> tuple[list[list[int]], list[str]]:
+def parse_groups(spec: str, train_full: ImageSet) -> tuple[list[list[int]], list[str]]:
     """`coarse` (the archive's superclasses) or class ids grouped as "0,2,4/1,3/5,6,7,8,9"; every class
     of the data in exactly one group. Returns the groups and their names."""
-    from .datasets import DataError
-
     num_classes = train_full.num_classes
     if spec == "coarse":
         if train_full.coarse_labels is None:
@@ -45,7 +41,7 @@ def parse_groups(spec: str, train_full: "ImageSet") -> tuple[list[list[int]], li
     return groups, names
 
 
-def regroup(image_set: "ImageSet", groups: list[list[int]], names: list[str]) -> "ImageSet":
+def regroup(image_set: ImageSet, groups: list[list[int]], names: list[str]) -> ImageSet:
     group_of = np.empty(sum(map(len, groups)), dtype=np.int64)
     fine_of = np.empty_like(group_of)
     for fine_index, (group, cls) in enumerate((g, c) for g, members in enumerate(groups) for c in members):
@@ -54,7 +50,7 @@ def regroup(image_set: "ImageSet", groups: list[list[int]], names: list[str]) ->
                    fine_labels=fine_of[image_set.labels])
 
 
-def group_primary_labels(splits: "DatasetSplits", spec: str, train_full: "ImageSet") -> "DatasetSplits":
+def group_primary_labels(splits: DatasetSplits, spec: str, train_full: ImageSet) -> DatasetSplits:
     groups, names = parse_groups(spec, train_full)
     return replace(splits, train=regroup(splits.train, groups, names), val=regroup(splits.val, groups, names),
                    test=regroup(splits.test, groups, names), group_sizes=tuple(len(g) for g in groups))

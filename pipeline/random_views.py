@@ -4,8 +4,10 @@ A recipe lists, per view, the distributions of its augmentations (the SimCLR / B
 random resized crop, horizontal flip, colour jitter (brightness, contrast, saturation, hue, applied
 with probability p in a random order per image), random grayscale, Gaussian blur and solarisation.
 `draw(recipe, batch, height, width, generator)` draws every image's and view's parameters from one
-torch.Generator (seeded per run, rank, epoch and step by the caller, so `--resume` redraws the same
-views); `render(images, parameters, ...)` applies them to uint8 images [B, H, W, C]:
+torch.Generator on the training device (seeded per run, rank, epoch and step by the caller, so `--resume`
+redraws the same views); `render(images, parameters, ...)` applies them to uint8 images [B, H, W, C].
+Neither copies anything between host and device nor waits for the device (no `.item()`, no `nonzero`),
+so a GPU step is never held up by its views:
 
     crop + resize + flip   one affine sampling grid per view (bilinear, `grid_sample`), all views at once
     colour jitter          per-image factors, the four operations in each image's own order
@@ -20,6 +22,7 @@ written for torchvision means the same here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -92,7 +95,7 @@ def get_recipe(name: str) -> tuple[ViewSpec, ...]:
 
 
 def _uniform(low: float, high: float, shape, generator: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
+    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64, device=generator.device)
 
 
 def draw_crop_boxes(spec: ViewSpec, batch: int, height: int, width: int, generator: torch.Generator,
@@ -107,8 +110,9 @@ def draw_crop_boxes(spec: ViewSpec, batch: int, height: int, width: int, generat
     crop_w = torch.round(torch.sqrt(scale * ratio))
     crop_h = torch.round(torch.sqrt(scale / ratio))
     fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
-    first = torch.where(fits.any(1), fits.int().argmax(1), torch.full((batch,), -1))
-    rows = torch.arange(batch)
+    device = generator.device
+    first = torch.where(fits.any(1), fits.int().argmax(1), torch.full((batch,), -1, device=device))
+    rows = torch.arange(batch, device=device)
     chosen_h, chosen_w = crop_h[rows, first.clamp(min=0)], crop_w[rows, first.clamp(min=0)]
     # fallback: the whole image at the nearest allowed ratio
     in_ratio = width / height
@@ -121,8 +125,8 @@ def draw_crop_boxes(spec: ViewSpec, batch: int, height: int, width: int, generat
     missing = first < 0
     chosen_h = torch.where(missing, torch.full_like(chosen_h, fallback_h), chosen_h)
     chosen_w = torch.where(missing, torch.full_like(chosen_w, fallback_w), chosen_w)
-    top = torch.floor(torch.rand(batch, generator=generator, dtype=torch.float64) * (height - chosen_h + 1))
-    left = torch.floor(torch.rand(batch, generator=generator, dtype=torch.float64) * (width - chosen_w + 1))
+    top = torch.floor(_uniform(0.0, 1.0, batch, generator) * (height - chosen_h + 1))
+    left = torch.floor(_uniform(0.0, 1.0, batch, generator) * (width - chosen_w + 1))
     top = torch.where(missing, torch.floor((height - chosen_h) / 2), top)
     left = torch.where(missing, torch.floor((width - chosen_w) / 2), left)
     return torch.stack([top, left, chosen_h, chosen_w], dim=1)
@@ -130,11 +134,11 @@ def draw_crop_boxes(spec: ViewSpec, batch: int, height: int, width: int, generat
 
 def draw(recipe: tuple[ViewSpec, ...], batch: int, height: int, width: int,
          generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
-    """Per view, every image's augmentation parameters (CPU tensors; `render` moves them)."""
+    """Per view, every image's augmentation parameters, on the generator's device."""
     views = []
     for spec in recipe:
         def coin(p):
-            return torch.rand(batch, generator=generator) < p
+            return torch.rand(batch, generator=generator, device=generator.device) < p
 
         def factor(spread):
             return _uniform(max(0.0, 1 - spread), 1 + spread, batch, generator).float()
@@ -146,9 +150,11 @@ def draw(recipe: tuple[ViewSpec, ...], batch: int, height: int, width: int,
             "brightness": factor(spec.brightness), "contrast": factor(spec.contrast),
             "saturation": factor(spec.saturation),
             "hue": _uniform(-spec.hue, spec.hue, batch, generator).float(),
-            "order": torch.argsort(torch.rand(batch, len(JITTER_OPERATIONS), generator=generator), dim=1),
+            "order": torch.argsort(torch.rand(batch, len(JITTER_OPERATIONS), generator=generator,
+                                              device=generator.device), dim=1),
             "grayscale": coin(spec.grayscale_p),
             "blur": coin(spec.blur_p),
+            "may_blur": spec.blur_p > 0,  # known from the recipe: render need not ask the device
             "sigma": _uniform(*spec.blur_sigma, batch, generator).float(),
             "solarize": coin(spec.solarize_p),
         })
@@ -232,21 +238,28 @@ def adjust_hue(images, shift):
     return hsv_to_rgb(torch.stack([hue, hsv[:, 1], hsv[:, 2]], dim=1))
 
 
-ADJUST = {"brightness": adjust_brightness, "contrast": adjust_contrast, "saturation": adjust_saturation,
-          "hue": adjust_hue}
+BLENDS = ("brightness", "contrast", "saturation")  # each blends the image with a target by its factor
 
 
 def colour_jitter(images: torch.Tensor, view: dict) -> torch.Tensor:
-    """The four adjustments on the images whose `jitter` coin came up, each image in its own order."""
-    device = images.device
-    jitter = view["jitter"].to(device)
-    order = view["order"].to(device)
-    out = images.clone()
+    """The four adjustments on the images whose `jitter` coin came up, each image in its own order. At each of
+    the four positions every image takes one blend (brightness, contrast and saturation differ only in the
+    target they blend towards, picked per image; an image not adjusted there blends with factor 1, which leaves
+    it unchanged exactly) and the hue shift where it is that image's turn: no host round trip to split the
+    batch by operation."""
+    order = view["order"]
+    out = images
     for position in range(len(JITTER_OPERATIONS)):
-        for index, name in enumerate(JITTER_OPERATIONS):
-            rows = torch.nonzero(jitter & (order[:, position] == index)).flatten()
-            if rows.numel():  # each image once per position: the batch's work is four adjustments, not sixteen
-                out[rows] = ADJUST[name](out[rows], view[name].to(device)[rows])
+        chosen = [view["jitter"] & (order[:, position] == index) for index in range(len(JITTER_OPERATIONS))]
+        brightness, contrast, saturation, hue = (c.view(-1, 1, 1, 1) for c in chosen)
+        gray = grayscale(out)
+        target = torch.where(contrast, gray.mean(dim=(1, 2, 3), keepdim=True).expand_as(out),
+                             torch.where(saturation, gray.expand_as(out), torch.zeros_like(out)))
+        factor = torch.ones_like(view["brightness"])
+        for name, mask in zip(BLENDS, chosen):
+            factor = torch.where(mask, view[name], factor)
+        out = torch.where(brightness | contrast | saturation, _blend(out, target, factor), out)
+        out = torch.where(hue, adjust_hue(out, view["hue"]), out)
     return out
 
 
@@ -272,6 +285,12 @@ def blur_kernel_size(size: int) -> int:
     return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 
+@functools.lru_cache(maxsize=16)
+def channel_tensors(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation's [1, C, 1, 1] mean and std on `device`, made once (not copied there every step)."""
+    return (torch.tensor(mean, device=device).view(1, -1, 1, 1), torch.tensor(std, device=device).view(1, -1, 1, 1))
+
+
 def render(images: torch.Tensor, views: list[dict], size: int, mean, std, out_dtype=torch.float32,
            channels_last: bool = True) -> torch.Tensor:
     """uint8 [B, H, W, C] on the device → [B·V, C, size, size], row b·V + v = view v of image b."""
@@ -280,25 +299,22 @@ def render(images: torch.Tensor, views: list[dict], size: int, mean, std, out_dt
     for view in views:
         out = crop_resize_flip(source, view["box"], view["flip"], size).clamp_(0, 1)
         out = colour_jitter(out, view)
-        gray = view["grayscale"].to(out.device).view(-1, 1, 1, 1)
-        out = torch.where(gray, grayscale(out).expand_as(out), out)
-        blur = view["blur"].to(out.device)
-        if bool(blur.any()):
-            out = torch.where(blur.view(-1, 1, 1, 1), gaussian_blur(out, view["sigma"], blur_kernel_size(size)), out)
-        solarize = view["solarize"].to(out.device).view(-1, 1, 1, 1)
-        out = torch.where(solarize & (out >= 0.5), 1.0 - out, out)
+        out = torch.where(view["grayscale"].view(-1, 1, 1, 1), grayscale(out).expand_as(out), out)
+        if view["may_blur"]:
+            out = torch.where(view["blur"].view(-1, 1, 1, 1),
+                              gaussian_blur(out, view["sigma"], blur_kernel_size(size)), out)
+        out = torch.where(view["solarize"].view(-1, 1, 1, 1) & (out >= 0.5), 1.0 - out, out)
         rendered.append(out)
     stacked = torch.stack(rendered, dim=1).flatten(0, 1)  # [B·V, C, S, S], interleaved
-    mean_t = torch.tensor(mean, device=stacked.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=stacked.device).view(1, -1, 1, 1)
+    mean_t, std_t = channel_tensors(tuple(mean), tuple(std), stacked.device)
     normalised = ((stacked - mean_t) / std_t).to(out_dtype)
     return normalised.contiguous(memory_format=torch.channels_last) if channels_last else normalised
 
 
-def view_generator(seed: int, rank: int, epoch: int, step: int) -> torch.Generator:
-    """The generator for one step's views: a function of (seed, rank, epoch, step) only, so ranks draw
-    different views and a resumed run draws the same ones."""
-    generator = torch.Generator()
+def view_generator(seed: int, rank: int, epoch: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator for one step's views, on the training device: a function of (seed, rank, epoch, step) and
+    the device kind only, so ranks draw different views and a resumed run draws the same ones."""
+    generator = torch.Generator(device=device)
     generator.manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + epoch) * 1_000_003 + step)
     return generator
 
@@ -339,7 +355,7 @@ class RandomViewExpander:
         """One pass per output size (multi-crop: the global views, then the local ones), all drawn from this
         step's generator in that order."""
         batch, height, width, _ = images.shape
-        generator = view_generator(self.seed, self.rank, self.epoch, self.step)
+        generator = view_generator(self.seed, self.rank, self.epoch, self.step, images.device)
         self.step += 1
         rendered = [render(images, draw(specs, batch, height, width, generator), side, self.mean, self.std,
                            self.out_dtype, self.channels_last) for side, specs in self.groups]

@@ -1,17 +1,49 @@
 """The device-resident loader: the whole uint8 dataset lives on the training device.
 
 Each step gathers its indices, crops and flips the batch in one pass and expands the M
-views; no worker processes, no host-to-device copies after the first.
+views; no worker processes, no host-to-device copies after the first. One gather per batch
+does pad-and-random-crop and the horizontal flip together; the random draws come from a CPU
+generator so that a seed gives the same batch on any device, drawn for a whole epoch at once
+so that a step copies nothing to the device.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .augment import random_crop_and_flip
 from .batch import Batch, LoaderSettings
 from .datasets import ImageSet
 from .phases import phase
 from .sharding import derived_seed, shard_indices, steps_in_epoch
+
+
+def draw_crop_and_flip(batch: int, padding: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)  # (top, left) in the padded image
+    flips = torch.rand(batch, generator=generator) < 0.5
+    return offsets, flips
+
+
+def crop_and_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """Zero-pad by `padding`, crop back to H×W at `offsets`, mirror the rows where `flips`."""
+    batch, height, width, _ = images.shape
+    padded = F.pad(images, (0, 0, padding, padding, padding, padding))
+    offsets, flips = offsets.to(images.device), flips.to(images.device)
+    rows = offsets[:, :1] + torch.arange(height, device=images.device)  # [B, H]
+    column_steps = torch.arange(width, device=images.device)
+    column_steps = torch.where(flips[:, None], width - 1 - column_steps, column_steps)
+    columns = offsets[:, 1:] + column_steps  # [B, W]
+    batch_index = torch.arange(batch, device=images.device)[:, None, None]
+    return padded[batch_index, rows[:, :, None], columns[:, None, :]]
+
+
+def draw_epoch_crops(batch_sizes: list[int], padding: int, generator: torch.Generator,
+                     device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every step's (offsets, flips), drawn step after step as `draw_crop_and_flip` draws them, copied to the
+    device in one transfer."""
+    draws = [draw_crop_and_flip(batch, padding, generator) for batch in batch_sizes]
+    offsets = torch.cat([o for o, _ in draws]).to(device)
+    flips = torch.cat([f for _, f in draws]).to(device)
+    return list(zip(offsets.split(batch_sizes), flips.split(batch_sizes)))
 
 
 def fits_on_device(num_bytes: int, device: torch.device, share: float = 0.5) -> None:
@@ -46,13 +78,16 @@ class ResidentLoader:
 
     def __iter__(self):
         settings = self.settings
+        augment = settings.augment
         indices = shard_indices(len(self.labels), settings, self.epoch).to(self.images.device)
-        augment_rng = torch.Generator().manual_seed(derived_seed(settings.seed, self.epoch, settings.rank, 1))
-        for start in range(0, len(indices), settings.per_rank_batch):
-            step_indices = indices[start:start + settings.per_rank_batch]
+        batches = indices.split(settings.per_rank_batch)
+        if augment:
+            augment_rng = torch.Generator().manual_seed(derived_seed(settings.seed, self.epoch, settings.rank, 1))
+            crops = draw_epoch_crops([len(b) for b in batches], settings.crop_padding, augment_rng, self.images.device)
+        for step, step_indices in enumerate(batches):
             with phase("expand"):  # gather, crop, flip and views: one pass over the batch on the device
                 images = self.images[step_indices]
-                if settings.augment:
-                    images = random_crop_and_flip(images, settings.crop_padding, augment_rng)
+                if augment:
+                    images = crop_and_flip(images, *crops[step], settings.crop_padding)
                 views = settings.expander(images)
             yield Batch(views, self.labels[step_indices], step_indices)

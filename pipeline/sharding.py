@@ -15,7 +15,7 @@ def derived_seed(*parts: int) -> int:
     value = 0
     for part in parts:
         generator.manual_seed((value * 1_000_003 + int(part) + 1) % (2**63))
-        value = int(torch.randint(0, 2**62, (1,), generator=generator))
+        value = int(torch.randint(0, 2**62, (1,), generator=generator).numpy()[0])  # a host draw, read on the host
     return value
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import IMAGE_SUFFIXES, DataError, check_labels
+from .image_set import IMAGE_SUFFIXES, DataError, check_labels
 
 # ImageNet's channel statistics: a streamed set is not decoded up front to measure its own
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

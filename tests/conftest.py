@@ -80,6 +80,16 @@ def torchrun_command(nproc: int, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
 
 
+def torchrun_verdict(script: str, tmp_path: Path, *args: str, nproc: int = 2, timeout: int = 300) -> dict:
+    """Run tests/`script` (a check of tests/torchrun_check.py) under torchrun and return its verdict."""
+    import json
+
+    verdict_path = tmp_path / f"{Path(script).stem}-verdict.json"
+    run_child(torchrun_command(nproc, str(REPO / "tests" / script), str(verdict_path), *map(str, args)),
+              timeout=timeout)
+    return json.loads(verdict_path.read_text())
+
+
 def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

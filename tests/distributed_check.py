@@ -1,27 +1,15 @@
 """Run under `torchrun --nproc_per_node=2`: checks shards and DDP gradient averaging; rank 0 writes a JSON verdict."""
 import copy
-import json
-import sys
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from torchrun_check import gather, run_check  # also puts the repository on sys.path
 
 from models import HeadSpec, MultiHeadNetwork, build_backbone  # noqa: E402
 from pipeline.sharding import training_shard  # noqa: E402
-from train.distributed import init_distributed, shutdown  # noqa: E402
 
 
-def gather(tensor):
-    parts = [torch.zeros_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor)
-    return parts
-
-
-def main(out_path: str) -> None:
-    context = init_distributed("cpu")
+def check(context) -> dict:
     verdict = {"world_size": context.world_size}
 
     # Shards: disjoint across ranks, together every index of the kept global batches once.
@@ -47,10 +35,8 @@ def main(out_path: str) -> None:
         differs = not torch.allclose(gather(local.grad)[0], gather(local.grad)[1])
         verdict["local_gradients_differ"] = verdict.get("local_gradients_differ", False) or differs
     verdict["max_gradient_error"] = worst
-    if context.is_main:
-        Path(out_path).write_text(json.dumps(verdict))
-    shutdown(context)
+    return verdict
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    run_check(check)

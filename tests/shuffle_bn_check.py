@@ -1,15 +1,10 @@
 """Run under `torchrun --nproc_per_node=2`: MoCo v2's shuffled-BN keys equal keys computed, in one process,
 on the shards of the same permutation of the global batch and put back in order; they differ from keys
 computed on each rank's own batch (BatchNorm sees other images). Rank 0 writes a JSON verdict."""
-import json
-import sys
-from pathlib import Path
-
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from torchrun_check import all_ranks, run_check  # also puts the repository on sys.path
 
 from train.config import TrainConfig  # noqa: E402
 from train.methods.contrastive import ContrastiveNetwork, MocoV2, mlp  # noqa: E402
@@ -24,9 +19,8 @@ class TinyBackbone(nn.Sequential):
         super().__init__(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-def main(out_path: str) -> None:
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+def check(context) -> dict:
+    rank, world = context.rank, context.world_size
     torch.manual_seed(0)  # the same target network on every rank
     method = MocoV2(TrainConfig(method="moco_v2", transforms="none", seed=3))
     backbone = TinyBackbone()
@@ -44,18 +38,12 @@ def main(out_path: str) -> None:
     own_batch = method.target_projections(local)
     method.config.shuffle_bn = False
     unshuffled = method.shuffled_key_projections(local)
-    flags = torch.tensor([float(torch.allclose(shuffled, expected[rank * PER_RANK:(rank + 1) * PER_RANK],
-                                               atol=1e-12)),
-                          float((shuffled - own_batch).abs().max() > 1e-6),
-                          float(torch.equal(unshuffled, own_batch))], dtype=torch.float64)
-    dist.all_reduce(flags, op=dist.ReduceOp.MIN)
-    if rank == 0:
-        Path(out_path).write_text(json.dumps({"equals_one_process_shards": bool(flags[0]),
-                                              "differs_from_own_batch": bool(flags[1]),
-                                              "off_means_own_batch": bool(flags[2])}))
-    dist.barrier()
-    dist.destroy_process_group()
+    return {"equals_one_process_shards": all_ranks(torch.allclose(shuffled,
+                                                                  expected[rank * PER_RANK:(rank + 1) * PER_RANK],
+                                                                  atol=1e-12)),
+            "differs_from_own_batch": all_ranks(bool((shuffled - own_batch).abs().max() > 1e-6)),
+            "off_means_own_batch": all_ranks(torch.equal(unshuffled, own_batch))}
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    run_check(check)

@@ -222,22 +222,20 @@ def test_contrastive_methods_refuse_a_transformation_family(tiny_config):
         train(small(tiny_config, method="simclr", views="nope"))
 
 
+@pytest.mark.distributed
 def test_gathered_negatives_over_two_ranks_equal_one_process_with_the_whole_batch(tmp_path):
-    from conftest import REPO, run_child, torchrun_command
+    from conftest import torchrun_verdict
 
-    verdict = tmp_path / "verdict.json"
-    run_child(torchrun_command(2, str(REPO / "tests" / "negatives_check.py"), str(verdict)), timeout=300)
-    result = json.loads(verdict.read_text())
+    result = torchrun_verdict("negatives_check.py", tmp_path)
     assert abs(result["loss"] - result["reference"]) < 1e-12 and result["gradients_match"], result
     assert abs(result["uneven_loss"] - result["reference"]) < 1e-12 and result["uneven_gradients_match"], result
 
 
+@pytest.mark.distributed
 def test_moco_shuffled_bn_over_two_ranks_equals_the_same_shards_in_one_process(tmp_path):
-    from conftest import REPO, run_child, torchrun_command
+    from conftest import torchrun_verdict
 
-    verdict = tmp_path / "verdict.json"
-    run_child(torchrun_command(2, str(REPO / "tests" / "shuffle_bn_check.py"), str(verdict)), timeout=300)
-    result = json.loads(verdict.read_text())
+    result = torchrun_verdict("shuffle_bn_check.py", tmp_path)
     assert all(result.values()), result
 
 

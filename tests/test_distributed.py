@@ -3,15 +3,13 @@ import json
 
 import pytest
 
-from conftest import REPO, run_child, torchrun_command
+from conftest import REPO, run_child, torchrun_command, torchrun_verdict
 
 pytestmark = pytest.mark.distributed
 
 
 def test_shards_and_gradient_averaging(tmp_path):
-    verdict_path = tmp_path / "verdict.json"
-    run_child(torchrun_command(2, str(REPO / "tests" / "distributed_check.py"), str(verdict_path)), timeout=300)
-    verdict = json.loads(verdict_path.read_text())
+    verdict = torchrun_verdict("distributed_check.py", tmp_path)
     assert verdict["world_size"] == 2
     assert verdict["shards_disjoint"] and verdict["shard_sizes"] == [50, 50]
     assert verdict["local_gradients_differ"]  # otherwise the averaging check would prove nothing
@@ -38,3 +36,8 @@ def test_global_batch_must_split_across_ranks(tmp_path):
     result = run_child(command, expect=None, timeout=300)
     assert "error: global batch 63 is not divisible by the world size 2" in result.stderr
     assert "Traceback" not in result.stderr.split("error: global batch")[0]
+
+
+def test_a_checkpoint_gives_each_rank_back_its_own_random_streams(tmp_path):
+    verdict = torchrun_verdict("rng_check.py", tmp_path)
+    assert verdict["own_stream_restored"] and verdict["ranks_differ"], verdict

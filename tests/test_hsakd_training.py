@@ -28,7 +28,7 @@ def run_main_script(*argv, nproc=0):
     env = subprocess_env()
     if not nproc:
         env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads()))  # one process may use every core
-    return run_child(command, env=env, timeout=600)
+    return run_child(command, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,7 @@ def test_the_teacher_stays_frozen_while_the_student_trains(teacher_run, tiny_con
     assert all(p.grad is not None for p in student.parameters())
 
 
+@pytest.mark.distributed
 def test_two_process_student_run(teacher_run, tmp_path):
     result = run_main_script("--method", "hsakd_student", "--model", "resnet8", "--teacher",
                              str(teacher_run / "best.pt"), "--epochs", "1", "--samples-per-class", "40",

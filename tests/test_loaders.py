@@ -8,14 +8,14 @@ import torch
 
 import kernels
 from pipeline import datasets
-from pipeline.augment import crop_and_flip
+from pipeline.resident import crop_and_flip
 from pipeline.batch import LoaderSettings
 from pipeline.datasets import DataError
 from pipeline.loaders import LOADERS, build_loader
 from pipeline.resident import fits_on_device
 from pipeline.views import ViewExpander
 
-from conftest import REPO, run_child, torchrun_command
+from conftest import REPO, run_child, torchrun_verdict
 from image_folders import make_image_folder
 
 BATCH = 24  # global batch in source images; odd-sized eval tails below
@@ -191,10 +191,7 @@ def epoch_batches_named(split_name, split, settings):
 
 @pytest.mark.distributed
 def test_two_ranks_cover_each_image_once_per_epoch_with_every_loader(tmp_path):
-    verdict_path = tmp_path / "verdict.json"
-    run_child(torchrun_command(2, str(REPO / "tests" / "shard_check.py"), str(verdict_path), str(tmp_path / "betons")),
-              timeout=600)
-    verdict = json.loads(verdict_path.read_text())
+    verdict = torchrun_verdict("shard_check.py", tmp_path, tmp_path / "betons")
     assert set(verdict) == {f"{name}-{mode}" for name in LOADERS for mode in ("train", "eval")}
     for key, check in verdict.items():
         assert check["duplicates"] == 0, key
@@ -212,24 +209,3 @@ def test_training_on_a_folder_counts_the_skipped_file_in_the_summary(tiny_config
     assert summary["completed"] and summary["skipped_images"] == 1
     records = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_images"] for r in records if r["kind"] == "epoch"] == [1]
-
-
-def test_the_cpu_expander_recycles_only_buffers_that_nothing_holds():
-    expander = ViewExpander(kernels.get_family("rotation"), (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
-    x, y = (torch.randint(0, 256, (5, 9, 9, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(s))
-            for s in (1, 2))
-    expected = lambda images: kernels.expand_views(images, expander.family, mean=expander.mean,  # noqa: E731
-                                                   std=expander.std, backend="torch")
-    first = expander(x)
-    address = first.data_ptr()
-    second = expander(x)  # `first` is held: a new buffer
-    part = first[0::2]
-    del first
-    third = expander(x)  # a slice of the first buffer is held: not recycled either
-    assert len({address, second.data_ptr(), third.data_ptr()}) == 3
-    del part
-    fourth = expander(y)
-    assert fourth.data_ptr() == address and fourth.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(fourth, expected(y)) and torch.equal(third, expected(x)) and torch.equal(second, expected(x))
-    kept = [expander(x) for _ in range(4)]  # a consumer keeping every batch keeps every buffer
-    assert len({view.data_ptr() for view in kept + [second, third, fourth]}) == 7

@@ -262,6 +262,7 @@ def test_maxl_beats_its_initialisation_on_digits(tiny_config):
     (dict(method="maxl_human"), "needs fine labels"),
     (dict(method="maxl_human", primary_labels="0,1/2,3"), "exactly one non-empty group"),
     (dict(method="maxl", primary_labels="coarse"), "only CIFAR-100"),
+    (dict(method="maxl", precision="fp16"), "maxl refuses --precision fp16"),
 ])
 def test_maxl_refuses_bad_settings_in_one_line(tiny_config, overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -309,6 +310,7 @@ def test_coarse_primary_labels_group_cifar100_classes_into_blocks():
     assert np.array_equal(splits.val.labels, coarse[:10]) and len(np.unique(splits.train.fine_labels)) == 100
 
 
+@pytest.mark.distributed
 def test_maxl_trains_under_torchrun_with_two_processes(tmp_path):
     from conftest import REPO, run_child, torchrun_command
 

@@ -39,3 +39,20 @@ def test_entries_of_one_kind_keep_each_other_and_a_read_only_home_is_no_error(mo
     monkeypatch.setattr(machine_cache, "CACHE_DIR", blocker / "cache")  # cannot be created
     machine_cache.store("peak_flops", "c", [3.0, "z"])
     assert machine_cache.load("peak_flops") == {}
+
+
+def test_an_fp32_run_on_a_gpu_is_measured_against_the_tf32_peak_while_tf32_is_on():
+    from train import mfu
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = True  # cuDNN's default: convolutions on TF32
+        assert mfu.datasheet_precision("fp32") == "tf32" and mfu.datasheet_precision("bf16") == "bf16"
+        assert mfu.datasheet_peak("NVIDIA H100 80GB HBM3", "tf32")[0] == 495e12
+        torch.backends.cudnn.allow_tf32 = False
+        assert mfu.datasheet_precision("fp32") == "fp32"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    for _, peaks in mfu.GPU_PEAKS:  # TF32 sits between the plain fp32 rate and the bf16 one on every variant
+        assert peaks["fp32"] < peaks["tf32"] < peaks["bf16"]

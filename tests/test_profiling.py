@@ -66,3 +66,24 @@ def test_the_verdict_names_the_phase_that_dominates(shares, expected):
     full = {name: shares.get(name, 0.0) for name in PHASES}
     assert verdict(full, None).startswith(expected)
     assert verdict(full, 0.42).endswith("; the GPU was busy 42% of the window")
+
+
+def test_gpu_busy_time_counts_each_kernel_interval_once():
+    from types import SimpleNamespace
+
+    import torch
+
+    from train.profiling import device_busy_seconds, union_length
+
+    assert union_length([(0, 10), (5, 15), (20, 30), (22, 25)]) == 25  # overlaps (two streams) count once
+    assert union_length([]) == 0
+
+    def event(kind, start, end):
+        return SimpleNamespace(device_type=kind, time_range=SimpleNamespace(start=start, end=end))
+
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    # a CPU op spanning its kernels (its self_device_time_total would repeat them) and two kernels
+    profiler = SimpleNamespace(events=lambda: [event(cpu, 0, 1_000_000), event(cuda, 100, 400_100),
+                                               event(cuda, 500_000, 600_000)])
+    assert device_busy_seconds(profiler, torch.device("cuda")) == 0.5
+    assert device_busy_seconds(profiler, torch.device("cpu")) is None

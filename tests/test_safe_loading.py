@@ -108,6 +108,23 @@ def test_an_old_checkpoint_is_refused_then_converted(tmp_path, capsys):
 def test_best_checkpoint_of_a_run_loads_safely(tiny_config, tmp_path):
     from train.main import train
 
-    train(tiny_config(method="sla", epochs=1, samples_per_class=10, run_name="safe"))
-    for name in ("best.pt", "last.pt"):
-        torch.load(tmp_path / "runs" / "safe" / name, weights_only=True)  # raises if anything is not plain data
+    summary = train(tiny_config(method="sla", epochs=1, samples_per_class=10, run_name="safe"))
+    loaded = {name: torch.load(tmp_path / "runs" / "safe" / name, weights_only=True)  # raises on anything but data
+              for name in ("best.pt", "last.pt")}
+    for payload in loaded.values():  # what the safe load gives back is the run's, whole
+        assert payload["config"]["method"] == "sla" and payload["backbone"] == "resnet8"
+        assert payload["model"] and all(isinstance(v, torch.Tensor) for v in payload["model"].values())
+    last = loaded["last.pt"]
+    assert last["step"] == summary["steps"] and last["best_score"] == summary["best_val"]
+    assert loaded["best.pt"]["model"].keys() == last["model"].keys()
+    assert set(last["rng"]) >= {"python", "numpy", "torch"}
+
+
+def test_a_checkpoint_without_every_rank_s_streams_resumes_each_rank_from_rank_0_s_with_a_warning():
+    from train.checkpoint import own_rng_states
+
+    states = [{"rank": 0}, {"rank": 1}]
+    assert own_rng_states({"rng": states[0], "rank_rng": states}, 1, 2) == {"rank": 1}
+    assert own_rng_states({"rng": states[0]}, 0, 1) == {"rank": 0}  # one process: nothing is lost
+    with pytest.warns(UserWarning, match="every rank resumes from rank 0's streams"):
+        assert own_rng_states({"rng": states[0], "rank_rng": states}, 2, 4) == {"rank": 0}

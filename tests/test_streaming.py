@@ -29,7 +29,7 @@ from pipeline.streaming import StreamingImageSet, decode_in_memory, list_folder,
 from pipeline.views import ViewExpander
 from train.bench.jpeg_folder import make_jpeg_folder, synthetic_photo, write_odd_files
 
-from conftest import REPO, run_child, torchrun_command
+from conftest import REPO, run_child, torchrun_verdict
 
 SIZE = 48
 STREAMING_LOADERS = ("torch", "dali", "ffcv")
@@ -279,7 +279,7 @@ def test_streaming_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
     growth = {mode: peak_rss(large, mode, "torch") - peak_rss(small, mode, "torch") for mode in ("no", "yes")}
     # the peak is the data phase's (imports and Numba compilation, large in a fresh clone, come before it);
     # the large folder holds 120 MB more decoded pixels. The source is the loaders' common part; each loader's own peak over
-    # 20,000 files is in `bench.py loader --data jpeg-folder` (BENCHMARKS.md).
+    # 20,000 files is in `python -m train.bench loader --data jpeg-folder` (BENCHMARKS.md).
     decoded = 800 * 224 * 224 * 3
     assert growth["yes"] > 0.7 * decoded, growth  # the measurement sees a decoded set
     assert growth["no"] < 0.25 * decoded, growth
@@ -287,11 +287,8 @@ def test_streaming_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
 
 @pytest.mark.distributed
 def test_two_ranks_stream_disjoint_shards_past_a_corrupt_file(splits, tmp_path):
-    verdict_path = tmp_path / "verdict.json"
     root = Path(splits.train.files[0]).parents[2]
-    run_child(torchrun_command(2, str(REPO / "tests" / "streaming_shard_check.py"), str(root), str(verdict_path),
-                               str(tmp_path / "cache")), timeout=600)
-    verdict = json.loads(verdict_path.read_text())
+    verdict = torchrun_verdict("streaming_shard_check.py", tmp_path, root, tmp_path / "cache")
     assert set(verdict) == {f"{name}-{mode}" for name in STREAMING_LOADERS for mode in ("train", "eval")} - {"ffcv-eval"}
     for key, check in verdict.items():
         assert check["duplicates"] == 0 and check["per_rank_steps_equal"], (key, check)

@@ -30,12 +30,11 @@ def test_sinkhorn_codes_have_the_stated_marginals():
     assert torch.allclose(sinkhorn(0.1 * scores).sum(dim=0), equal_share, rtol=1e-5)
 
 
+@pytest.mark.distributed
 def test_sinkhorn_over_two_ranks_gives_the_codes_of_the_whole_batch(tmp_path):
-    from conftest import REPO, run_child, torchrun_command
+    from conftest import torchrun_verdict
 
-    verdict = tmp_path / "verdict.json"
-    run_child(torchrun_command(2, str(REPO / "tests" / "sinkhorn_check.py"), str(verdict)), timeout=300)
-    assert json.loads(verdict.read_text())["same_codes"]
+    assert torchrun_verdict("sinkhorn_check.py", tmp_path)["same_codes"]
 
 
 def test_swapped_prediction_matches_its_formula_in_float64():

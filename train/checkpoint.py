@@ -44,12 +44,26 @@ def rng_states() -> dict:
                   "position": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()  # this process's own device (torch.cuda.set_device)
     return states
 
 
+def every_rank_rng_states(context) -> list[dict]:
+    """Every rank's `rng_states()`, in rank order (a collective: every rank calls it). Each rank draws its own
+    streams (seeded by rank, each on its own GPU), so a resume gives each rank back its own."""
+    import torch.distributed as dist
+
+    states = rng_states()
+    if not context.initialised or context.world_size == 1:
+        return [states]
+    gathered = [None] * context.world_size
+    dist.all_gather_object(gathered, states)
+    return gathered
+
+
 def restore_rng_states(states: dict) -> None:
+    """`states` from rng_states(), or a checkpoint's "rng" (rank 0's streams when it holds no "rank_rng")."""
     python = states["python"]
     random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
     numpy = states["numpy"]
@@ -57,7 +71,22 @@ def restore_rng_states(states: dict) -> None:
                          numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        cuda = states["cuda"]  # a list of every visible device's in checkpoints of older versions: take ours
+        own = cuda[torch.cuda.current_device()] if isinstance(cuda, list) else cuda
+        torch.cuda.set_rng_state(own)
+
+
+def own_rng_states(payload: dict, rank: int, world_size: int) -> dict:
+    """This rank's RNG states from a checkpoint: its own where the checkpoint has every rank's."""
+    per_rank = payload.get("rank_rng") or []
+    if len(per_rank) == world_size:
+        return per_rank[rank]
+    if world_size > 1:
+        import warnings
+
+        warnings.warn(f"the checkpoint holds the random streams of {len(per_rank) or 1} rank(s), this run has "
+                      f"{world_size}: every rank resumes from rank 0's streams, so the run does not repeat exactly")
+    return payload["rng"]
 
 
 def read_checkpoint_file(path: str, flag: str) -> dict:
@@ -96,9 +125,11 @@ def load_checkpoint(path: str, config: TrainConfig) -> dict:
 
 
 def checkpoint_payload(config: TrainConfig, model, optimizer, scheduler, scaler, ema, epoch: int, step: int,
-                       best_score: float, provenance: dict, method_state: dict | None = None) -> dict:
+                       best_score: float, provenance: dict, backbone: str, rank_rng: list[dict],
+                       method_state: dict | None = None) -> dict:
     return {
         "config": dataclasses.asdict(config),
+        "backbone": backbone,  # the --model a run that starts from this backbone names (train/methods/run_checkpoints.py)
         "provenance": provenance,  # the files the run builds on (a teacher checkpoint) and their hashes
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -109,5 +140,6 @@ def checkpoint_payload(config: TrainConfig, model, optimizer, scheduler, scaler,
         "epoch": epoch,  # epochs completed
         "step": step,  # optimizer steps completed
         "best_score": best_score,
-        "rng": rng_states(),
+        "rng": rank_rng[0],  # rank 0's random streams (what readers of older versions restore)
+        "rank_rng": rank_rng,  # every rank's, in rank order (every_rank_rng_states)
     }

@@ -20,7 +20,7 @@ class TrainConfig:
     resume: str = field(default="", metadata={"help": "checkpoint to continue from (e.g. runs/x/last.pt)"})
     stop_after_epochs: int = field(default=0, metadata={"help": "end this process after N epochs (checkpointed), "
                                                                "for time-sliced jobs; 0 runs to the end"})
-    # --- data
+    # --- data and loaders
     dataset: str = field(default="digits", metadata={"help": "digits, cifar10, cifar100, folder"})
     data_root: str = field(default="data", metadata={"help": "where CIFAR archives or the image folder live"})
     image_size: int = field(default=32, metadata={"help": "pixels per side for digits and folder images (streamed "
@@ -34,107 +34,33 @@ class TrainConfig:
         "help": "folder datasets: yes decodes every image once, up front (small data, any loader); no streams the "
                 "files, decoded per sample and epoch with ImageNet-style crops (dali, ffcv or torch); auto decodes "
                 "up front when the decoded images take at most a quarter of the free memory"})
-    loader: str = field(default="resident", metadata={"help": "resident (whole dataset on the device), dali, ffcv, "
-                                                               "or torch (the DataLoader reference)"})
-    dali_views: str = field(default="batched", metadata={
-        "help": "contrastive methods on --loader dali: batched (the random-view pass of the other loaders) or "
-                "operators (DALI's own per-sample operators; BENCHMARKS.md compares them)"})
-    loader_workers: int = field(default=0, metadata={"help": "loader worker processes/threads; 0 = this rank's cores"})
-    beton_dir: str = field(default="", metadata={"help": "ffcv .beton files and streamed folders' cached file listings "
-                                                         "(default: <data-root>/ffcv)"})
-    crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop"})
     primary_labels: str = field(default="fine", metadata={
         "help": "fine (the data's classes), coarse (CIFAR-100's 20 superclasses), or class ids grouped like "
                 "0,2,4,6,8/1,3,5,7,9; under a grouping the original classes are MAXL's human auxiliary labels"})
+    loader: str = field(default="resident", metadata={"help": "resident (whole dataset on the device), dali, ffcv, "
+                                                               "or torch (the DataLoader reference)"})
+    loader_workers: int = field(default=0, metadata={"help": "loader worker processes/threads; 0 = this rank's cores"})
+    dali_views: str = field(default="batched", metadata={
+        "help": "contrastive methods on --loader dali: batched (the random-view pass of the other loaders) or "
+                "operators (DALI's own per-sample operators; BENCHMARKS.md compares them)"})
+    beton_dir: str = field(default="", metadata={"help": "ffcv .beton files and streamed folders' cached file listings "
+                                                         "(default: <data-root>/ffcv)"})
+    crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop"})
     # --- method
     method: str = field(default="sla_sd", metadata={"help": "see --list-methods"})
     transforms: str = field(default="rotation", metadata={"help": "transformation family of docs/methods.md"})
-    temperature: float = field(default=1.0, metadata={"help": "SLA+SD distillation temperature T"})
-    sd_weight: float = field(default=1.0, metadata={"help": "SLA+SD weight β of CE(c, y)"})
-    sum_over_transforms: bool = field(default=False, metadata={"help": "multiply L_SLA by M (paper's large loss)"})
-    kd_temperature: float = field(default=3.0, metadata={"help": "HSAKD distillation temperature τ"})
-    teacher: str = field(default="", metadata={"help": "hsakd_student: the teacher checkpoint (best.pt or last.pt "
-                                                       "of a --method hsakd_teacher run)"})
-    teacher_model: str = field(default="", metadata={"help": "hsakd_student: the architecture the teacher must be "
-                                                             "(presets set it; empty accepts any)"})
-    frozen_backbone: str = field(default="", metadata={"help": "hsakd_teacher: a run checkpoint whose backbone and "
-                                                               "class head are frozen; only the branches learn"})
-    peer_model: str = field(default="", metadata={"help": "hsakd_online: the second network (default: --model)"})
-    aux_per_class: str = field(default="5", metadata={"help": "maxl: auxiliary labels ψ per primary class, one "
-                                                                  "number for all or a comma-separated list"})
-    generator_model: str = field(default="", metadata={"help": "maxl: the label generator's backbone (default: "
-                                                                   "--model)"})
-    focal_gamma: float = field(default=2.0, metadata={"help": "maxl, maxl_human: focal loss γ on the primary and "
-                                                              "auxiliary targets; 0 is cross-entropy"})
-    entropy_weight: float = field(default=0.2, metadata={"help": "maxl: weight λ of the generated labels' "
-                                                                 "negative batch entropy in θ2's objective"})
-    maxl_order: str = field(default="second", metadata={"help": "maxl: meta-gradient through the look-ahead step, "
-                                                                "second (exact) or first (finite differences)"})
-    maxl_meta_gradient: str = field(default="forward", metadata={
-        "help": "maxl, --maxl-order second: forward (a forward-mode Jacobian-vector product, no double backward) or "
-                "graph (create_graph through the look-ahead step, the official code's way); the same exact gradient"})
-    maxl_interleave: bool = field(default=False, metadata={"help": "maxl: update θ1 and θ2 on every batch instead "
-                                                                   "of the paper's pass of θ1, then pass of θ2"})
-    generator_lr: float = field(default=1e-3, metadata={"help": "maxl: the generator's peak SGD learning rate "
-                                                                "(no momentum, as the paper; same schedule as --lr)"})
-    generator_weight_decay: float = field(default=5e-4, metadata={"help": "maxl: the generator's L2 coefficient"})
-    log_grad_similarity: bool = field(default=False, metadata={
-        "help": "maxl, maxl_human: log cos(∇L_pri, ∇L_aux) over the shared backbone, averaged over each logging "
-                "interval (an extra backward pass per step)"})
-    pretrained: str = field(default="", metadata={"help": "linear_eval: the run checkpoint whose frozen backbone "
-                                                          "the linear classifier reads (e.g. a simclr best.pt)"})
-    init_from: str = field(default="", metadata={"help": "start the backbone from this run checkpoint (same --model; "
-                                                         "e.g. simclr pretraining, then sla)"})
-    views: str = field(default="", metadata={"help": "contrastive methods: the random-view recipe (simclr, byol, "
-                                                    "moco_v2, dim; default: the method's own)"})
-    projector_hidden: int = field(default=2048, metadata={"help": "contrastive: projector (and BYOL predictor) "
-                                                                  "hidden width"})
-    projector_dim: int = field(default=256, metadata={"help": "contrastive: projection dimension"})
-    contrastive_temperature: float = field(default=0.0, metadata={
-        "help": "contrastive τ of NT-Xent / InfoNCE; 0 takes the method's (SimCLR 0.5, MoCo v2 0.2)"})
-    queue_size: int = field(default=4096, metadata={"help": "moco_v2: negatives kept in the queue"})
-    num_prototypes: int = field(default=3000, metadata={"help": "swav: prototypes K"})
-    local_views: int = field(default=6, metadata={"help": "swav: small multi-crop views per image (0: only the "
-                                                          "two global views)"})
-    local_size: int = field(default=0, metadata={"help": "swav: local views' side in pixels; 0: 96/224 of the "
-                                                         "data's side, SwAV's ImageNet proportion"})
-    swav_queue_size: int = field(default=0, metadata={"help": "swav: past global projections per crop kept to "
-                                                              "give Sinkhorn more rows (small batches); 0: none"})
-    swav_queue_start_epoch: int = field(default=15, metadata={"help": "swav: first epoch that uses the queue"})
-    freeze_prototypes_epochs: int = field(default=1, metadata={"help": "swav: epochs without prototype updates"})
-    frozen_patch_projection: bool = field(default=False, metadata={
-        "help": "moco_v3 with a ViT: keep the patch projection at its random initialisation (MoCo v3's trick)"})
-    mi_estimator: str = field(default="infonce", metadata={"help": "dim: infonce or jsd"})
-    dim_local_stage: int = field(default=-2, metadata={
-        "help": "dim: the stage whose feature map is M (negative: from the last; -2 is 8×8 on CIFAR ResNets)"})
-    dim_global_weight: float = field(default=0.5, metadata={"help": "dim: α, the global objective's weight"})
-    dim_local_weight: float = field(default=1.0, metadata={"help": "dim: β, the local objective's weight"})
-    memory_size: int = field(default=0, metadata={
-        "help": "simclr_v2: past momentum-network projections kept as extra negatives (MoCo's memory); 0: none"})
-    shuffle_bn: bool = field(default=True, metadata={
-        "help": "moco_v2 under torchrun: the key encoder sees the global batch shuffled across ranks (MoCo's "
-                "shuffling BN), so no query shares BatchNorm statistics with its own key's batch"})
-    target_momentum: float = field(default=0.99, metadata={
-        "help": "moco_v2: key encoder EMA m; byol, moco_v3: the base of its cosine schedule to 1; simclr_v2: "
-                "its memory's momentum network"})
-    knn_k: int = field(default=200, metadata={"help": "k-NN monitor: neighbours that vote"})
-    knn_temperature: float = field(default=0.1, metadata={"help": "k-NN monitor: vote weight exp(cos/T)"})
     kernels: str = field(default="auto", metadata={"help": "loss/view kernels: auto (Numba CUDA or CPU by "
                                                                 "device), cuda, cpu, torch (composite reference)"})
-    # --- model
+    # --- model and precision
     model: str = field(default="resnet20", metadata={"help": "backbone name"})
     channels_last: bool = field(default=True, metadata={"help": "NHWC activations (faster convolutions)"})
-    matmul_conv: bool = field(default=True, metadata={
-        "help": "CPU bf16: each pass of a deep convolution on a small map (8×8 and below) as matmuls where that "
-                "beat oneDNN's kernel, timed per layer on its first batch and kept per machine "
-                "(models/conv_ways.py)"})
-    numba_batch_norm: bool = field(default=True, metadata={
-        "help": "CPU bf16: training-mode BatchNorm2d on channels_last activations by Numba kernels "
-                "(kernels/batch_norm.py; PyTorch's ran far below memory speed there)"})
-    retain_host_memory: bool = field(default=True, metadata={
-        "help": "CPU: the process keeps the memory it frees, so each step's large tensors are not page-faulted "
-                "anew (glibc unmaps them at free; train/host_memory.py)"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast where the GPU or CPU computes "
+                                                             "bf16 natively, else fp32), fp32, bf16, fp16"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    cudnn_benchmark: bool = field(default=True, metadata={
+        "help": "CUDA: let cuDNN time its convolution algorithms for the run's fixed shapes (faster; the choice, "
+                "and so the last bits of a result, can differ between runs: --no-cudnn-benchmark for bitwise "
+                "repeatable GPU runs)"})
     # --- optimisation
     batch_size: int = field(default=64, metadata={"help": "global batch in source images, all ranks together "
                                                            "(the step sees ×M views)"})
@@ -159,8 +85,6 @@ class TrainConfig:
     warmup_iterations: int = field(default=0, metadata={"help": "linear warm-up from 0, in optimizer steps"})
     grad_clip_norm: float = field(default=0.0, metadata={"help": "clip the global gradient norm; 0 is off"})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA of weights per step, evaluated when > 0"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast where the GPU or CPU computes "
-                                                             "bf16 natively, else fp32), fp32, bf16, fp16"})
     optimizer_impl: str = field(default="torch", metadata={"help": "torch (fused on CUDA) or apex (FusedSGD)"})
     # --- logging and checkpoints
     profile: str = field(default="", metadata={"help": "START:STEPS profiles that window of this run's steps: "
@@ -169,6 +93,100 @@ class TrainConfig:
     eval_every: int = field(default=1, metadata={"help": "epochs between validation passes"})
     checkpoint_every: int = field(default=1, metadata={"help": "epochs between checkpoints"})
     eval_batch_size: int = field(default=256, metadata={"help": "source images per rank per evaluation batch"})
+    # --- SLA: sla, sla_sd
+    temperature: float = field(default=1.0, metadata={"help": "SLA+SD distillation temperature T"})
+    sd_weight: float = field(default=1.0, metadata={"help": "SLA+SD weight β of CE(c, y)"})
+    sum_over_transforms: bool = field(default=False, metadata={"help": "multiply L_SLA by M (paper's large loss)"})
+    # --- HSAKD: hsakd_teacher, hsakd_student, hsakd_online
+    kd_temperature: float = field(default=3.0, metadata={"help": "HSAKD distillation temperature τ"})
+    teacher: str = field(default="", metadata={"help": "hsakd_student: the teacher checkpoint (best.pt or last.pt "
+                                                       "of a --method hsakd_teacher run)"})
+    teacher_model: str = field(default="", metadata={"help": "hsakd_student: the architecture the teacher must be "
+                                                             "(presets set it; empty accepts any)"})
+    frozen_backbone: str = field(default="", metadata={"help": "hsakd_teacher: a run checkpoint whose backbone and "
+                                                               "class head are frozen; only the branches learn"})
+    peer_model: str = field(default="", metadata={"help": "hsakd_online: the second network (default: --model)"})
+    # --- MAXL: maxl, maxl_human
+    aux_per_class: str = field(default="5", metadata={"help": "maxl: auxiliary labels ψ per primary class, one "
+                                                                  "number for all or a comma-separated list"})
+    generator_model: str = field(default="", metadata={"help": "maxl: the label generator's backbone (default: "
+                                                                   "--model)"})
+    focal_gamma: float = field(default=2.0, metadata={"help": "maxl, maxl_human: focal loss γ on the primary and "
+                                                              "auxiliary targets; 0 is cross-entropy"})
+    entropy_weight: float = field(default=0.2, metadata={"help": "maxl: weight λ of the generated labels' "
+                                                                 "negative batch entropy in θ2's objective"})
+    maxl_order: str = field(default="second", metadata={"help": "maxl: meta-gradient through the look-ahead step, "
+                                                                "second (exact) or first (finite differences)"})
+    maxl_meta_gradient: str = field(default="forward", metadata={
+        "help": "maxl, --maxl-order second: forward (a forward-mode Jacobian-vector product, no double backward) or "
+                "graph (create_graph through the look-ahead step, the official code's way); the same exact gradient"})
+    maxl_interleave: bool = field(default=False, metadata={"help": "maxl: update θ1 and θ2 on every batch instead "
+                                                                   "of the paper's pass of θ1, then pass of θ2"})
+    generator_lr: float = field(default=1e-3, metadata={"help": "maxl: the generator's peak SGD learning rate "
+                                                                "(no momentum, as the paper; same schedule as --lr)"})
+    generator_weight_decay: float = field(default=5e-4, metadata={"help": "maxl: the generator's L2 coefficient"})
+    log_grad_similarity: bool = field(default=False, metadata={
+        "help": "maxl, maxl_human: log cos(∇L_pri, ∇L_aux) over the shared backbone, averaged over each logging "
+                "interval (an extra backward pass per step)"})
+    # --- pretrained backbones: linear_eval, --init-from
+    pretrained: str = field(default="", metadata={"help": "linear_eval: the run checkpoint whose frozen backbone "
+                                                          "the linear classifier reads (e.g. a simclr best.pt)"})
+    init_from: str = field(default="", metadata={"help": "start the backbone from this run checkpoint (same --model; "
+                                                         "e.g. simclr pretraining, then sla)"})
+    # --- contrastive: simclr, simclr_v2, moco_v2, moco_v3, byol
+    views: str = field(default="", metadata={"help": "contrastive methods: the random-view recipe (simclr, byol, "
+                                                    "moco_v2, dim; default: the method's own)"})
+    projector_hidden: int = field(default=2048, metadata={"help": "contrastive: projector (and BYOL predictor) "
+                                                                  "hidden width"})
+    projector_dim: int = field(default=256, metadata={"help": "contrastive: projection dimension"})
+    contrastive_temperature: float = field(default=0.0, metadata={
+        "help": "contrastive τ of NT-Xent / InfoNCE; 0 takes the method's (SimCLR 0.5, MoCo v2 0.2)"})
+    target_momentum: float = field(default=0.99, metadata={
+        "help": "moco_v2: key encoder EMA m; byol, moco_v3: the base of its cosine schedule to 1; simclr_v2: "
+                "its memory's momentum network"})
+    queue_size: int = field(default=4096, metadata={"help": "moco_v2: negatives kept in the queue"})
+    shuffle_bn: bool = field(default=True, metadata={
+        "help": "moco_v2 under torchrun: the key encoder sees the global batch shuffled across ranks (MoCo's "
+                "shuffling BN), so no query shares BatchNorm statistics with its own key's batch"})
+    memory_size: int = field(default=0, metadata={
+        "help": "simclr_v2: past momentum-network projections kept as extra negatives (MoCo's memory); 0: none"})
+    frozen_patch_projection: bool = field(default=False, metadata={
+        "help": "moco_v3 with a ViT: keep the patch projection at its random initialisation (MoCo v3's trick)"})
+    knn_k: int = field(default=200, metadata={"help": "k-NN monitor: neighbours that vote"})
+    knn_temperature: float = field(default=0.1, metadata={"help": "k-NN monitor: vote weight exp(cos/T)"})
+    # --- SwAV: swav
+    num_prototypes: int = field(default=3000, metadata={"help": "swav: prototypes K"})
+    local_views: int = field(default=6, metadata={"help": "swav: small multi-crop views per image (0: only the "
+                                                          "two global views)"})
+    local_size: int = field(default=0, metadata={"help": "swav: local views' side in pixels; 0: 96/224 of the "
+                                                         "data's side, SwAV's ImageNet proportion"})
+    swav_queue_size: int = field(default=0, metadata={"help": "swav: past global projections per crop kept to "
+                                                              "give Sinkhorn more rows (small batches); 0: none"})
+    swav_queue_start_epoch: int = field(default=15, metadata={"help": "swav: first epoch that uses the queue"})
+    freeze_prototypes_epochs: int = field(default=1, metadata={"help": "swav: epochs without prototype updates"})
+    # --- Deep InfoMax: dim
+    mi_estimator: str = field(default="infonce", metadata={"help": "dim: infonce or jsd"})
+    dim_local_stage: int = field(default=-2, metadata={
+        "help": "dim: the stage whose feature map is M (negative: from the last; -2 is 8×8 on CIFAR ResNets)"})
+    dim_global_weight: float = field(default=0.5, metadata={"help": "dim: α, the global objective's weight"})
+    dim_local_weight: float = field(default=1.0, metadata={"help": "dim: β, the local objective's weight"})
+
+# --help lists the settings in these groups, in this order (every field in exactly one: tests/test_config.py).
+HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    "run": ("preset", "config_file", "out_dir", "run_name", "seed", "device", "resume", "stop_after_epochs",),
+    "data and loaders": ("dataset", "data_root", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "strict_images", "data_in_memory", "primary_labels", "loader", "loader_workers", "dali_views", "beton_dir", "crop_padding",),
+    "method": ("method", "transforms", "kernels",),
+    "model and precision": ("model", "channels_last", "precision", "compile", "cudnn_benchmark",),
+    "optimisation": ("batch_size", "epochs", "iterations", "lr", "optimizer", "lars_eta", "momentum", "nesterov", "weight_decay", "decay_norm_and_bias", "schedule", "lr_milestones", "lr_gamma", "warmup_iterations", "grad_clip_norm", "ema_decay", "optimizer_impl",),
+    "logging and checkpoints": ("profile", "log_every", "eval_every", "checkpoint_every", "eval_batch_size",),
+    "SLA: sla, sla_sd": ("temperature", "sd_weight", "sum_over_transforms",),
+    "HSAKD: hsakd_teacher, hsakd_student, hsakd_online": ("kd_temperature", "teacher", "teacher_model", "frozen_backbone", "peer_model",),
+    "MAXL: maxl, maxl_human": ("aux_per_class", "generator_model", "focal_gamma", "entropy_weight", "maxl_order", "maxl_meta_gradient", "maxl_interleave", "generator_lr", "generator_weight_decay", "log_grad_similarity",),
+    "pretrained backbones: linear_eval, --init-from": ("pretrained", "init_from",),
+    "contrastive: simclr, simclr_v2, moco_v2, moco_v3, byol": ("views", "projector_hidden", "projector_dim", "contrastive_temperature", "target_momentum", "queue_size", "shuffle_bn", "memory_size", "frozen_patch_projection", "knn_k", "knn_temperature",),
+    "SwAV: swav": ("num_prototypes", "local_views", "local_size", "swav_queue_size", "swav_queue_start_epoch", "freeze_prototypes_epochs",),
+    "Deep InfoMax: dim": ("mi_estimator", "dim_local_stage", "dim_global_weight", "dim_local_weight",),
+}
 
 
 # Settings that change what a checkpoint means; a resume must match them.
@@ -300,16 +318,21 @@ def _field_types() -> dict[str, type]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="train/main.py", description="Self-supervised label augmentation trainer (torchrun entry point).",
+        prog="train/main.py", usage="%(prog)s [--preset NAME] [--method NAME] [--SETTING VALUE ...]",
+        description="Self-supervised label augmentation trainer (torchrun entry point). Settings below, by group; "
+                    "values come from the defaults, then --preset, then --config-file, then the command line.",
         argument_default=argparse.SUPPRESS)
-    for f in dataclasses.fields(TrainConfig):
-        kind = _field_types()[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})".strip()
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            parser.add_argument(flag, type=lambda text, kind=kind: coerce(kind, text), help=help_text)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    types = _field_types()
+    for title, names in HELP_GROUPS.items():
+        group = parser.add_argument_group(title)
+        for name in names:
+            kind, flag = types[name], "--" + name.replace("_", "-")
+            help_text = f"{fields[name].metadata.get('help', '')} (default: {fields[name].default})".strip()
+            if kind is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            else:
+                group.add_argument(flag, type=lambda text, kind=kind: coerce(kind, text), help=help_text)
     parser.add_argument("--list-presets", action="store_true", default=False, help="print the preset names and exit")
     parser.add_argument("--list-methods", action="store_true", default=False, help="print the method names and exit")
     parser.add_argument("--debug-errors", action="store_true", default=False,

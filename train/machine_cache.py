@@ -1,5 +1,5 @@
-"""Measurements kept per machine: a CPU's peak FLOP rate (train/mfu.py), the faster way of each bf16
-convolution pass (models/conv_ways.py). One JSON file per kind under ~/.cache/sla-trainer (XDG_CACHE_HOME),
+"""Measurements kept per machine: a CPU's peak FLOP rate (train/mfu.py), which only MFU, a reported figure,
+reads: no result depends on it. One JSON file per kind under ~/.cache/sla-trainer (XDG_CACHE_HOME),
 each entry keyed by the CPU (model name, family and model numbers, bf16 units), the core and thread counts and
 torch's version, so that a home directory shared by different machines keeps their figures apart. Writes
 replace the file atomically; where the home is read-only, the next run measures again."""

@@ -29,17 +29,16 @@ from pipeline.loaders import LOADERS, build_loader
 from pipeline.phases import phase
 from pipeline.random_views import RandomViewExpander, get_recipe
 from pipeline.views import ViewExpander
-from train.checkpoint import (atomic_save, checkpoint_payload, load_checkpoint, read_checkpoint_file,
-                              restore_rng_states)
+from train.checkpoint import (atomic_save, checkpoint_payload, every_rank_rng_states, load_checkpoint,
+                              own_rng_states, read_checkpoint_file, restore_rng_states)
 from train.config import PRESETS, TrainConfig, config_from_namespace, parse_arguments
 from train.distributed import all_reduce_sum, barrier, init_distributed, shutdown
 from train.evaluate import evaluate
-from train.host_memory import retain_freed_memory
 from train.methods import METHODS, build_method
-from train.mfu import flops_per_view, peak_flops
+from train.mfu import flops_per_view, peak_flops, tf32_enabled
 from train.profiling import StepProfiler, breakdown_table
 from train.step import TrainStep
-from train.optim import autocast, build_ema, build_optimizer, build_scaler, build_scheduler, resolve_precision
+from train.optim import build_ema, build_optimizer, build_scaler, build_scheduler, resolve_precision
 from train.run_log import RunLog, accuracy_line, format_duration, summary_table
 from train.throughput import TrainingClock
 
@@ -89,6 +88,8 @@ def run(config: TrainConfig, context) -> dict:
     kernels.check_family_fits(family, *splits.train.image_shape)
     num_transforms = family.num_transforms
     precision = resolve_precision(config, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark  # the shapes are fixed for the run
     input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if config.loader not in LOADERS:
         raise ValueError(f"unknown loader {config.loader!r}; valid: {', '.join(LOADERS)}")
@@ -120,12 +121,9 @@ def run(config: TrainConfig, context) -> dict:
         global_batch=config.eval_batch_size * context.world_size, train=False, **shared),
         split_name=f"{config.dataset}-{part}") for part, split in (("val", splits.val), ("test", splits.test)))
 
-    if device.type == "cpu":
-        if config.retain_host_memory:
-            retain_freed_memory()
-        if os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive":
-            run_log.print("warning: OMP_WAIT_POLICY=passive makes every parallel region wait for the scheduler; "
-                          "on a loaded CPU the trainer's step ran 10x slower with it (BENCHMARKS.md, load sensitivity)")
+    if device.type == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive":
+        run_log.print("warning: OMP_WAIT_POLICY=passive makes every parallel region wait for the scheduler; "
+                      "on a loaded CPU the trainer's step ran 10x slower with it (BENCHMARKS.md, load sensitivity)")
 
     # ---- model, identical on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(config.seed)
@@ -151,7 +149,7 @@ def run(config: TrainConfig, context) -> dict:
         if ema is not None and payload["ema"]:
             ema.load_state_dict(payload["ema"])
         start_epoch, step, best_score = payload["epoch"], payload["step"], payload["best_score"]
-        restore_rng_states(payload["rng"])
+        restore_rng_states(own_rng_states(payload, context.rank, context.world_size))
         best_file = run_log.run_dir / "best.pt"
         if best_file.exists():
             best_state = read_checkpoint_file(str(best_file), "best")["model"]
@@ -166,7 +164,7 @@ def run(config: TrainConfig, context) -> dict:
     if config.compile:
         train_model = torch.compile(train_model)
     eval_model = ema.module if ema is not None else model
-    step_context = lambda: autocast(precision, device)  # noqa: E731
+    step_context = lambda: torch.autocast(device.type, dtype=input_dtype, enabled=precision != "fp32")  # noqa: E731
     train_step = method.make_step(TrainStep(train_model, model, method, optimizer, scheduler, scaler, ema,
                                             step_context, config.grad_clip_norm), total_steps)
     if payload is not None:
@@ -187,6 +185,8 @@ def run(config: TrainConfig, context) -> dict:
                                     "train_images": len(splits.train), "val_images": len(splits.val),
                                     "test_images": len(splits.test), "total_steps": total_steps,
                                     "flops_per_view": view_flops, "peak_flops": device_peak, "peak_source": peak_source,
+                                    "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
+                                    "tf32": tf32_enabled() if device.type == "cuda" else None,
                                     "skipped_images": skipped_images, "streamed": splits.train.streaming,
                                     **method.provenance()})
     run_log.print(f"{config.method} on {config.dataset} ({len(splits.train)} train / {len(splits.val)} val / "
@@ -212,6 +212,8 @@ def run(config: TrainConfig, context) -> dict:
         batches = method.epoch_batches(train_loader, epoch)  # reshuffled per epoch (per pass for MAXL)
         while step < total_steps:
             profiler.begin_step(steps_this_run)
+            # data time: the host's wait for the loader. No loader waits for the device (tests/test_host_syncs.py),
+            # so on a GPU this is not the previous step's backlog; the profile window splits every phase exactly.
             fetch_start = time.perf_counter()
             with phase("data"):
                 batch = next(batches, None)
@@ -266,15 +268,19 @@ def run(config: TrainConfig, context) -> dict:
                 best_state = copy.deepcopy(eval_model.state_dict())
                 if context.is_main:
                     atomic_save({"model": best_state, "epoch": epoch + 1, "score": score,
-                                 "config": dataclasses.asdict(config), "provenance": method.provenance()},
+                                 "config": dataclasses.asdict(config), "backbone": method.backbone_name,
+                                 "provenance": method.provenance()},
                                 run_log.run_dir / "best.pt")
             run_log.record("epoch", epoch=epoch + 1, step=step, split="val", skipped_images=len(skipped_images),
                            **last_val)
             run_log.print(f"epoch {epoch + 1}/{epochs} val {accuracy_line(last_val)}{'  (best)' if improved else ''}")
-        if context.is_main and ((epoch + 1) % config.checkpoint_every == 0 or stopping):
-            atomic_save(checkpoint_payload(config, model, optimizer, scheduler, scaler, ema, epoch + 1, step,
-                                           best_score, method.provenance(), method.state_dict()),
-                        run_log.run_dir / "last.pt")
+        if (epoch + 1) % config.checkpoint_every == 0 or stopping:
+            rank_rng = every_rank_rng_states(context)  # a collective: every rank's own random streams
+            if context.is_main:
+                atomic_save(checkpoint_payload(config, model, optimizer, scheduler, scaler, ema, epoch + 1, step,
+                                               best_score, method.provenance(), method.backbone_name, rank_rng,
+                                               method.state_dict()),
+                            run_log.run_dir / "last.pt")
         if stopping:
             break
     barrier(context)

@@ -19,16 +19,28 @@ from train import machine_cache
 from train.machine_cache import machine_key
 
 # Dense peaks (FLOP/s) by the device-name pattern that identifies the variant, most specific first.
+# tf32: the tensor-core rate fp32 matmuls and convolutions run at where TF32 is allowed (cuDNN allows it by default).
 GPU_PEAKS = (
-    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12}),
-    ("H100 NVL", {"bf16": 835e12, "fp16": 835e12, "fp32": 60e12}),
-    ("H100 80GB HBM3", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),  # SXM5
-    ("H100 SXM", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
-    ("H200 NVL", {"bf16": 835e12, "fp16": 835e12, "fp32": 60e12}),
-    ("H200", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),  # SXM (the NVL is matched above)
-    ("A100-SXM4", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),
-    ("A100-PCIE", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),
+    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51e12}),
+    ("H100 NVL", {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12, "fp32": 60e12}),
+    ("H100 80GB HBM3", {"bf16": 989e12, "fp16": 989e12, "tf32": 495e12, "fp32": 67e12}),  # SXM5
+    ("H100 SXM", {"bf16": 989e12, "fp16": 989e12, "tf32": 495e12, "fp32": 67e12}),
+    ("H200 NVL", {"bf16": 835e12, "fp16": 835e12, "tf32": 418e12, "fp32": 60e12}),
+    ("H200", {"bf16": 989e12, "fp16": 989e12, "tf32": 495e12, "fp32": 67e12}),  # SXM (the NVL is matched above)
+    ("A100-SXM4", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
+    ("A100-PCIE", {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
 )
+
+
+def tf32_enabled() -> bool:
+    """Whether fp32 matmuls or convolutions may run on TF32 tensor cores (cuDNN's convolutions do by default)."""
+    return torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+
+
+def datasheet_precision(precision: str) -> str:
+    """The datasheet column an fp32 run on a GPU is measured against: TF32's where TF32 is on, else MFU could
+    pass 100%."""
+    return "tf32" if precision == "fp32" and tf32_enabled() else precision
 
 
 def datasheet_peak(device_name: str, precision: str) -> tuple[float, str] | None:
@@ -70,7 +82,7 @@ def measured_peak(device: torch.device, precision: str) -> tuple[float, str]:
 def peak_flops(device: torch.device, precision: str, use_cache: bool = True) -> tuple[float, str]:
     """(peak FLOP/s, where the figure comes from) for `precision` on `device`."""
     if device.type == "cuda":
-        known = datasheet_peak(torch.cuda.get_device_name(device), precision)
+        known = datasheet_peak(torch.cuda.get_device_name(device), datasheet_precision(precision))
         return known if known is not None else measured_peak(device, precision)
     key = machine_key(precision)
     cached = machine_cache.load("peak_flops") if use_cache else {}

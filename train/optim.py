@@ -1,6 +1,7 @@
 """Optimizer, learning-rate schedule, precision and EMA choices."""
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import nullcontext
 
@@ -66,7 +67,7 @@ def build_scheduler(config: TrainConfig, optimizer, total_steps: int):
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: oneDNN then runs bf16 convolutions and matmuls at about twice the fp32 rate
-    (`bench.py step` prints its measured 3×3 conv rate: 476 bf16 against 238 fp32 GFLOP/s, BENCHMARKS.md)."""
+    (`python -m train.bench step` prints its measured 3×3 conv rate: 476 bf16 against 238 fp32 GFLOP/s, BENCHMARKS.md)."""
     return bool(cpu_bf16_units())
 
 
@@ -96,9 +97,46 @@ def build_scaler(precision: str, device: torch.device):
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
-def build_ema(config: TrainConfig, model: torch.nn.Module):
-    if config.ema_decay <= 0:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+class WeightEma(torch.nn.Module):
+    """`--ema-decay`: an exponential moving average of a model's parameters and buffers, evaluated in its place.
+    The first update copies the model, each later one computes θ_ema ← decay·θ_ema + (1 − decay)·θ: what torch's
+    AveragedModel computes with get_ema_multi_avg_fn, with the same state dict. Written here because
+    AveragedModel keeps its update count on the host, reads it and copies it to the device on every update (a
+    host sync per step on a GPU); here the count stays on the device and a host flag says whether to copy."""
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__()
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"--ema-decay must be in [0, 1], got {decay}")
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self.register_buffer("n_averaged", torch.zeros((), dtype=torch.long,
+                                                       device=next(model.parameters()).device))
+        self.started = False  # whether n_averaged > 0, known on the host
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [tensor.detach() for tensor in (*model.parameters(), *model.buffers())]
+        if not self.started:
+            torch._foreach_copy_(averaged, current)
+            self.started = True
+        else:
+            floating = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+            torch._foreach_lerp_([a for a, _ in floating], [c for _, c in floating], 1 - self.decay)
+            for a, c in zip(averaged, current):  # integer buffers (BatchNorm's batch count), as AveragedModel
+                if not a.is_floating_point():
+                    a.copy_(a * self.decay + c * (1 - self.decay))
+        self.n_averaged += 1
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict, assign)
+        self.started = bool(self.n_averaged > 0)  # once, at resume
+        return result
+
+
+def build_ema(config: TrainConfig, model: torch.nn.Module) -> WeightEma | None:
+    return WeightEma(model, config.ema_decay) if config.ema_decay > 0 else None

@@ -122,9 +122,24 @@ class StepProfiler:
 
 
 def device_busy_seconds(profiler, device: torch.device) -> float | None:
+    """Seconds in which at least one kernel ran on the device: the union of the device events' intervals. Only
+    device events count: a CPU op's self_device_time_total repeats the time of the kernels it launched, and
+    kernels that overlap on two streams are busy time once."""
     if device.type != "cuda":
         return None
-    return sum(event.self_device_time_total for event in profiler.key_averages()) / 1e6
+    kernels = [(event.time_range.start, event.time_range.end) for event in profiler.events()
+               if event.device_type == torch.autograd.DeviceType.CUDA]
+    return union_length(kernels) / 1e6
+
+
+def union_length(intervals: list[tuple[float, float]]) -> float:
+    """The length covered by the union of [start, end) intervals."""
+    covered, reach = 0.0, -float("inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered
 
 
 def breakdown(clock: PhaseClock, device_busy: float | None, wall: float) -> dict:

@@ -18,7 +18,7 @@ class TrainStep:
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: torch.amp.GradScaler | None
-    ema: torch.optim.swa_utils.AveragedModel | None
+    ema: torch.nn.Module | None  # train.optim.WeightEma
     autocast: Callable  # () → the step's autocast context
     grad_clip_norm: float = 0.0
 

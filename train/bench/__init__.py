@@ -1,12 +1,12 @@
 """Benchmarks, printed as tables with ratios against baselines measured in the same run.
 
-    python train/bench.py kernels [--batches 128,256,512] [--classes 10,100,1000] [--output bench.jsonl]
-    python train/bench.py step [--models resnet32,resnet18_cifar] [--num-transforms 1,4] [--output bench.jsonl]
-    python train/bench.py step --models resnet32 --num-transforms 4 --data synthetic --rounds 5 --background-load 2
-    python train/bench.py step --method hsakd_student --models resnet8x4 --teacher-model resnet32x4 --num-transforms 4
-    python train/bench.py loader [--images 8192] [--folder-images 2048] [--batch 256] [--output bench.jsonl]
-    python train/bench.py loader --views simclr      (the contrastive methods' random views, 2 per image)
-    python train/bench.py loader --data jpeg-folder --images 20000 --image-size 224   (streamed JPEG folder,
+    python -m train.bench kernels [--batches 128,256,512] [--classes 10,100,1000] [--output bench.jsonl]
+    python -m train.bench step [--models resnet32,resnet18_cifar] [--data synthetic,digits] [--num-transforms 1,4] [--output bench.jsonl]
+    python -m train.bench step --models resnet32 --num-transforms 4 --data synthetic --rounds 5 --background-load 2
+    python -m train.bench step --method hsakd_student --models resnet8x4 --teacher-model resnet32x4 --num-transforms 4
+    python -m train.bench loader [--images 8192] [--folder-images 2048] [--batch 256] [--output bench.jsonl]
+    python -m train.bench loader --views simclr      (the contrastive methods' random views, 2 per image)
+    python -m train.bench loader --data jpeg-folder --images 20000 --image-size 224   (streamed JPEG folder,
                                                      ImageNet crops, peak memory per loader)
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def integers(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train/bench.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     kernel_parser = commands.add_parser("kernels", help="loss and view kernels against the torch composite")
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                                help="arrays: CIFAR-shaped arrays and a small decoded JPEG folder, in memory; "
                                     "jpeg-folder: a generated ImageNet-like folder, streamed")
     loader_parser.add_argument("--images", type=int, default=0, help="CIFAR-shaped images in memory (default 8192); "
-                                                                     "--data jpeg-folder: JPEG files (20000)")
+                                                                     "--data jpeg-folder: JPEG files (4000)")
     loader_parser.add_argument("--image-size", type=int, default=224, help="--data jpeg-folder: crop side")
     loader_parser.add_argument("--steps", type=int, default=20, help="--data jpeg-folder: timed batches per loader")
     loader_parser.add_argument("--cache", default="data/bench", help="--data jpeg-folder: where the generated "
@@ -51,26 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     loader_parser.add_argument("--views", default="", help="a random-view recipe (simclr, byol, moco_v2): time the "
                                                            "contrastive view pass instead of the family's")
     loader_parser.add_argument("--output", default=None, help="append one JSON line per measurement here")
-    conv_parser = commands.add_parser("conv", help="a convolution's bf16 CPU passes: PyTorch's against "
-                                                   "matmul products")
-    conv_parser.add_argument("--batch", type=int, default=128, help="images (views) per batch")
-    conv_parser.add_argument("--rounds", type=int, default=5, help="timed passes per way")
-    conv_parser.add_argument("--output", default=None, help="append one JSON line per shape here")
-    norm_parser = commands.add_parser("batchnorm", help="a bf16 channels_last BatchNorm2d on a CPU: PyTorch's "
-                                                        "kernel against the Numba one")
-    norm_parser.add_argument("--batch", type=int, default=128, help="images (views) per batch")
-    norm_parser.add_argument("--rounds", type=int, default=7, help="timed passes per way")
-    norm_parser.add_argument("--output", default=None, help="append one JSON line per shape here")
     step_parser = commands.add_parser("step", help="whole training steps against the papers' pipeline")
-    step_parser.add_argument("--models", default="resnet32,resnet18_cifar", help="comma-separated backbones")
+    step_parser.add_argument("--models", default="resnet32", help="comma-separated backbones, e.g. "
+                                                                   "resnet32,resnet18_cifar")
     step_parser.add_argument("--num-transforms", type=integers, default=(1, 4), help="M: 1 (baseline) and/or 4 (SLA)")
-    step_parser.add_argument("--data", default="synthetic,digits", help="synthetic (CIFAR-shaped) and/or digits")
+    step_parser.add_argument("--data", default="synthetic", help="synthetic (CIFAR-shaped) and/or digits")
     step_parser.add_argument("--batch", type=int, default=128, help="source images per step")
-    step_parser.add_argument("--steps", type=int, default=20, help="timed steps")
-    step_parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    step_parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    step_parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     step_parser.add_argument("--images", type=int, default=4096, help="synthetic images")
     step_parser.add_argument("--workers", type=int, default=0, help="loader workers; 0 = the cores")
-    step_parser.add_argument("--paths", default="trainer,paper", help="trainer and/or paper (contrastive methods: also trainer_stock_conv, trainer_stock_norm, trainer_stock_malloc, trainer_compiled)")
+    step_parser.add_argument("--paths", default="trainer,paper", help="trainer and/or paper (contrastive methods: also trainer_compiled)")
     step_parser.add_argument("--method", default="auto", help="auto (baseline at M=1, sla at M=4) or a --method, "
                                                               "e.g. hsakd_student")
     step_parser.add_argument("--teacher-model", default="", help="hsakd_student: the (untrained) teacher's "
@@ -96,21 +87,13 @@ def main(argv: list[str] | None = None) -> int:
             from train.bench.streaming_loaders import STREAMING_LOADERS, run
 
             chosen = tuple(n for n in args.loaders.split(",") if n in STREAMING_LOADERS) or STREAMING_LOADERS
-            run(args.images or 20_000, args.image_size, args.batch, args.steps, 3, chosen, args.transforms,
+            run(args.images or 4_000, args.image_size, args.batch, args.steps, 3, chosen, args.transforms,
                 args.cache, args.output, args.max_resolution)
             return 0
         from train.bench.loaders import run
 
         run(args.images or 8192, args.folder_images, args.batch, args.epochs, args.transforms,
             tuple(name for name in args.loaders.split(",") if name), args.output, args.views)
-    if args.command == "conv":
-        from train.bench.conv import run
-
-        run(args.batch, args.rounds, args.output)
-    if args.command == "batchnorm":
-        from train.bench.batch_norm import run
-
-        run(args.batch, args.rounds, args.output)
     if args.command == "kernels":
         from train.bench.kernels import run
 

@@ -11,8 +11,6 @@ import time
 
 import torch
 
-from train.host_memory import retain_freed_memory, return_freed_memory
-
 
 def bench_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,13 +59,14 @@ def endless_batches(loader):
 
 class RoundStream:
     """A reference loader's batches for one round of timed steps at a time, so that its worker processes run in
-    its own rounds only: `open` forks them afresh (a new iterator) and takes one untimed step, which fills
-    their prefetch queue as in a running epoch; `close` shuts them down. A kept iterator would let them
-    prefetch during another path's round: taking that path's cores and starting the next reference round with
-    a full queue (the torch loader keeps 4 batches per worker ready)."""
+    its own rounds only: `open` starts a new iterator and takes one untimed step, which fills their prefetch
+    queue as in a running epoch; `close` ends the iterator and `stop_workers` (for a loader whose workers
+    persist: pipeline/torch_loader.py) stops them. Running workers would prefetch during another path's round:
+    taking that path's cores and starting the next reference round with a full queue (the torch loader keeps
+    4 batches per worker ready)."""
 
-    def __init__(self, make_stream, untimed_step):
-        self.make_stream, self.untimed_step = make_stream, untimed_step
+    def __init__(self, make_stream, untimed_step, stop_workers=lambda: None):
+        self.make_stream, self.untimed_step, self.stop_workers = make_stream, untimed_step, stop_workers
         self.stream = None
 
     def open(self):
@@ -76,17 +75,10 @@ class RoundStream:
         return self.stream
 
     def close(self) -> None:
-        if self.stream is not None:  # closing the generator drops its DataLoader iterator: the workers stop
+        if self.stream is not None:
             self.stream.close()
             self.stream = None
-
-
-def set_host_memory(device: torch.device, retain: bool) -> None:
-    """Before a path's round on a CPU: the allocator that path trains with (train/host_memory.py)."""
-    if device.type == "cpu" and retain:
-        retain_freed_memory()
-    elif device.type == "cpu":
-        return_freed_memory()
+        self.stop_workers()
 
 
 class RoundStreams:
@@ -98,7 +90,7 @@ class RoundStreams:
         """The loader's batches, epoch after epoch: from one kept iterator, or (a DataLoader with worker
         processes: the papers' torch loader) from each round's own."""
         if fresh_workers_each_round:
-            self.round_stream = RoundStream(lambda: endless_batches(loader), untimed_step)
+            self.round_stream = RoundStream(lambda: endless_batches(loader), untimed_step, loader.close)
         else:
             self.stream = endless_batches(loader)
 
@@ -116,18 +108,15 @@ class RoundStreams:
 class TimedRounds(RoundStreams):
     """Rounds of whole steps, timed with the loader's wait counted apart; a subclass sets `step`, `device` and
     `stream` or `round_stream` (RoundStreams).
-    GPU work is synchronised at each round's ends. A path that trains as train/main.py does on a CPU sets
-    `retain_host_memory` (train/host_memory.py); the others run theirs with glibc's default allocator."""
+    GPU work is synchronised at each round's ends."""
     seconds: list[float]  # per timed round
     waits: list[float]
     page_faults: list[int]  # minor page faults of this process (a DataLoader's workers not counted)
-    retain_host_memory: bool = False
 
     def clear_rounds(self) -> None:
         self.seconds, self.waits, self.page_faults = [], [], []
 
     def time_round(self, steps: int) -> None:
-        set_host_memory(self.device, self.retain_host_memory)
         self.start_round()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -1,14 +1,11 @@
-"""`python train/bench.py step --method simclr|simclr_v2|moco_v2|byol|dim`: whole contrastive steps (random views per
+"""`python -m train.bench step --method simclr|simclr_v2|moco_v2|byol|dim`: whole contrastive steps (random views per
 image, forward, loss, backward, optimizer, momentum update) on this trainer's path (resident loader, views
 made for the batch on the device, `--precision auto`, channels_last) against the reference way (a
 DataLoader whose workers augment one PIL image at a time, fp32, NCHW: train/bench/pil_views.py), the
 paths alternating over rounds in one run; loader wait reported for both. The reference's workers run only
 during its own rounds: each round forks them afresh and takes one untimed step (their prefetch queue fills,
-as in a running epoch), and its end shuts them down, so their prefetching never runs in another path's round. `--paths trainer_stock_conv`
-adds the trainer's path with PyTorch's own convolutions (`--no-matmul-conv`), `trainer_stock_norm` with
-PyTorch's own BatchNorm, ReLU and sum (`--no-numba-batch-norm`), `trainer_stock_malloc` with glibc's default
-allocator (`--no-retain-host-memory`), `trainer_compiled` the trainer's path under torch.compile (`--compile`).
-The reference runs with glibc's default allocator, as the papers' code does.
+as in a running epoch), and its end shuts them down, so their prefetching never runs in another path's round.
+`--paths trainer_compiled` adds the trainer's path under torch.compile (`--compile`).
 
 Each path's MFU is the step's model FLOPs (counted once, on the reference's first warm-up step: its
 convolutions at their full size, padding included, its matmuls, the momentum network's forward) over its
@@ -37,10 +34,9 @@ from train.optim import autocast, build_optimizer, build_scaler, build_scheduler
 from train.step import TrainStep
 
 
-# the trainer's path; the same with PyTorch's own convolutions (models/matmul_conv.py off); with PyTorch's own
-# BatchNorm (models/cpu_batch_norm.py off); with glibc's default allocator (train/host_memory.py off); under
-# torch.compile (`--compile`; its compilation is the warm-up's time, reported as setup_s)
-TRAINER_PATHS = ("trainer", "trainer_stock_conv", "trainer_stock_norm", "trainer_stock_malloc", "trainer_compiled")
+# the trainer's path; the same under torch.compile (`--compile`; its compilation is the warm-up's time, reported as
+# setup_s)
+TRAINER_PATHS = ("trainer", "trainer_compiled")
 
 
 def reference_batches(loader, device: torch.device):
@@ -64,12 +60,8 @@ class PreparedContrastive(TimedRounds):
         channels_last = trainer
         config = TrainConfig(method=method_name, model=model_name, batch_size=batch, transforms="none",
                              precision=trainer_precision if trainer else "fp32", channels_last=channels_last,
-                             lr=0.05, schedule="cosine", queue_size=1024,
-                             matmul_conv=path != "trainer_stock_conv",
-                             numba_batch_norm=path != "trainer_stock_norm",
-                             retain_host_memory=path != "trainer_stock_malloc")
+                             lr=0.05, schedule="cosine", queue_size=1024)
         self.path, self.device, self.batch = path, device, batch
-        self.retain_host_memory = trainer and config.retain_host_memory
         self.precision = resolve_precision(config, device)
         self.method = build_method(config)
         self.method.see_data(SimpleNamespace(train=split, num_classes=split.num_classes))  # swav: the image size

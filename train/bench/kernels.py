@@ -1,4 +1,4 @@
-"""`python train/bench.py kernels`: forward+backward medians of each kernel and backend, against the
+"""`python -m train.bench kernels`: forward+backward medians of each kernel and backend, against the
 eager torch composite measured in the same run (and a torch.compile'd composite on a GPU)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python train/bench.py loader`: every loader in one process, source images/s and views/s at M
+"""`python -m train.bench loader`: every loader in one process, source images/s and views/s at M
 views per image, on CIFAR-shaped arrays and on a folder of JPEG files, against the `torch`
 DataLoader reference at the same core count."""
 from __future__ import annotations

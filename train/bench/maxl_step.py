@@ -1,4 +1,4 @@
-"""`python train/bench.py step --method maxl`: MAXL's two updates timed apart, θ1's step and θ2's meta step
+"""`python -m train.bench step --method maxl`: MAXL's two updates timed apart, θ1's step and θ2's meta step
 (look-ahead, second-order gradient, optimizer), this trainer's path against the official code's way in
 the same run: fp32, NCHW, a per-sample torch DataLoader, and the look-ahead as fast weights (an
 OrderedDict of θ1 − α∇θ1) through a functional forward, differentiated twice. The trainer computes the
@@ -17,7 +17,7 @@ from pipeline.batch import LoaderSettings
 from pipeline.datasets import channel_statistics
 from pipeline.loaders import build_loader
 from pipeline.views import ViewExpander
-from train.bench.common import RoundStreams, set_host_memory
+from train.bench.common import RoundStreams
 from train.config import TrainConfig
 from train.methods import build_method
 from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
@@ -66,7 +66,6 @@ class PreparedMaxl(RoundStreams):
 
     def time_round(self, steps: int) -> None:
         """`steps` batches (the loader's time counted with θ1's step), each update timed on its own."""
-        set_host_memory(self.device, self.settings["retain_host_memory"])
         self.start_round()
         totals = dict.fromkeys(UPDATES, 0.0)
         for _ in range(steps):

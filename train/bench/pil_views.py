@@ -1,4 +1,4 @@
-"""The reference way of making contrastive views, for `bench.py step --method simclr|swav|...`: a torch
+"""The reference way of making contrastive views, for `python -m train.bench step --method simclr|swav|...`: a torch
 DataLoader whose workers augment one PIL image at a time, as the papers' code and solo-learn's default
 pipeline do (torchvision's transforms are PIL operations underneath; torchvision itself does not install
 beside this torch build, so the same operations are written with PIL here). Same recipe, same
@@ -87,4 +87,7 @@ def pil_view_loader(images: np.ndarray, labels: np.ndarray, recipe, mean, std, b
     return torch.utils.data.DataLoader(PilViewDataset(images, labels, recipe, mean, std, seed), batch_size=batch,
                                        shuffle=True, drop_last=True, num_workers=workers,
                                        persistent_workers=persistent_workers and workers > 0,
+                                       # workers from a fork server, never forked from this multi-threaded
+                                       # process (pipeline/torch_loader.py)
+                                       multiprocessing_context="forkserver" if workers > 0 else None,
                                        generator=torch.Generator().manual_seed(seed))

@@ -1,4 +1,4 @@
-"""`python train/bench.py step`: whole training steps (loader, views, forward, joint-label loss,
+"""`python -m train.bench step`: whole training steps (loader, views, forward, joint-label loss,
 backward, optimizer; all-reduce under torchrun), this trainer's path against the papers' path
 (torch DataLoader, fp32, NCHW, torch.rot90 stacking, eager torch losses) in the same run, the paths taking
 turns over rounds; the papers' DataLoader workers run in its own rounds only (common.RoundStream)."""
@@ -31,10 +31,8 @@ from train.optim import autocast, build_optimizer, build_scaler, build_scheduler
 from train.step import TrainStep
 
 PATHS = {  # name → the settings that differ between this trainer and the papers' code
-    "trainer": dict(loader="resident", precision="auto", channels_last=True, kernels="auto", retain_host_memory=True,
-                    fused_optimizer=True),
-    "paper": dict(loader="torch", precision="fp32", channels_last=False, kernels="torch", retain_host_memory=False,
-                  fused_optimizer=False),
+    "trainer": dict(loader="resident", precision="auto", channels_last=True, kernels="auto", fused_optimizer=True),
+    "paper": dict(loader="torch", precision="fp32", channels_last=False, kernels="torch", fused_optimizer=False),
 }
 
 
@@ -75,7 +73,6 @@ class PreparedPath(TimedRounds):
                              precision=settings["precision"], channels_last=settings["channels_last"],
                              kernels=settings["kernels"], schedule="cosine", lr=0.05, teacher=teacher)
         self.path, self.settings, self.device, self.batch = path, settings, device, batch
-        self.retain_host_memory = settings["retain_host_memory"]
         self.precision = resolve_precision(config, device)
         input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.method = build_method(config)

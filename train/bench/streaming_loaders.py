@@ -1,4 +1,4 @@
-"""`python train/bench.py loader --data jpeg-folder --images 20000 --image-size 224`: the streaming loaders
+"""`python -m train.bench loader --data jpeg-folder --images 20000 --image-size 224`: the streaming loaders
 over a generated ImageNet-like folder (made once and cached: ~400×350 px JPEGs at quality 90), each in its
 own process so that its peak memory is its own, against the torch DataLoader reference (PIL per sample)
 measured in the same run. Every loader makes random-resized crops and M views per image (rotation, M = 4)
@@ -121,7 +121,7 @@ def time_one(name: str, root: str, image_size: int, batch: int, steps: int, warm
             "setup_s": setup, "peak_memory_bytes": memory.peak, "train_images": len(splits.train)}
 
 
-def run(num_images: int = 20_000, image_size: int = 224, batch: int = 256, steps: int = 20, warmup: int = 3,
+def run(num_images: int = 4_000, image_size: int = 224, batch: int = 256, steps: int = 20, warmup: int = 3,
         loaders: tuple[str, ...] = STREAMING_LOADERS, transforms: str = "rotation", cache: str = "data/bench",
         output: str | None = None, max_resolution: int = 256) -> list[dict]:
     from train.bench.jpeg_folder import make_jpeg_folder

@@ -14,9 +14,8 @@ import torch.nn as nn
 
 import kernels
 from kernels import identity_rows
-from models.cpu_batch_norm import use_cpu_batch_norm
-from models.cpu_conv2d import use_matmul_convolutions
 from train.config import TrainConfig
+from train.methods.run_checkpoints import load_backbone
 
 
 def per_view_labels(labels: torch.Tensor, num_transforms: int) -> torch.Tensor:
@@ -34,14 +33,9 @@ def views_mean(class_logits: torch.Tensor, num_transforms: int) -> torch.Tensor:
     return kernels.upcast(class_logits).reshape(-1, num_transforms, class_logits.shape[1]).mean(dim=1)
 
 
-def place(network: nn.Module, device: torch.device, channels_last: bool, config) -> nn.Module:
-    """`network` on `device`, with the CPU kernels `config` (a TrainConfig) asks for: every network of a run,
-    trained or not, goes through here."""
+def place(network: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """`network` on `device`, channels_last when asked: every network of a run, trained or not, goes through here."""
     network = network.to(device)
-    if device.type == "cpu" and config.matmul_conv:  # only acts under bf16 autocast (models/cpu_conv2d.py)
-        use_matmul_convolutions(network)
-    if device.type == "cpu" and config.numba_batch_norm:  # only on bf16 channels_last input (models/cpu_batch_norm.py)
-        use_cpu_batch_norm(network)
     return network.to(memory_format=torch.channels_last) if channels_last else network
 
 
@@ -77,18 +71,16 @@ class Method:
         self.bind(family, device)
         network = self.network(model_name, num_classes)
         if self.config.init_from:  # start from another run's backbone (e.g. contrastive pretraining)
-            from train.methods.pretrained import load_backbone
-
             if not isinstance(getattr(network, "backbone", None), nn.Module):
                 raise ValueError(f"--init-from: {self.name} has no single backbone to initialise")
             self.init_record = load_backbone(network.backbone, self.config.init_from, "--init-from", model_name)
-        return place(network, device, channels_last, self.config)
+        return place(network, device, channels_last)
 
-    @classmethod
-    def checkpoint_backbone(cls, config: dict) -> str:
-        """The backbone name a run of this method leaves in its checkpoints (`config`: the run's saved config);
-        `--init-from` and `--pretrained` ask for the same `--model`."""
-        return config["model"]
+    @property
+    def backbone_name(self) -> str:
+        """The backbone a run of this method leaves in its checkpoints, as a `--model` name: `--init-from` and
+        `--pretrained` ask for the same `--model`."""
+        return self.config.model
 
     def network(self, model_name: str, num_classes: int) -> nn.Module:
         raise NotImplementedError

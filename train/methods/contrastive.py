@@ -285,9 +285,9 @@ class SimclrV2(EmaTarget):
     def uses_target(self) -> bool:
         return self.config.memory_size > 0
 
-    @classmethod
-    def checkpoint_backbone(cls, config: dict) -> str:
-        return f"{config['model']}+mlp{config['projector_hidden']}"
+    @property
+    def backbone_name(self) -> str:
+        return f"{self.config.model}+mlp{self.config.projector_hidden}"  # the projector's first layer included
 
     def network(self, model_name, num_classes):
         hidden, dim = self.config.projector_hidden, self.config.projector_dim

@@ -41,7 +41,8 @@ def nt_xent(projections: torch.Tensor, temperature: float, memory: torch.Tensor 
     everyone, offset = gather_with_gradient(z)
     logits = z @ everyone.T / temperature
     rows = torch.arange(z.shape[0], device=z.device)
-    logits[rows, rows + offset] = float("-inf")  # a view is not its own negative
+    own_column = torch.arange(logits.shape[1], device=z.device) == (rows + offset).unsqueeze(1)
+    logits = logits.masked_fill(own_column, float("-inf"))  # a view is not its own negative
     if memory is not None:
         logits = torch.cat([logits, z @ memory.detach().to(z.dtype).T / temperature], dim=1)
     positives = (rows ^ 1) + offset

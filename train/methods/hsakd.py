@@ -131,7 +131,7 @@ class HsakdStudent(HsakdMethod):
             raise ValueError(f"the teacher {self.record['teacher_model']} has {len(teacher.branches)} stages, the "
                              f"student {model_name} {self.num_branches}; HSAKD pairs need the same number")
         # Not a submodule of the trained model: outside DDP, the optimizer, train() and the checkpoints.
-        self.teacher = place(teacher, device, channels_last, self.config)
+        self.teacher = place(teacher, device, channels_last)
         return student
 
     def network(self, model_name, num_classes):

@@ -75,9 +75,20 @@ def global_mi_loss(map_codes: torch.Tensor, vector_codes: torch.Tensor, estimato
     rows = torch.arange(scores.shape[0], device=scores.device)
     if estimator == "infonce":
         return F.cross_entropy(scores, rows + offset)
-    positive = torch.zeros_like(scores, dtype=torch.bool)
-    positive[rows, rows + offset] = True
-    return F.softplus(-scores[positive]).mean() + F.softplus(scores[~positive]).mean()
+    return jsd_terms(scores[rows, rows + offset], scores, own_columns(rows, offset, scores.shape[1]))
+
+
+def own_columns(rows: torch.Tensor, offset: int, columns: int) -> torch.Tensor:
+    """[B, B_global] bool: True at each local row's own image among every rank's (built on the device, where
+    an index assignment would copy its value from the host)."""
+    return torch.arange(columns, device=rows.device) == (rows + offset).unsqueeze(1)
+
+
+def jsd_terms(positives: torch.Tensor, scores: torch.Tensor, positive_mask: torch.Tensor) -> torch.Tensor:
+    """The JSD estimator: mean softplus(−T) over the positive pairs plus mean softplus(T) over the others; the
+    others' mean as a masked sum over their known count (a boolean-mask gather would wait for the device)."""
+    negatives = scores.numel() - positive_mask.sum() * (scores.numel() // positive_mask.numel())
+    return F.softplus(-positives).mean() + F.softplus(scores).masked_fill(positive_mask, 0).sum() / negatives
 
 
 def local_mi_loss(map_codes: torch.Tensor, vector_codes: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -86,12 +97,11 @@ def local_mi_loss(map_codes: torch.Tensor, vector_codes: torch.Tensor, estimator
     scores = torch.einsum("be,cep->bcp", upcast(vector_codes), everyone) / math.sqrt(vector_codes.shape[1])
     rows = torch.arange(scores.shape[0], device=scores.device)
     positives = scores[rows, rows + offset]  # [B, P]
-    others = torch.ones(scores.shape[:2], dtype=torch.bool, device=scores.device)
-    others[rows, rows + offset] = False
+    own = own_columns(rows, offset, scores.shape[1]).unsqueeze(2)  # [B, B_global, 1]
     if estimator == "infonce":
-        negatives = torch.logsumexp(scores.masked_fill(~others.unsqueeze(2), float("-inf")).flatten(1), dim=1)
+        negatives = torch.logsumexp(scores.masked_fill(own, float("-inf")).flatten(1), dim=1)
         return -(positives - torch.logaddexp(positives, negatives.unsqueeze(1))).mean()
-    return F.softplus(-positives).mean() + F.softplus(scores[others]).mean()
+    return jsd_terms(positives, scores, own)
 
 
 class DeepInfomax(ContrastiveMethod):

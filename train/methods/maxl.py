@@ -68,7 +68,9 @@ class MaxlHuman(Method):
 
     def auxiliary_targets(self, batch) -> torch.Tensor:
         """Class indices of the fine labels of the batch's images."""
-        return self.fine_labels.to(batch.labels.device)[batch.indices]
+        if self.fine_labels.device != batch.labels.device:  # once: the table then stays on the device
+            self.fine_labels = self.fine_labels.to(batch.labels.device)
+        return self.fine_labels[batch.indices]
 
     def learner_losses(self, outputs, labels, aux_targets) -> dict[str, torch.Tensor]:
         gamma = self.config.focal_gamma
@@ -103,6 +105,9 @@ class Maxl(MaxlHuman):
         if config.maxl_meta_gradient not in META_GRADIENTS:
             raise ValueError(f"unknown --maxl-meta-gradient {config.maxl_meta_gradient!r}; "
                              f"valid: {', '.join(META_GRADIENTS)}")
+        if config.precision == "fp16":  # a GradScaler scales the learner's loss, not the meta-objective
+            raise ValueError("maxl refuses --precision fp16: the label generator's meta-gradient has no loss "
+                             "scaling, so fp16 gradients could underflow or overflow unseen; use bf16 or fp32")
         self.objective = objective_for(config.maxl_order, config.maxl_meta_gradient)
         self.generator: LabelGenerator | None = None
         self.train_generator = None  # what the meta step calls: the generator, DDP-wrapped under torchrun
@@ -120,7 +125,7 @@ class Maxl(MaxlHuman):
     def build_model(self, model_name, num_classes, family, device, channels_last):
         learner = super().build_model(model_name, num_classes, family, device, channels_last)
         backbone = build_backbone(self.config.generator_model or model_name)
-        self.generator = place(LabelGenerator(backbone, self.blocks.num_aux), device, channels_last, self.config)
+        self.generator = place(LabelGenerator(backbone, self.blocks.num_aux), device, channels_last)
         self.train_generator = self.generator
         self.generator_optimizer = torch.optim.SGD(self.generator.parameters(), lr=self.config.generator_lr,
                                                    weight_decay=self.config.generator_weight_decay)

@@ -20,20 +20,28 @@ class ClassBlocks:
         self.sizes = torch.tensor([int(size) for size in aux_per_class], dtype=torch.int64)
         self.starts = torch.cumsum(self.sizes, 0) - self.sizes
         self.num_aux = int(self.sizes.sum())
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.sizes)
 
+    def tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(starts, sizes) on `device`, copied there once rather than at every step."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.starts.to(device), self.sizes.to(device))
+        return self._on_device[device]
+
     def mask(self, labels: torch.Tensor) -> torch.Tensor:
         """[B, K] bool: True on the block of each row's class."""
-        starts = self.starts.to(labels.device)[labels].unsqueeze(1)
-        ends = starts + self.sizes.to(labels.device)[labels].unsqueeze(1)
+        block_starts, block_sizes = self.tables(labels.device)
+        starts = block_starts[labels].unsqueeze(1)
+        ends = starts + block_sizes[labels].unsqueeze(1)
         columns = torch.arange(self.num_aux, device=labels.device)
         return (columns >= starts) & (columns < ends)
 
     def class_of(self, aux_labels: torch.Tensor) -> torch.Tensor:
         """The class whose block holds each auxiliary label."""
-        return torch.bucketize(aux_labels, self.starts.to(aux_labels.device)[1:], right=True)
+        return torch.bucketize(aux_labels, self.tables(aux_labels.device)[0][1:], right=True)
 
 
 def mask_log_softmax(logits: torch.Tensor, labels: torch.Tensor, blocks: ClassBlocks) -> torch.Tensor:

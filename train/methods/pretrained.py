@@ -2,20 +2,10 @@
 SimCLR then SLA) and `linear_eval` (a linear classifier on a frozen pretrained backbone)."""
 from __future__ import annotations
 
-import torch.nn as nn
 
 from models import HeadSpec, IDENTITY_VIEW, MultiHeadNetwork, build_backbone
 from train.methods.baselines import Baseline
-from train.methods.run_checkpoints import file_sha256, pretrained_backbone
-
-
-def load_backbone(backbone: nn.Module, path: str, flag: str, model_name: str) -> dict:
-    """Copy a run checkpoint's backbone weights into `backbone` (same architecture, every tensor); returns
-    the provenance record (path, SHA-256, the method that trained it)."""
-    state, payload = pretrained_backbone(path, flag, model_name)
-    backbone.load_state_dict(state)
-    key = flag.lstrip("-").replace("-", "_")
-    return {key: str(path), f"{key}_sha256": file_sha256(path), f"{key}_method": payload["config"].get("method")}
+from train.methods.run_checkpoints import load_backbone
 
 
 class FrozenBackboneNetwork(MultiHeadNetwork):

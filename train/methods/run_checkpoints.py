@@ -1,12 +1,13 @@
 """Checkpoints that a run builds on: an HSAKD teacher for a student (`--teacher`), a pretrained
 backbone to freeze under a teacher's branches (`--frozen-backbone`) or to start or probe any method
-from (`--init-from`, `--pretrained`, through train/methods/pretrained.py). All are this trainer's own
+from (`--init-from`, `--pretrained`). All are this trainer's own
 run checkpoints (best.pt or last.pt), which carry the configuration they were trained with."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from models import build_backbone
 from models.hsakd import HsakdNetwork
@@ -64,19 +65,11 @@ def load_teacher(path: str, num_classes: int, family, expected_model: str = "") 
     return teacher, record
 
 
-def checkpoint_backbone(config: dict) -> str:
-    """The backbone a run checkpoint holds: its --model, or what its method makes of it (simclr_v2)."""
-    from train.methods import METHODS  # the registry imports this module
-
-    method = METHODS.get(config.get("method", ""))
-    return method.checkpoint_backbone(config) if method is not None else config.get("model")
-
-
 def pretrained_backbone(path: str, flag: str, model_name: str) -> tuple[dict[str, torch.Tensor], dict]:
     """The backbone weights of a run checkpoint trained with `model_name` (--frozen-backbone, --init-from,
     --pretrained), and the checkpoint's payload."""
     payload = read_run_checkpoint(path, flag)
-    made_with = checkpoint_backbone(payload["config"])
+    made_with = payload.get("backbone", payload["config"].get("model"))
     if made_with != model_name:
         raise ValueError(f"{flag} checkpoint {path} holds a {made_with} backbone, but this run's --model is "
                          f"{model_name}")
@@ -104,3 +97,12 @@ def load_frozen_backbone(network: HsakdNetwork, path: str, model_name: str) -> d
                          "use a baseline, da, mt, sla_sd or hsakd_teacher run")
     network.freeze_backbone()
     return {"frozen_backbone": str(Path(path).resolve()), "frozen_backbone_sha256": file_sha256(path)}
+
+
+def load_backbone(backbone: nn.Module, path: str, flag: str, model_name: str) -> dict:
+    """Copy a run checkpoint's backbone weights into `backbone` (same architecture, every tensor); returns
+    the provenance record (path, SHA-256, the method that trained it)."""
+    state, payload = pretrained_backbone(path, flag, model_name)
+    backbone.load_state_dict(state)
+    key = flag.lstrip("-").replace("-", "_")
+    return {key: str(path), f"{key}_sha256": file_sha256(path), f"{key}_method": payload["config"].get("method")}

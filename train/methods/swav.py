@@ -36,9 +36,13 @@ def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _global_rows(rows: int, device) -> int:
-    count = torch.tensor([float(rows)], device=device)
-    return int(_all_reduce_sum(count).item())
+def _global_rows(rows: int, device) -> float | torch.Tensor:
+    """The batch's rows over every rank: a number in one process; under torchrun a device scalar, summed over
+    the ranks without a host round trip (a streamed batch may have lost unreadable files on some rank)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1):
+        return float(rows)
+    return _all_reduce_sum(torch.full((), float(rows), dtype=torch.float64, device=device))
 
 
 @torch.no_grad()

@@ -1,0 +1,226 @@
+"""`make gpu-check` (`python -m train.gpu_check [--dry-run]`): the GPU path checked on one device in minutes.
+
+It installs nothing. Each check runs as a child process with a time limit; the table at the end has one line
+per check (PASS, FAIL or SKIP, and its figure) and gpu-check/report.json holds the same with each check's
+output tail. On a machine without a CUDA device it says so and checks nothing; `--dry-run` prints what it
+would run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "gpu-check"
+PYTHON = sys.executable
+SMALL_RUN = ["--dataset", "digits", "--image-size", "32", "--model", "resnet20", "--epochs", "2",
+             "--batch-size", "128", "--device", "cuda", "--log-every", "5"]
+
+
+@dataclass
+class Check:
+    name: str
+    command: list[str]
+    timeout_s: int
+    figure: callable = field(default=lambda output: "")  # output text → the figure the table shows
+
+
+def last_json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def pytest_counts(output: str) -> str:
+    summary = [line for line in output.splitlines() if re.search(r"\d+ (passed|failed|skipped|error)", line)]
+    return summary[-1].strip("= ") if summary else ""
+
+
+def run_summary(run_dir: Path) -> dict:
+    records = last_json_lines(run_dir / "metrics.jsonl")
+    return next((r for r in records if r["kind"] == "summary"), {})
+
+
+def profile_figure(_output: str) -> str:
+    records = last_json_lines(OUT / "runs" / "profile" / "metrics.jsonl")
+    profile = next((r for r in records if r["kind"] == "profile"), None)
+    if profile is None:
+        return ""
+    busy = profile.get("device_busy_share")
+    return f"{profile['mean_step_ms']:.1f} ms/step, GPU busy {100 * busy:.0f}%" if busy is not None else ""
+
+
+def step_bench_figure(_output: str) -> str:
+    trainer = [r for r in last_json_lines(OUT / "bench-step.jsonl") if r["path"] == "trainer"]
+    return ", ".join(f"M={r['num_transforms']} {r['images_per_s']:,.0f} img/s {r['vs_paper']:.2f}x vs paper "
+                     f"({r['precision']} vs fp32), MFU {100 * r['mfu']:.1f}%" for r in trainer)
+
+
+def loader_bench_figure(_output: str) -> str:
+    return ", ".join(f"{r['loader']} {r['vs_torch']:.2f}x" for r in last_json_lines(OUT / "bench-loader.jsonl")
+                     if r.get("data") == "cifar-shaped")
+
+
+def copy_bandwidth_gb_s() -> float:
+    """The device's measured copy rate (read + write), the roof a memory-bound kernel is compared with."""
+    import torch
+
+    source = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    target = torch.empty_like(source)
+    target.copy_(source)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        target.copy_(source)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * 20 * source.numel() / (start.elapsed_time(end) / 1e3) / 1e9
+
+
+def kernel_bench_figure(_output: str) -> str:
+    records = [r for r in last_json_lines(OUT / "bench-kernels.jsonl") if r.get("backend") == "cuda"]
+    if not records:
+        return ""
+    roof = copy_bandwidth_gb_s()
+    best = max(records, key=lambda r: r["gb_per_s"])
+    return f"best {best['kernel']} {best['gb_per_s']:.0f} GB/s = {100 * best['gb_per_s'] / roof:.0f}% of copy {roof:.0f} GB/s"
+
+
+def checks() -> list[Check]:
+    runs = OUT / "runs"
+    torchrun = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    return [
+        Check("pytest -m gpu (loaders, families, precisions, resume, syncs)",
+              [PYTHON, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-s", "-p", "no:cacheprovider", "tests"], 300,
+              pytest_counts),
+        Check("CUDA kernels vs float64 on the device",
+              [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels.py", "-k", "cuda"], 120,
+              pytest_counts),
+        Check("torchrun, NCCL, one GPU", [*torchrun, "train/main.py", *SMALL_RUN, "--out-dir", str(runs),
+                                          "--run-name", "nccl"], 120,
+              lambda _: (lambda s: f"{s.get('images_per_s', 0):,.0f} img/s, test SD {s.get('test', {}).get('SD')}")(
+                  run_summary(runs / "nccl"))),
+        Check("--profile window", [PYTHON, "train/main.py", *SMALL_RUN, "--epochs", "1", "--profile", "5:5",
+                                   "--out-dir", str(runs), "--run-name", "profile"], 90, profile_figure),
+        Check("bench step (trainer vs papers' path)",
+              [PYTHON, "-m", "train.bench", "step", "--num-transforms", "4", "--steps", "10", "--warmup", "3",
+               "--output", str(OUT / "bench-step.jsonl")], 120, step_bench_figure),
+        Check("bench loader", [PYTHON, "-m", "train.bench", "loader", "--folder-images", "0", "--epochs", "1",
+                               "--output", str(OUT / "bench-loader.jsonl")], 120, loader_bench_figure),
+        Check("bench kernels (GB/s vs the device's copy rate)",
+              [PYTHON, "-m", "train.bench", "kernels", "--batches", "256,1024", "--classes", "100,1000",
+               "--repeats", "20", "--output", str(OUT / "bench-kernels.jsonl")], 120, kernel_bench_figure),
+    ]
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def run_check(check: Check) -> dict:
+    start = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    try:
+        done = subprocess.run(check.command, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=check.timeout_s)
+        output, code = done.stdout + done.stderr, done.returncode
+    except subprocess.TimeoutExpired as expired:
+        output = f"{expired.stdout or ''}{expired.stderr or ''}\n(stopped after {check.timeout_s} s)"
+        code = None
+    counts = pytest_counts(output)
+    status = "PASS" if code == 0 else "FAIL"
+    if code == 0 and counts and "passed" not in counts and "skipped" in counts:
+        status = "SKIP"
+    try:
+        figure = check.figure(output) if code == 0 else ""
+    except Exception as error:  # a figure that cannot be read is a note, not a failed check
+        figure = f"(figure unreadable: {error})"
+    return {"check": check.name, "status": status, "figure": figure, "seconds": round(time.perf_counter() - start, 1),
+            "command": " ".join(check.command), "exit_code": code, "output_tail": output[-4000:]}
+
+
+def driver_cuda_version() -> str:
+    """The CUDA version the NVIDIA driver supports, from nvidia-smi's header ("" where it does not answer)."""
+    try:
+        header = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    found = re.search(r"CUDA Version:\s*([0-9.]+)", header)
+    return found.group(1) if found else ""
+
+
+def install_check() -> int:
+    """After `make setup` on a machine whose NVIDIA driver answers: the torch build must be a CUDA one that the
+    driver runs (same CUDA major, not newer) and must see the GPU."""
+    import torch
+
+    driver = driver_cuda_version()
+    built = torch.version.cuda
+    print(f"torch {torch.__version__}: {'CUDA ' + built if built else 'CPU-only'} build; "
+          f"the driver supports CUDA {driver or '?'}; GPU visible: {torch.cuda.is_available()}")
+    problem = ""
+    if not built:
+        problem = "this torch build has no CUDA"
+    elif driver and built.split(".")[0] != driver.split(".")[0]:
+        problem = f"torch's CUDA {built} and the driver's CUDA {driver} differ in major version"
+    elif driver and tuple(map(int, built.split("."))) > tuple(map(int, driver.split("."))):
+        problem = f"torch's CUDA {built} is newer than the driver's CUDA {driver}"
+    elif not torch.cuda.is_available():
+        problem = "torch cannot reach the GPU"
+    if problem:
+        print(f"error: {problem}. Install a torch 2.13 wheel built for the driver's CUDA major version "
+              f"(PyTorch's own wheel index for that CUDA version), then run make setup again.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.gpu_check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="print the checks and their commands, run nothing")
+    parser.add_argument("--install", action="store_true", help="only check that torch's CUDA build suits the "
+                                                               "driver and sees the GPU (make setup runs it)")
+    args = parser.parse_args(argv)
+    if args.install:
+        return install_check()
+    if args.dry_run:
+        for check in checks():
+            print(f"{check.name}  (limit {check.timeout_s} s)\n    {' '.join(check.command)}")
+        return 0
+    if not has_cuda():
+        print("no CUDA device: nothing checked")
+        return 0
+    import torch
+
+    OUT.mkdir(exist_ok=True)
+    print(f"gpu-check on {torch.cuda.get_device_name(0)}, torch {torch.__version__} (CUDA {torch.version.cuda})")
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        print("DALI is not installed: the DALI GPU checks are skipped")
+    results = []
+    for check in checks():
+        print(f"... {check.name}", flush=True)
+        results.append(run_check(check))
+    width = max(len(r["check"]) for r in results)
+    print(f"\n{'check':<{width}}  status  {'seconds':>7}  figure")
+    for r in results:
+        print(f"{r['check']:<{width}}  {r['status']:<6}  {r['seconds']:>7.1f}  {r['figure']}")
+    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "date": time.strftime("%Y-%m-%d"), "checks": results}
+    (OUT / "report.json").write_text(json.dumps(report, indent=1))
+    print(f"report: {OUT / 'report.json'}")
+    return 0 if all(r["status"] != "FAIL" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
