@@ -61,3 +61,14 @@ def test_no_traceback_reaches_the_terminal(tmp_path):
     assert list(METHODS)[:8] == ["baseline", "da", "mt", "sla", "sla_sd", "hsakd_teacher", "hsakd_student",
                                  "hsakd_online"]
     assert result.stderr.strip().splitlines() == [f"error: unknown method 'nope'; valid: {', '.join(METHODS)}"]
+
+
+def test_a_run_without_validation_images_is_refused_in_one_line_for_every_method(tmp_path, capsys):
+    from train.main import main
+    from train.methods import METHODS
+
+    for method in METHODS:
+        assert main(["--method", method, "--val-split", "0", "--out-dir", str(tmp_path)]) == 2, method
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --val-split 0 holds out no validation images"), err
+    assert not list(tmp_path.iterdir())  # refused before a run directory was made

@@ -71,6 +71,9 @@ def unreadable_this_epoch(loader, split, context) -> tuple[int, list[str]]:
 
 def run(config: TrainConfig, context) -> dict:
     device = context.device
+    if config.val_split <= 0:  # every method evaluates on it, and best.pt is chosen by it
+        raise ValueError(f"--val-split {config.val_split:g} holds out no validation images, which every method needs "
+                         "to choose best.pt; hold some out of train: a fraction such as 0.1 or a count such as 500")
     run_log = RunLog(run_directory(config), enabled=context.is_main)
 
     method = build_method(config)  # its settings fail fast, before data
