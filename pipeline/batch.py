@@ -16,6 +16,14 @@ class Batch:
     indices: torch.Tensor  # [B] int64: which images of the split these are (for audits and shard checks)
 
 
+def rows_to_device(host_rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A loader's host int64 rows (labels, indices) on the device in one non-blocking copy, pinned first on a
+    GPU (a copy from pageable memory would make the host wait)."""
+    if device.type == "cuda":
+        host_rows = host_rows.pin_memory()
+    return host_rows.to(device, non_blocking=True).unbind(0)
+
+
 @dataclass
 class LoaderSettings:
     expander: ViewExpander

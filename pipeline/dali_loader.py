@@ -17,7 +17,7 @@ import collections
 import numpy as np
 import torch
 
-from .batch import Batch, LoaderSettings
+from .batch import Batch, LoaderSettings, rows_to_device
 from .datasets import DataError, ImageSet
 from .imagenet_crops import RATIO, SCALE, eval_resize_size, load_rgb, read_encoded
 from .phases import phase
@@ -312,9 +312,7 @@ class DaliLoader:
             images = [out[name].to(device, non_blocking=True) for name in self.image_outputs]
             # labels (streamed files: the reader's) and indices are host tensors: one pinned, non-blocking copy
             host = [out["labels"].reshape(-1)] if "labels" in out else []
-            targets = torch.stack([*host, out["indices"].reshape(-1)]).to(torch.int64)
-            targets = targets.pin_memory() if device.type == "cuda" else targets
-            *labels, indices = targets.to(device, non_blocking=True).unbind(0)
+            *labels, indices = rows_to_device(torch.stack([*host, out["indices"].reshape(-1)]).to(torch.int64), device)
             labels = labels[0] if labels else self.labels[indices]
         with phase("expand"):
             views = self._operator_batch(images) if self.operator_views else self.settings.expander(images[0])

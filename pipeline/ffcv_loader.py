@@ -12,7 +12,7 @@ import contextlib
 import numpy as np
 import torch
 
-from .batch import Batch, LoaderSettings
+from .batch import Batch, LoaderSettings, rows_to_device
 from .beton import UNREADABLE, beton_for
 from .datasets import DataError, ImageSet
 from .imagenet_crops import RATIO, SCALE, eval_resize_size
@@ -114,10 +114,7 @@ class FfcvLoader:
                 self.skipped_this_epoch += indices[~readable].tolist()
                 kept = torch.from_numpy(np.flatnonzero(readable)).to(images.device, non_blocking=True)
                 images, labels, indices = images.index_select(0, kept), labels[readable], indices[readable]
-            targets = torch.from_numpy(np.stack([labels, indices]).astype(np.int64))
-            if device.type == "cuda":
-                targets = targets.pin_memory()
-            labels, indices = targets.to(device, non_blocking=True).unbind(0)  # one copy for both
+            labels, indices = rows_to_device(torch.from_numpy(np.stack([labels, indices]).astype(np.int64)), device)
             with phase("expand"):
                 views = self.settings.expander(images)
             yield Batch(views, labels, indices)

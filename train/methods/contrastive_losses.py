@@ -33,6 +33,12 @@ def gather_with_gradient(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
     return gathered[keep].view(sum(counts), *rows.shape[1:]), offset
 
 
+def own_columns(rows: torch.Tensor, offset: int, columns: int) -> torch.Tensor:
+    """[B, columns] bool: True at each local row's own column among every rank's rows (built on the device,
+    where an index assignment would copy its value from the host)."""
+    return torch.arange(columns, device=rows.device) == (rows + offset).unsqueeze(1)
+
+
 def nt_xent(projections: torch.Tensor, temperature: float, memory: torch.Tensor | None = None) -> torch.Tensor:
     """SimCLR's NT-Xent over the 2B views: for each row, −log of its positive's share of exp(cos/τ) over
     every other row of the (global) batch, its own row excluded, and over `memory`'s unit keys when
@@ -41,8 +47,7 @@ def nt_xent(projections: torch.Tensor, temperature: float, memory: torch.Tensor 
     everyone, offset = gather_with_gradient(z)
     logits = z @ everyone.T / temperature
     rows = torch.arange(z.shape[0], device=z.device)
-    own_column = torch.arange(logits.shape[1], device=z.device) == (rows + offset).unsqueeze(1)
-    logits = logits.masked_fill(own_column, float("-inf"))  # a view is not its own negative
+    logits = logits.masked_fill(own_columns(rows, offset, logits.shape[1]), float("-inf"))  # not its own negative
     if memory is not None:
         logits = torch.cat([logits, z @ memory.detach().to(z.dtype).T / temperature], dim=1)
     positives = (rows ^ 1) + offset

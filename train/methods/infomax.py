@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from kernels import upcast
 from models import build_backbone
 from train.methods.contrastive import ContrastiveMethod
-from train.methods.contrastive_losses import gather_with_gradient
+from train.methods.contrastive_losses import gather_with_gradient, own_columns
 
 ESTIMATORS = ("infonce", "jsd")
 
@@ -76,12 +76,6 @@ def global_mi_loss(map_codes: torch.Tensor, vector_codes: torch.Tensor, estimato
     if estimator == "infonce":
         return F.cross_entropy(scores, rows + offset)
     return jsd_terms(scores[rows, rows + offset], scores, own_columns(rows, offset, scores.shape[1]))
-
-
-def own_columns(rows: torch.Tensor, offset: int, columns: int) -> torch.Tensor:
-    """[B, B_global] bool: True at each local row's own image among every rank's (built on the device, where
-    an index assignment would copy its value from the host)."""
-    return torch.arange(columns, device=rows.device) == (rows + offset).unsqueeze(1)
 
 
 def jsd_terms(positives: torch.Tensor, scores: torch.Tensor, positive_mask: torch.Tensor) -> torch.Tensor:
