@@ -21,8 +21,8 @@ BACKENDS = ("auto", "cuda", "cpu", "torch")
 
 
 def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    """auto → cuda for CUDA tensors, else the Numba CPU kernels (the cross-entropy 1.1-2.8x the eager
-    composite over the bench grid, BENCHMARKS.md); cuda also takes CPU tensors under Numba's
+    """auto → cuda for CUDA tensors, else the Numba CPU kernels (faster than the eager composite:
+    `python -m train.bench kernels`, BENCHMARKS.md); cuda also takes CPU tensors under Numba's
     simulator."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; valid: {', '.join(BACKENDS)}")

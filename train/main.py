@@ -126,7 +126,8 @@ def run(config: TrainConfig, context) -> dict:
 
     if device.type == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive":
         run_log.print("warning: OMP_WAIT_POLICY=passive makes every parallel region wait for the scheduler; "
-                      "on a loaded CPU the trainer's step ran 10x slower with it (BENCHMARKS.md, load sensitivity)")
+                      "on a loaded CPU that can slow a step many times over (measure it: python -m train.bench step "
+                      "--background-load 1)")
 
     # ---- model, identical on every rank (DDP also broadcasts rank 0's weights)
     torch.manual_seed(config.seed)

@@ -66,8 +66,8 @@ def build_scheduler(config: TrainConfig, optimizer, total_steps: int):
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: oneDNN then runs bf16 convolutions and matmuls at about twice the fp32 rate
-    (`python -m train.bench step` prints its measured 3×3 conv rate: 476 bf16 against 238 fp32 GFLOP/s, BENCHMARKS.md)."""
+    """AVX512-BF16 or AMX: oneDNN then runs bf16 convolutions and matmuls faster than fp32 (`python -m
+    train.bench step` prints the measured rates of both)."""
     return bool(cpu_bf16_units())
 
 

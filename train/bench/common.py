@@ -38,7 +38,7 @@ def append_json_lines(path: str | None, records: list[dict]) -> None:
 @contextlib.contextmanager
 def busy_processes(count: int):
     """`count` processes that spin on a core each while the block runs: a reproducible stand-in for another job
-    loading the machine (the load-sensitivity comparison in BENCHMARKS.md)."""
+    loading the machine (`--background-load`)."""
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
     try:
         yield
