@@ -18,16 +18,19 @@ from .ops import raise_pending_label_error
 from .families import FAMILIES, TransformFamily, get_family
 
 BACKENDS = ("auto", "cuda", "cpu", "torch")
+# On an H200 each Numba CUDA launch costs about 2 ms of host-side dispatch whatever the size, 3× the eager
+# composite's time for the losses at 256–1024 rows (BENCHMARKS.md): `auto` takes the composite there, and
+# `--kernels cuda` selects the Numba kernels.
+AUTO_ON_CUDA = "torch"
 
 
 def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
-    """auto → cuda for CUDA tensors, else the Numba CPU kernels (faster than the eager composite:
-    `python -m train.bench kernels`, BENCHMARKS.md); cuda also takes CPU tensors under Numba's
-    simulator."""
+    """auto → the eager composite for CUDA tensors, else the Numba CPU kernels (each the faster one measured:
+    `python -m train.bench kernels`, BENCHMARKS.md); cuda also takes CPU tensors under Numba's simulator."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "cuda" if tensor.is_cuda else "cpu"
+        return AUTO_ON_CUDA if tensor.is_cuda else "cpu"
     if backend == "cpu" and tensor.is_cuda:
         raise ValueError("kernel backend 'cpu' needs CPU tensors; got a CUDA tensor (use 'cuda' or 'auto')")
     if backend == "cuda" and not tensor.is_cuda and not ops.simulator_enabled():
@@ -36,11 +39,12 @@ def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
 
 
 def backend_for_device(backend: str, device: torch.device) -> str:
-    """The backend a run uses on `device`, decided once: auto → cuda on CUDA devices, else the Numba CPU kernels."""
+    """The backend a run uses on `device`, decided once: auto → the eager composite on CUDA devices, else the
+    Numba CPU kernels."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "cuda" if device.type == "cuda" else "cpu"
+        return AUTO_ON_CUDA if device.type == "cuda" else "cpu"
     return backend
 
 
@@ -145,9 +149,9 @@ def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels
         raise ValueError(f"images must be uint8 [B, H, W, C]; got {images.dtype} of shape {tuple(images.shape)}")
     check_family_fits(family, images.shape[1], images.shape[2], images.shape[3])
     backend = _resolve_backend(backend, images)
-    if backend == "torch":
-        return reference.expand_views(images, family, mean, std, out_dtype, channels_last)
     turns, orders, scale, shift = _family_tensors(family, tuple(mean), tuple(std), images.device)
+    if backend == "torch":
+        return reference.expand_views(images, family, scale, shift, orders, out_dtype, channels_last)
     views = ops.call(ops.expand_views, images, turns, orders, scale, shift, channels_last, backend)
     return views if out_dtype == torch.float32 else views.to(out_dtype)
 
@@ -156,7 +160,7 @@ def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels
 def _family_tensors(family: TransformFamily, mean: tuple, std: tuple, device: torch.device):
     """The small per-family tables the view kernel reads, made once per device."""
     turns = torch.tensor(family.quarter_turns, dtype=torch.int32, device=device)
-    orders = torch.tensor(family.channel_orders, dtype=torch.int32, device=device)
+    orders = torch.tensor(family.channel_orders, dtype=torch.int32, device=device)  # index_select takes int32
     scale, shift = reference.normalisation_affine(mean, std, device)
     return turns, orders, scale, shift
 

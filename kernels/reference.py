@@ -59,18 +59,19 @@ def normalisation_affine(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]
     return scale.to(device), shift.to(device)
 
 
-def expand_views(images, family: TransformFamily, mean, std, out_dtype=torch.float32, channels_last=True):
+def expand_views(images, family: TransformFamily, scale, shift, channel_orders, out_dtype=torch.float32,
+                 channels_last=True):
     """uint8 [B, H, W, C] → normalised views [B·M, C, H, W], row b·M+j = t_j(x_b).
 
-    Pixels are normalised with their source channel's statistics, then permuted, as the
-    paper's code permutes already-normalised tensors.
+    Pixels are normalised with their source channel's statistics (`normalisation_affine`), then permuted, as
+    the paper's code permutes already-normalised tensors. `channel_orders` is the family's [M, C] table on the
+    images' device (indexing with it makes no host tensor).
     """
     batch, height, width, channels = images.shape
-    scale, shift = normalisation_affine(mean, std, images.device)
     normalised = (images.float() * scale + shift).permute(0, 3, 1, 2)  # [B, C, H, W]
     views = [
-        torch.rot90(normalised, turns, dims=(-2, -1))[:, list(order)]
-        for turns, order in zip(family.quarter_turns, family.channel_orders)
+        torch.rot90(normalised, turns, dims=(-2, -1)).index_select(1, channel_orders[j])
+        for j, turns in enumerate(family.quarter_turns)
     ]
     stacked = torch.stack(views, dim=1).reshape(batch * family.num_transforms, channels, height, width)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

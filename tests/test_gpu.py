@@ -55,6 +55,8 @@ def dali_gpu_available() -> bool:
 def test_every_loader_trains_on_the_device(loader, extra, tmp_path):
     if loader == "dali" and not dali_gpu_available():
         pytest.skip("DALI's CUDA build is not installed: its GPU and mixed decoding are not checked")
+    if loader == "ffcv":
+        pytest.importorskip("ffcv", reason="FFCV is not installed: its loader is not checked on the device")
     summary = train(gpu_config(tmp_path, method="sla_sd", loader=loader, **extra))
     assert_learns(tmp_path, summary)
     manifest = json.loads((tmp_path / "runs" / "gpu" / "config.json").read_text())

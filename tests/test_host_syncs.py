@@ -46,6 +46,8 @@ CASES = {
     "sla_sd-ffcv": dict(method="sla_sd", loader="ffcv"),
     "sla_sd-torch": dict(method="sla_sd", loader="torch"),
     "sla_sd-ema": dict(method="sla_sd", ema_decay=0.9),
+    "sla_sd-composite": dict(method="sla_sd", kernels="torch"),  # what --kernels auto takes on a GPU
+    "hsakd_teacher-composite": dict(method="hsakd_teacher", kernels="torch"),
     "maxl": dict(method="maxl", transforms="none"),
     "simclr": dict(method="simclr", **SMALL_HEADS),
     "byol": dict(method="byol", **SMALL_HEADS),

@@ -33,9 +33,9 @@ def run_main_script(*argv, nproc=0):
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
-    """Command one: a resnet20 teacher with a joint classifier after each of its three stages."""
+    """Command one: a resnet8 teacher with a joint classifier after each of its three stages."""
     out = tmp_path_factory.mktemp("hsakd")
-    run_main_script("--method", "hsakd_teacher", "--model", "resnet20", "--epochs", "5", "--out-dir", str(out),
+    run_main_script("--method", "hsakd_teacher", "--model", "resnet8", "--epochs", "4", "--out-dir", str(out),
                     "--run-name", "teacher")
     return out / "teacher"
 
@@ -45,7 +45,7 @@ def test_teacher_then_student_from_the_command_line(teacher_run, tmp_path):
     assert {"SI", "branch1", "branch2", "branch3"} <= set(teacher_test)
     # Command two: a resnet8 student distilled from the teacher's best checkpoint.
     result = run_main_script("--method", "hsakd_student", "--model", "resnet8", "--teacher",
-                             str(teacher_run / "best.pt"), "--teacher-model", "resnet20", "--epochs", "5",
+                             str(teacher_run / "best.pt"), "--teacher-model", "resnet8", "--epochs", "3",
                              "--out-dir", str(tmp_path), "--run-name", "student")
     run_dir = tmp_path / "student"
     summary = records(run_dir, "summary")[0]
@@ -56,11 +56,11 @@ def test_teacher_then_student_from_the_command_line(teacher_run, tmp_path):
     # The run records which teacher it learned from, in the manifest and in its checkpoints.
     sha = file_sha256(teacher_run / "best.pt")
     manifest = json.loads((run_dir / "config.json").read_text())
-    assert manifest["teacher_sha256"] == sha and manifest["teacher_model"] == "resnet20"
+    assert manifest["teacher_sha256"] == sha and manifest["teacher_model"] == "resnet8"
     for name in ("last.pt", "best.pt"):
         payload = torch.load(run_dir / name, map_location="cpu", weights_only=True)
         assert payload["provenance"]["teacher_sha256"] == sha
-    assert "teacher         resnet20 from" in result.stdout
+    assert "teacher         resnet8 from" in result.stdout
 
 
 def test_the_teacher_stays_frozen_while_the_student_trains(teacher_run, tiny_config):

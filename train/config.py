@@ -49,8 +49,8 @@ class TrainConfig:
     # --- method
     method: str = field(default="sla_sd", metadata={"help": "see --list-methods"})
     transforms: str = field(default="rotation", metadata={"help": "transformation family of docs/methods.md"})
-    kernels: str = field(default="auto", metadata={"help": "loss/view kernels: auto (Numba CUDA or CPU by "
-                                                                "device), cuda, cpu, torch (composite reference)"})
+    kernels: str = field(default="auto", metadata={"help": "loss/view kernels: auto (the composite on a GPU, "
+                                                                "Numba's CPU kernels on a CPU), cuda, cpu, torch"})
     # --- model and precision
     model: str = field(default="resnet20", metadata={"help": "backbone name"})
     channels_last: bool = field(default=True, metadata={"help": "NHWC activations (faster convolutions)"})

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "gpu-check"
 PYTHON = sys.executable
-SMALL_RUN = ["--dataset", "digits", "--image-size", "32", "--model", "resnet20", "--epochs", "2",
+SMALL_RUN = ["--dataset", "digits", "--image-size", "32", "--model", "resnet20", "--epochs", "15",
              "--batch-size", "128", "--device", "cuda", "--log-every", "5"]
 
 
@@ -96,10 +96,10 @@ def checks() -> list[Check]:
     torchrun = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     return [
         Check("pytest -m gpu (loaders, families, precisions, resume, syncs)",
-              [PYTHON, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-s", "-p", "no:cacheprovider", "tests"], 300,
+              [PYTHON, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-s", "-p", "no:cacheprovider", "tests"], 300,
               pytest_counts),
         Check("CUDA kernels vs float64 on the device",
-              [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels.py", "-k", "cuda"], 120,
+              [PYTHON, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "tests/test_kernels.py", "-k", "cuda"], 120,
               pytest_counts),
         Check("torchrun, NCCL, one GPU", [*torchrun, "train/main.py", *SMALL_RUN, "--out-dir", str(runs),
                                           "--run-name", "nccl"], 120,
@@ -145,7 +145,7 @@ def run_check(check: Check) -> dict:
     except Exception as error:  # a figure that cannot be read is a note, not a failed check
         figure = f"(figure unreadable: {error})"
     return {"check": check.name, "status": status, "figure": figure, "seconds": round(time.perf_counter() - start, 1),
-            "command": " ".join(check.command), "exit_code": code, "output_tail": output[-4000:]}
+            "command": " ".join(check.command), "exit_code": code, "output_tail": output[-12000:]}
 
 
 def driver_cuda_version() -> str:
@@ -207,17 +207,18 @@ def main(argv: list[str] | None = None) -> int:
         import nvidia.dali  # noqa: F401
     except ImportError:
         print("DALI is not installed: the DALI GPU checks are skipped")
-    results = []
+    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "date": time.strftime("%Y-%m-%d"), "checks": []}
+    results = report["checks"]
     for check in checks():
         print(f"... {check.name}", flush=True)
         results.append(run_check(check))
+        print(f"    {results[-1]['status']} in {results[-1]['seconds']:.0f} s  {results[-1]['figure']}", flush=True)
+        (OUT / "report.json").write_text(json.dumps(report, indent=1))  # after each check: a cut-off run keeps its part
     width = max(len(r["check"]) for r in results)
     print(f"\n{'check':<{width}}  status  {'seconds':>7}  figure")
     for r in results:
         print(f"{r['check']:<{width}}  {r['status']:<6}  {r['seconds']:>7.1f}  {r['figure']}")
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "date": time.strftime("%Y-%m-%d"), "checks": results}
-    (OUT / "report.json").write_text(json.dumps(report, indent=1))
     print(f"report: {OUT / 'report.json'}")
     return 0 if all(r["status"] != "FAIL" for r in results) else 1
 

@@ -98,6 +98,8 @@ def forward_flops_per_view(model: torch.nn.Module, views: torch.Tensor) -> float
     """Forward FLOPs per view, counted in eval mode (BN statistics untouched) without gradients."""
     was_training = model.training
     model.eval()
+    parameter = next(model.parameters(), None)  # the count does not depend on dtype: views in the weights' dtype
+    views = views.to(parameter.dtype) if parameter is not None and views.is_floating_point() else views
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(views)

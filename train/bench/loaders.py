@@ -4,6 +4,7 @@ DataLoader reference at the same core count."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import tempfile
 import time
 import warnings
@@ -38,6 +39,21 @@ def jpeg_folder(root: Path, num_images: int, size: int = 32, seed: int = 0) -> P
         coarse = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
         Image.fromarray(coarse).resize((size, size), Image.BILINEAR).save(folder / f"{index}.jpg", quality=90)
     return root
+
+
+LOADER_PACKAGES = {"dali": "nvidia.dali", "dali_ops": "nvidia.dali", "ffcv": "ffcv"}
+
+
+def loader_installed(name: str) -> bool:
+    """A loader whose package is missing is left out of the table with a line saying so, not a traceback."""
+    package = LOADER_PACKAGES.get(name)
+    try:
+        found = package is None or importlib.util.find_spec(package) is not None
+    except ModuleNotFoundError:  # nvidia.dali when the nvidia namespace itself is absent
+        found = False
+    if not found:
+        print(f"{name}: not timed ({package} is not installed)")
+    return found
 
 
 def time_loader(name: str, split: ImageSet, settings: LoaderSettings, epochs: int) -> dict:
@@ -93,7 +109,8 @@ def run(num_images: int = 8192, folder_images: int = 2048, batch: int = 256, epo
             else:
                 settings = LoaderSettings(ViewExpander(family, mean, std, dtype), device, batch, train=True,
                                           cache_dir=str(Path(scratch) / "betons"))
-            names = loaders + (("dali_ops",) if views and "dali" in loaders else ())
+            names = [name for name in loaders + (("dali_ops",) if views and "dali" in loaders else ())
+                     if loader_installed(name)]
             results = {name: time_loader(name, split, settings, epochs) for name in names}
             baseline = results.get("torch", {}).get("images_per_s")
             for name, result in results.items():
