@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import DataError
+from .image_set import WriteError, write_error
 from .imagenet_crops import load_rgb
 from .processes import child_pids, command_line
 
@@ -65,14 +67,36 @@ class WriterProcess:
 WRITER = WriterProcess()
 
 
+LOW_SPACE = 16 * 2**20
+
+
+def check_free_space(split, write_mode: str, folder: Path, destination: Path) -> None:
+    """Raw pixels take a known size: a disk without room for them is named before an hour of writing, not after."""
+    if write_mode != "raw" or getattr(split, "images", None) is None:
+        return
+    needed = int(split.images.nbytes * 1.05) + LOW_SPACE
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise WriteError(f"could not write {destination}: no space left on device (it needs about "
+                         f"{needed / 2**20:.0f} MiB, {free / 2**20:.0f} MiB are free); nothing was kept")
+
+
 def write_in_new_process(split, partial: Path, write_mode: str, jpeg_quality: int, workers: int,
                          max_resolution: int | None, destination: Path) -> None:
     """Write `split`'s rows to `partial` (on its way to `destination`); on failure, remove it and raise DataError
     (the writer process has printed the cause)."""
+    check_free_space(split, write_mode, partial.parent, destination)
     job = pickle.dumps((split, str(partial), write_mode, jpeg_quality, workers, max_resolution))
     answer = WRITER.write(job)
+    if answer.startswith("failed could not write"):  # an OSError: the file, and why
+        partial.unlink(missing_ok=True)
+        raise WriteError(answer.removeprefix("failed ").replace(str(partial), str(destination)))
     if answer != "written":
         partial.unlink(missing_ok=True)
+        free = shutil.disk_usage(partial.parent).free
+        if free < LOW_SPACE:  # FFCV's workers report a full disk only as a traceback of their own
+            raise WriteError(f"could not write {destination}: no space left on device ({free / 2**20:.1f} MiB free); "
+                             "nothing was kept")
         how = "reported an error" if answer else f"exited with code {WRITER.child.wait()}"
         raise DataError(f"writing {destination} failed: the writer process {how} (its error is printed above)")
 
@@ -143,6 +167,8 @@ def serve() -> None:
         try:
             write_rows(*job)
             reply = b"written\n"
+        except OSError as error:  # a full disk, a size limit: the caller names it in one line
+            reply = f"failed {write_error(job[1], error)}\n".encode()
         except Exception:  # reported to the caller, which raises; this process serves the next write
             import traceback
 

@@ -127,7 +127,12 @@ def shared_beton(split: ImageSet, settings: LoaderSettings, name: str):
 
     together = settings.world_size > 1 and dist.is_available() and dist.is_initialized()
     if together and settings.rank != 0:
-        dist.barrier()
+        try:
+            dist.barrier()
+        except RuntimeError as error:  # the process group's timeout (--dist-timeout-s) ran out
+            raise DataError(f"rank {settings.rank} stopped waiting for rank 0 to write the {name} .beton in "
+                            f"{settings.cache_dir} ({str(error).splitlines()[0][:120]}): write it beforehand with "
+                            "python -m pipeline.make_beton, or raise --dist-timeout-s") from error
     path = beton_for(split, settings.cache_dir, name)
     if together and settings.rank == 0:
         dist.barrier()

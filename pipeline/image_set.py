@@ -1,7 +1,8 @@
 """The bottom of the data modules: a split of decoded images (`ImageSet`), the splits of a run, the one
-error type for bad data, and the label check every source applies."""
+error types for bad data and for a file that could not be written, and the label check every source applies."""
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -11,6 +12,21 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 class DataError(ValueError):
     """A dataset is missing, damaged or inconsistent; the message says which file and what to do."""
+
+
+class WriteError(OSError):
+    """A file the run writes could not be written (a full disk, a size limit); the message names the file, the
+    cause and what was kept."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def write_error(path, error: OSError, kept: str = "") -> WriteError:
+    reasons = {errno.ENOSPC: "no space left on device", errno.EFBIG: "the file size limit was reached",
+               errno.EDQUOT: "the disk quota is used up"}
+    reason = reasons.get(error.errno) or error.strerror or str(error)
+    return WriteError(f"could not write {path}: {reason}" + (f"; {kept}" if kept else ""))
 
 
 @dataclass

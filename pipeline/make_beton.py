@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.beton import WRITE_MODES, write_beton  # noqa: E402
 from pipeline.datasets import DATASETS, DataError, build_splits  # noqa: E402
+from pipeline.image_set import WriteError  # noqa: E402
 from pipeline.streaming import IN_MEMORY_CHOICES  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                                args.jpeg_quality, args.workers, args.max_resolution or None)
             kind = "streamed, each at its own size" if split.streaming else "{}×{}".format(*split.image_shape[:2])
             print(f"{path}: {len(split)} images ({kind}), {args.write_mode}")
-    except (DataError, ValueError) as error:
+    except (DataError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -24,6 +24,8 @@ def run_main(capsys, *argv):
     (["--precision", "fp8"], "unknown precision 'fp8'"),
     (["--schedule", "linear"], "unknown schedule 'linear'"),
     (["--batch-size", "5000"], "fewer than one global batch of 5000"),
+    (["--method", "simclr", "--views", "dim"], "simclr pairs two views of each image, but --views dim makes 1"),
+    (["--method", "byol", "--views", "simclr+2x8"], "byol pairs two views of each image, but --views simclr+2x8 makes 4"),
 ])
 def test_unknown_names_and_impossible_settings(capsys, tmp_path, argv, message):
     status, err = run_main(capsys, *argv, "--image-size", "16", "--out-dir", str(tmp_path))
@@ -72,3 +74,34 @@ def test_a_run_without_validation_images_is_refused_in_one_line_for_every_method
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: --val-split 0 holds out no validation images"), err
     assert not list(tmp_path.iterdir())  # refused before a run directory was made
+
+
+def bad_folder(root, kind):
+    """A data folder with one thing wrong: no class folders, class folders without images, or only broken files."""
+    root.mkdir()
+    if kind in ("classes without images", "only broken images"):
+        for name in ("cat", "dog"):
+            (root / name).mkdir()
+            if kind == "only broken images":
+                (root / name / "0.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("no class folders", "has no class sub-folders"),
+    ("classes without images", "holds no"),
+    ("only broken images", ""),
+])
+def test_a_bad_image_folder_is_one_line(capsys, tmp_path, kind, message):
+    root = bad_folder(tmp_path / "data", kind)
+    status, err = run_main(capsys, "--dataset", "folder", "--data-root", str(root), "--image-size", "16",
+                           "--out-dir", str(tmp_path / "runs"))
+    assert status == 2 and err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not (tmp_path / "runs").exists()  # refused before a run directory was made
+
+
+def test_a_teacher_or_pretrained_file_that_is_missing_is_one_line(capsys, tmp_path):
+    for flag, method in (("--teacher", "hsakd_student"), ("--pretrained", "linear_eval")):
+        status, err = run_main(capsys, "--method", method, flag, str(tmp_path / "missing.pt"), "--image-size", "16",
+                               "--out-dir", str(tmp_path / "runs"))
+        assert status == 2 and err.startswith("error: ") and "missing.pt" in err and "\n" not in err, (flag, err)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
 import random
@@ -11,21 +12,34 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.image_set import write_error
+
 from .config import RESUME_MUST_MATCH, TrainConfig
 
 
 def atomic_save(payload: dict, path: Path) -> None:
-    """A reader sees the old file or the new one, never a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """A reader sees the old file or the new one, never a half-written one. The payload is serialised in memory
+    first, so that a full disk is an OSError of the plain write (named in one line, WriteError), not an error
+    from inside torch's zip writer; the previous file stays as it was."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(descriptor, "wb") as f:
-            torch.save(payload, f)
+            f.write(buffer.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
+        kept = f"the previous {path.name} is kept as it was" if path.exists() else f"no {path.name} was written"
+        raise write_error(path, error, kept) from error
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:

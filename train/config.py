@@ -17,7 +17,15 @@ class TrainConfig:
     run_name: str = field(default="", metadata={"help": "run directory name (default: a timestamp)"})
     seed: int = field(default=0, metadata={"help": "seeds the split, initialisation, data order and augmentation"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
-    resume: str = field(default="", metadata={"help": "checkpoint to continue from (e.g. runs/x/last.pt)"})
+    resume: str = field(default="", metadata={"help": "checkpoint to continue from (e.g. runs/x/last.pt), or auto: "
+                                                      "the run directory's last.pt where there is one (a torchrun "
+                                                      "restart always does this)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the run already in the run directory "
+                                                             "(otherwise a rerun there is refused)"})
+    dist_timeout_s: int = field(default=300, metadata={"help": "torchrun: seconds a rank waits for the others in "
+                                                               "one collective before the run ends with an error; "
+                                                               "raise it when rank 0 writes a large .beton or "
+                                                               "evaluates for longer"})
     stop_after_epochs: int = field(default=0, metadata={"help": "end this process after N epochs (checkpointed), "
                                                                "for time-sliced jobs; 0 runs to the end"})
     # --- data and loaders
@@ -173,7 +181,8 @@ class TrainConfig:
 
 # --help lists the settings in these groups, in this order (every field in exactly one: tests/test_config.py).
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
-    "run": ("preset", "config_file", "out_dir", "run_name", "seed", "device", "resume", "stop_after_epochs",),
+    "run": ("preset", "config_file", "out_dir", "run_name", "seed", "device", "resume", "overwrite",
+            "stop_after_epochs", "dist_timeout_s",),
     "data and loaders": ("dataset", "data_root", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "strict_images", "data_in_memory", "primary_labels", "loader", "loader_workers", "dali_views", "beton_dir", "crop_padding",),
     "method": ("method", "transforms", "kernels",),
     "model and precision": ("model", "channels_last", "precision", "compile", "cudnn_benchmark",),

@@ -2,6 +2,7 @@
 gloo on CPU and NCCL on GPU; a plain `python train/main.py` is a world of one."""
 from __future__ import annotations
 
+import datetime
 import gc
 import os
 from dataclasses import dataclass
@@ -37,7 +38,20 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(requested_device: str) -> DistributedContext:
+def restart_store(world_size: int, timeout: datetime.timedelta):
+    """torchrun's own store (MASTER_ADDR:MASTER_PORT), under a prefix of its own for each restart. torchrun lends
+    its workers the agent's store and keeps it across restarts, so that a restarted group read the addresses
+    the killed group had published and could not connect (pytorch/pytorch#135712); None: plain env://."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent)
+
+
+def init_distributed(requested_device: str, timeout_s: int = 300) -> DistributedContext:
+    """`timeout_s` bounds each collective: a rank that fails or hangs ends the others within it, not within
+    gloo's 30 minutes or NCCL's 10."""
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -45,8 +59,9 @@ def init_distributed(requested_device: str) -> DistributedContext:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if "RANK" in os.environ and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method="env://",
-                                rank=rank, world_size=world_size,
+        timeout = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=restart_store(world_size, timeout),
+                                rank=rank, world_size=world_size, timeout=timeout,
                                 device_id=device if device.type == "cuda" else None)
     return DistributedContext(rank, world_size, device)
 
@@ -55,6 +70,15 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     if context.initialised and context.world_size > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_from_main(value, context: DistributedContext):
+    """Rank 0's `value` on every rank (any picklable object)."""
+    if not (context.initialised and context.world_size > 1):
+        return value
+    box = [value if context.is_main else None]
+    dist.broadcast_object_list(box, src=0, device=context.device if context.device.type == "cuda" else None)
+    return box[0]
 
 
 def barrier(context: DistributedContext) -> None:

@@ -25,6 +25,7 @@ import torch
 import kernels
 from pipeline.batch import LoaderSettings
 from pipeline.datasets import DataError, build_splits
+from pipeline.image_set import WriteError
 from pipeline.loaders import LOADERS, build_loader
 from pipeline.phases import phase
 from pipeline.random_views import RandomViewExpander, get_recipe
@@ -32,27 +33,36 @@ from pipeline.views import ViewExpander
 from train.checkpoint import (atomic_save, checkpoint_payload, every_rank_rng_states, load_checkpoint,
                               own_rng_states, read_checkpoint_file, restore_rng_states)
 from train.config import PRESETS, TrainConfig, config_from_namespace, parse_arguments
-from train.distributed import all_reduce_sum, barrier, init_distributed, shutdown
+from train.distributed import all_reduce_sum, barrier, broadcast_from_main, init_distributed, shutdown
 from train.evaluate import evaluate
 from train.methods import METHODS, build_method
 from train.mfu import flops_per_view, peak_flops, tf32_enabled
 from train.profiling import StepProfiler, breakdown_table
 from train.step import TrainStep
 from train.optim import build_ema, build_optimizer, build_scaler, build_scheduler, resolve_precision
+from train.run_dir import ELASTIC_ID, RunStart, plan_run, restart_count
 from train.run_log import RunLog, accuracy_line, format_duration, summary_table
 from train.throughput import TrainingClock
 
 
-def run_directory(config: TrainConfig) -> Path:
-    if config.resume:
-        return Path(config.resume).resolve().parent  # a resumed run continues in its own directory
-    name = config.run_name or time.strftime(f"%Y%m%d-%H%M%S-{config.method}-{config.dataset}")
-    return Path(config.out_dir) / name
+def plan_on_main(config: TrainConfig, context) -> RunStart:
+    """Rank 0 decides where the run writes and whether it continues (train/run_dir.py); every rank gets that
+    decision, or the same refusal."""
+    decision = None
+    if context.is_main:
+        try:
+            decision = plan_run(config)
+        except ValueError as refusal:
+            decision = str(refusal)
+    decision = broadcast_from_main(decision, context)
+    if isinstance(decision, str):
+        raise ValueError(decision)
+    return decision
 
 
 def train(config: TrainConfig) -> dict:
     """One run; the process group is torn down before returning, on success and on error alike."""
-    context = init_distributed(config.device)
+    context = init_distributed(config.device, config.dist_timeout_s)
     try:
         summary = run(config, context)
     except BaseException:
@@ -74,7 +84,10 @@ def run(config: TrainConfig, context) -> dict:
     if config.val_split <= 0:  # every method evaluates on it, and best.pt is chosen by it
         raise ValueError(f"--val-split {config.val_split:g} holds out no validation images, which every method needs "
                          "to choose best.pt; hold some out of train: a fraction such as 0.1 or a count such as 500")
-    run_log = RunLog(run_directory(config), enabled=context.is_main)
+    start = plan_on_main(config, context)
+    run_log = RunLog(start.run_dir, enabled=context.is_main)
+    if start.note:
+        run_log.print(start.note)
 
     method = build_method(config)  # its settings fail fast, before data
 
@@ -142,8 +155,8 @@ def run(config: TrainConfig, context) -> dict:
 
     # ---- resume: every state that decides the next step comes back
     start_epoch, step, best_score, best_state, payload = 0, 0, -math.inf, None, None
-    if config.resume:
-        payload = load_checkpoint(config.resume, config)
+    if start.resume_from:
+        payload = load_checkpoint(start.resume_from, config)
         method.check_resume(payload)
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
@@ -192,6 +205,7 @@ def run(config: TrainConfig, context) -> dict:
                                     "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
                                     "tf32": tf32_enabled() if device.type == "cuda" else None,
                                     "skipped_images": skipped_images, "streamed": splits.train.streaming,
+                                    "elastic_run_id": os.environ.get(ELASTIC_ID), "restarts": restart_count(),
                                     **method.provenance()})
     run_log.print(f"{config.method} on {config.dataset} ({len(splits.train)} train / {len(splits.val)} val / "
                   f"{len(splits.test)} test, {num_classes} classes), {method.transform_family} "
@@ -343,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         train(config)
         return 0
-    except (ValueError, DataError, FileNotFoundError) as error:
-        # A bad setting or bad data is the user's to fix: one line naming it, no traceback.
+    except (ValueError, DataError, FileNotFoundError, WriteError) as error:
+        # A bad setting, bad data or a file that cannot be written is the user's to fix: one line, no traceback.
         if namespace.debug_errors:
             raise
         print(f"error: {error}", file=sys.stderr)

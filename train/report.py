@@ -17,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline.image_set import WriteError, write_error  # noqa: E402
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
@@ -37,9 +39,15 @@ def of_kind(records: list[dict], kind: str) -> list[dict]:
 
 
 def save(figure, path: Path) -> Path:
+    """Written whole or not at all (a half-written PNG is removed), like the checkpoints."""
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    try:
+        figure.savefig(path, dpi=120)
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise write_error(path, error, "the figures written before it are kept") from error
+    finally:
+        plt.close(figure)
     return path
 
 
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in render(args.run_dir):
             print(path)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, WriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.image_set import write_error
+
 
 def git_revision() -> str:
     try:
@@ -33,23 +35,31 @@ class RunLog:
         self.run_dir = run_dir
         self.enabled = enabled
         self.metrics_path = run_dir / "metrics.jsonl"
-        if enabled:
-            run_dir.mkdir(parents=True, exist_ok=True)
 
     def write_manifest(self, config, extra: dict) -> None:
+        """The run's first files: the directory is made here, so a run refused before it leaves nothing."""
         if not self.enabled:
             return
         resolved = {**dataclasses.asdict(config), **extra}
-        (self.run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str) + "\n")
-        (self.run_dir / "command.txt").write_text(shlex.join([sys.executable, *sys.argv]) + "\n")
-        (self.run_dir / "git_revision.txt").write_text(git_revision() + "\n")
+        files = {"config.json": json.dumps(resolved, indent=2, default=str), "git_revision.txt": git_revision(),
+                 "command.txt": shlex.join([sys.executable, *sys.argv])}
+        for name, text in files.items():
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / name).write_text(text + "\n")
+            except OSError as error:
+                raise write_error(self.run_dir / name, error) from error
 
     def record(self, kind: str, **fields) -> None:
         """One JSON line in metrics.jsonl: kind is "step", "epoch", "test" or "summary"."""
         if not self.enabled:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps({"kind": kind, "time": round(time.time(), 3), **fields}) + "\n")
+        line = json.dumps({"kind": kind, "time": round(time.time(), 3), **fields}) + "\n"
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(line)
+        except OSError as error:
+            raise write_error(self.metrics_path, error, "the lines before this one are kept") from error
 
     def print(self, *parts) -> None:
         if self.enabled:

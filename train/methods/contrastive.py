@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from models import build_backbone
+from pipeline.random_views import get_recipe
 from train.methods.base import Method
 from train.methods.contrastive_losses import (gather_with_gradient, info_nce, knn_scores, normalised_mse, nt_xent,
                                              symmetric_key_loss)
@@ -56,12 +57,17 @@ class ContrastiveMethod(Method):
     default_temperature = 0.5
     uses_predictor = False  # BYOL's online network adds a predictor
     needs_training_features = True  # the k-NN bank
+    pairs_views = True  # rows 2b and 2b+1 are a positive pair: the recipe must make exactly two views an image
 
     def __init__(self, config):
         super().__init__(config)
         if config.transforms not in ("none", "rotation"):  # rotation: the trainer's default, unused here
             raise ValueError(f"{self.name} draws random views (--views); --transforms {config.transforms} is not "
                              "combined with it (use --transforms none)")
+        recipe = self.training_view_recipe()
+        if self.pairs_views and len(get_recipe(recipe)) != 2:
+            raise ValueError(f"{self.name} pairs two views of each image, but --views {recipe} makes "
+                             f"{len(get_recipe(recipe))}; use a two-view recipe such as {self.view_recipe}")
         self.temperature = config.contrastive_temperature or self.default_temperature
         self.bank: torch.Tensor | None = None
         self.bank_labels: torch.Tensor | None = None

@@ -101,6 +101,7 @@ def local_mi_loss(map_codes: torch.Tensor, vector_codes: torch.Tensor, estimator
 class DeepInfomax(ContrastiveMethod):
     """`dim`: one random view per image (recipe `dim`), the global and local DIM objectives."""
     name, view_recipe = "dim", "dim"
+    pairs_views = False  # one view an image
 
     def __init__(self, config):
         super().__init__(config)

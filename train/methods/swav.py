@@ -101,6 +101,7 @@ class SwavNetwork(ContrastiveNetwork):
 class Swav(ContrastiveMethod):
     """`swav`: two global crops (recipe `swav`) plus `--local-views` local crops of `--local-size` pixels."""
     name, view_recipe = "swav", "swav"
+    pairs_views = False  # its global crops and --local-views local crops are counted by the method itself
 
     def __init__(self, config):
         super().__init__(config)
