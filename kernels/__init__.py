@@ -27,15 +27,12 @@ AUTO_ON_CUDA = "torch"
 def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     """auto → the eager composite for CUDA tensors, else the Numba CPU kernels (each the faster one measured:
     `python -m train.bench kernels`, BENCHMARKS.md); cuda also takes CPU tensors under Numba's simulator."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return AUTO_ON_CUDA if tensor.is_cuda else "cpu"
-    if backend == "cpu" and tensor.is_cuda:
+    resolved = backend_for_device(backend, tensor.device)  # auto → the device's; an unknown name is refused there
+    if resolved == "cpu" and tensor.is_cuda:
         raise ValueError("kernel backend 'cpu' needs CPU tensors; got a CUDA tensor (use 'cuda' or 'auto')")
-    if backend == "cuda" and not tensor.is_cuda and not ops.simulator_enabled():
+    if resolved == "cuda" and not tensor.is_cuda and not ops.simulator_enabled():
         raise ValueError("kernel backend 'cuda' needs CUDA tensors (or NUMBA_ENABLE_CUDASIM=1); got a CPU tensor")
-    return backend
+    return resolved
 
 
 def backend_for_device(backend: str, device: torch.device) -> str:

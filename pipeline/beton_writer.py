@@ -42,7 +42,8 @@ class WriterProcess:
         atexit.register(self.close)
 
     def write(self, job: bytes) -> str:
-        """Send one pickled job; the writer's answer: "written", "failed", or "" when the process ended."""
+        """Send one pickled job; the writer's answer: "written", "failed-os ERRNO MESSAGE", "failed", or "" when the
+        process ended."""
         with self.lock:
             if self.child is None or self.child.poll() is not None:
                 import_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -83,14 +84,15 @@ def check_free_space(split, write_mode: str, folder: Path, destination: Path) ->
 
 def write_in_new_process(split, partial: Path, write_mode: str, jpeg_quality: int, workers: int,
                          max_resolution: int | None, destination: Path) -> None:
-    """Write `split`'s rows to `partial` (on its way to `destination`); on failure, remove it and raise DataError
-    (the writer process has printed the cause)."""
+    """Write `split`'s rows to `partial` (on its way to `destination`); on failure, remove it and raise WriteError
+    for a file system error (one line), else DataError (the writer process has printed the cause)."""
     check_free_space(split, write_mode, partial.parent, destination)
     job = pickle.dumps((split, str(partial), write_mode, jpeg_quality, workers, max_resolution))
     answer = WRITER.write(job)
-    if answer.startswith("failed could not write"):  # an OSError: the file, and why
+    if answer.startswith("failed-os "):  # an OSError in the writer: its errno and message
         partial.unlink(missing_ok=True)
-        raise WriteError(answer.removeprefix("failed ").replace(str(partial), str(destination)))
+        number, _, message = answer.removeprefix("failed-os ").partition(" ")
+        raise write_error(destination, OSError(int(number), message), "nothing was kept")
     if answer != "written":
         partial.unlink(missing_ok=True)
         free = shutil.disk_usage(partial.parent).free
@@ -168,7 +170,7 @@ def serve() -> None:
             write_rows(*job)
             reply = b"written\n"
         except OSError as error:  # a full disk, a size limit: the caller names it in one line
-            reply = f"failed {write_error(job[1], error)}\n".encode()
+            reply = f"failed-os {error.errno or 0} {error.strerror or error}\n".encode()
         except Exception:  # reported to the caller, which raises; this process serves the next write
             import traceback
 

@@ -32,14 +32,12 @@ def atomic_save(payload: dict, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
-    except OSError as error:
+    except BaseException as error:
         if temporary:
             Path(temporary).unlink(missing_ok=True)
-        kept = f"the previous {path.name} is kept as it was" if path.exists() else f"no {path.name} was written"
-        raise write_error(path, error, kept) from error
-    except BaseException:
-        if temporary:
-            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            kept = f"the previous {path.name} is kept as it was" if path.exists() else f"no {path.name} was written"
+            raise write_error(path, error, kept) from error
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:

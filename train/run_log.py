@@ -43,12 +43,14 @@ class RunLog:
         resolved = {**dataclasses.asdict(config), **extra}
         files = {"config.json": json.dumps(resolved, indent=2, default=str), "git_revision.txt": git_revision(),
                  "command.txt": shlex.join([sys.executable, *sys.argv])}
-        for name, text in files.items():
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / name).write_text(text + "\n")
-            except OSError as error:
-                raise write_error(self.run_dir / name, error) from error
+        path = self.run_dir
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for name, text in files.items():
+                path = self.run_dir / name
+                path.write_text(text + "\n")
+        except OSError as error:
+            raise write_error(path, error) from error
 
     def record(self, kind: str, **fields) -> None:
         """One JSON line in metrics.jsonl: kind is "step", "epoch", "test" or "summary"."""

@@ -64,8 +64,8 @@ class ContrastiveMethod(Method):
         if config.transforms not in ("none", "rotation"):  # rotation: the trainer's default, unused here
             raise ValueError(f"{self.name} draws random views (--views); --transforms {config.transforms} is not "
                              "combined with it (use --transforms none)")
-        if self.pairs_views and len(get_recipe(self.training_view_recipe())) != 2:
-            recipe = self.training_view_recipe()
+        recipe = self.training_view_recipe() if self.pairs_views else ""  # SwAV's needs the data's size first
+        if recipe and len(get_recipe(recipe)) != 2:
             raise ValueError(f"{self.name} pairs two views of each image, but --views {recipe} makes "
                              f"{len(get_recipe(recipe))}; use a two-view recipe such as {self.view_recipe}")
         self.temperature = config.contrastive_temperature or self.default_temperature
