@@ -24,7 +24,7 @@ def check(context) -> dict:
     torch.manual_seed(0)  # the same target network on every rank
     method = MocoV2(TrainConfig(method="moco_v2", transforms="none", seed=3))
     backbone = TinyBackbone()
-    method.target = ContrastiveNetwork(backbone, mlp(backbone.feature_dim, 8, 5)).double()
+    method.target = ContrastiveNetwork(backbone, mlp([backbone.feature_dim, 8, 5])).double()
     method.steps_done = 7
     whole = torch.randn(world * PER_RANK, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     local = whole[rank * PER_RANK:(rank + 1) * PER_RANK]

@@ -196,8 +196,10 @@ def knn_at_initialisation(config):
 @pytest.mark.parametrize("method", ["simclr", "moco_v2", "byol", "simclr_v2", "dim"])
 def test_contrastive_pretraining_beats_its_initialisation_and_resumes_exactly(tiny_config, tmp_path, method):
     extra = dict(memory_size=96) if method == "simclr_v2" else {}  # v2 with its memory: the momentum network too
-    config = small(tiny_config, method=method, epochs=3, samples_per_class=40, batch_size=64, lr=0.1,
-                   precision="fp32", **extra)
+    if method == "dim":  # its reference's Adam (train.config.METHOD_DEFAULTS), at a short run's higher lr
+        extra = dict(optimizer="adam", lr=1e-3, weight_decay=0.0)
+    config = small(tiny_config, method=method, epochs=3, samples_per_class=40, batch_size=64,
+                   **{"lr": 0.1, "precision": "fp32", **extra})
     straight = train(config.__class__(**{**config.__dict__, "run_name": "straight"}))
     steps = [json.loads(line) for line in (tmp_path / "runs" / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in steps if r["kind"] == "step")
@@ -276,7 +278,8 @@ def test_lars_step_matches_its_float64_transcription():
     torch.manual_seed(5)
     weight = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    optimizer = LARS([weight, bias], lr=0.5, momentum=0.9, weight_decay=1e-3, eta=0.02)
+    optimizer = LARS([{"params": [weight]}, {"params": [bias], "exclude": True}], lr=0.5, momentum=0.9,
+                     weight_decay=1e-3, eta=0.02)
     expected_w, expected_b = weight.detach().clone(), bias.detach().clone()
     buffers = {}
     for step in range(3):
@@ -290,6 +293,20 @@ def test_lars_step_matches_its_float64_transcription():
         buffers["b"] = step_b if step == 0 else 0.9 * buffers["b"] + step_b
         expected_w, expected_b = expected_w - 0.5 * buffers["w"], expected_b - 0.5 * buffers["b"]
         assert torch.allclose(weight, expected_w, rtol=1e-12) and torch.allclose(bias, expected_b, rtol=1e-12)
+
+
+def test_lars_excludes_biases_norms_and_a_vits_tokens_by_name():
+    from models import build_backbone
+    from train.lars import lars_groups
+
+    vit = build_backbone("vit_tiny")
+    adapted, excluded = lars_groups(vit, weight_decay=1e-4)
+    names = {id(p): name for name, p in vit.named_parameters()}
+    excluded_names = {names[id(p)] for p in excluded["params"]}
+    assert {"pos_embed", "cls_token"} <= excluded_names and excluded["exclude"] and adapted["weight_decay"] == 1e-4
+    assert all(p.ndim > 1 for p in adapted["params"]) and all(p.ndim <= 1 or names[id(p)] in ("pos_embed", "cls_token")
+                                                              for p in excluded["params"])
+    assert len(adapted["params"]) + len(excluded["params"]) == len(list(vit.parameters()))
 
 
 def test_contrastive_presets_carry_solo_learns_cifar_recipes():
@@ -346,3 +363,42 @@ def test_moco_v3_on_a_vit_trains_under_bf16_with_a_frozen_patch_projection(tiny_
     with pytest.raises(ValueError, match="--frozen-patch-projection needs a ViT"):
         build_method(small(tiny_config, method="moco_v3", frozen_patch_projection=True)).build_model(
             "resnet8", 10, kernels.get_family("none"), torch.device("cpu"), False)
+
+
+def layer_kinds(head) -> list[str]:
+    """A head's layers as 'Linear' (with '+b' for a bias), 'BN' (with ':scale', ':affine' or ':plain'), 'ReLU'."""
+    kinds = []
+    for layer in head:
+        if isinstance(layer, torch.nn.Linear):
+            kinds.append("Linear+b" if layer.bias is not None else "Linear")
+        elif isinstance(layer, torch.nn.BatchNorm1d):
+            kinds.append("BN:plain" if not layer.affine else "BN:scale" if not layer.bias.requires_grad else "BN:affine")
+        else:
+            kinds.append(type(layer).__name__)
+    return kinds
+
+
+@pytest.mark.parametrize("method, model, projector, predictor", [
+    ("simclr", "resnet8", ["Linear", "BN:affine", "ReLU", "Linear", "BN:scale"], None),  # google-research/simclr
+    ("moco_v2", "resnet8", ["Linear+b", "ReLU", "Linear+b"], None),  # facebookresearch/moco --mlp
+    ("byol", "resnet8", ["Linear+b", "BN:affine", "ReLU", "Linear+b"], ["Linear+b", "BN:affine", "ReLU", "Linear+b"]),
+    ("moco_v3", "resnet8", ["Linear", "BN:affine", "ReLU", "Linear", "BN:plain"],  # MoCo_ResNet
+     ["Linear", "BN:affine", "ReLU", "Linear"]),
+    ("moco_v3", "vit_tiny", ["Linear", "BN:affine", "ReLU", "Linear", "BN:affine", "ReLU", "Linear", "BN:plain"],
+     ["Linear", "BN:affine", "ReLU", "Linear", "BN:plain"]),  # MoCo_ViT
+])
+def test_projection_heads_are_built_as_each_reference_builds_them(tiny_config, method, model, projector, predictor):
+    from train.methods import build_method
+
+    network = build_method(small(tiny_config, method=method, model=model)).network(model, 10)
+    assert layer_kinds(network.projector) == projector
+    assert (layer_kinds(network.predictor) if network.predictor is not None else None) == predictor
+
+
+def test_dim_starts_from_its_references_optimiser_unless_told_otherwise():
+    from train.config import resolve_config
+
+    dim = resolve_config({"method": "dim"})
+    assert (dim.optimizer, dim.lr, dim.weight_decay) == ("adam", 1e-4, 0.0)
+    assert resolve_config({"method": "dim", "lr": 3e-4}).lr == 3e-4
+    assert resolve_config({"method": "simclr"}).optimizer == "sgd"

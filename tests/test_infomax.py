@@ -61,3 +61,18 @@ def test_dim_refuses_an_unknown_estimator(tiny_config):
 
     with pytest.raises(ValueError, match="unknown --mi-estimator 'nwj'"):
         build_method(tiny_config(method="dim", transforms="none", mi_estimator="nwj"))
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_dim_critic_encoders_start_near_the_identity_and_end_in_layer_norm(spatial):
+    from train.methods.infomax import ResidualEncoder
+
+    torch.manual_seed(3)
+    encoder = ResidualEncoder(5, 7, spatial=spatial)
+    weight = encoder.shortcut.weight.detach().view(7, 5)
+    assert torch.equal(weight.diagonal(), torch.ones(5)) and weight.fill_diagonal_(0).abs().max() <= 0.01
+    x = torch.randn(6, 5, 3, 3) if spatial else torch.randn(6, 5)
+    codes = encoder(x)
+    per_code = codes.movedim(1, -1) if spatial else codes  # LayerNorm over the code's width at every position
+    assert torch.allclose(per_code.mean(-1), torch.zeros(per_code.shape[:-1]), atol=1e-5)
+    assert torch.allclose(per_code.var(-1, unbiased=False), torch.ones(per_code.shape[:-1]), atol=1e-3)

@@ -94,3 +94,19 @@ def test_swav_trains_with_multi_crop_freezes_its_prototypes_and_resumes_exactly(
     a, b = pause_resume_and_compare(config, tmp_path, straight, prototypes_after_the_frozen_epoch)
     assert torch.equal(a["method_state"]["queue"], b["method_state"]["queue"])
     assert not torch.allclose(a["model"]["prototypes.weight"], first_epoch["prototypes"])  # trained afterwards
+
+
+def test_swav_queue_length_is_all_ranks_together(tiny_config, monkeypatch):
+    import kernels
+    from train.methods import build_method
+
+    config = tiny_config(method="swav", transforms="none", projector_hidden=16, projector_dim=8, num_prototypes=5,
+                         swav_queue_size=96)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 4)
+    method = build_method(config)
+    method.build_model("resnet8", 10, kernels.get_family("none"), torch.device("cpu"), False)
+    assert method.queue.shape == (2, 24, 8)  # facebookresearch/swav: queue_length // world_size on each rank
+    with pytest.raises(ValueError, match="must divide by the world size 4"):
+        build_method(config.__class__(**{**config.__dict__, "swav_queue_size": 90})).build_model(
+            "resnet8", 10, kernels.get_family("none"), torch.device("cpu"), False)

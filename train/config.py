@@ -56,7 +56,12 @@ class TrainConfig:
     crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop"})
     # --- method
     method: str = field(default="sla_sd", metadata={"help": "see --list-methods"})
-    transforms: str = field(default="rotation", metadata={"help": "transformation family of docs/methods.md"})
+    transforms: str = field(default="rotation", metadata={"help": "transformation family of docs/methods.md, or "
+                                                                  "auto: short trials of each, scored on validation"})
+    auto_trial_fraction: float = field(default=0.1, metadata={"help": "--transforms auto: each family's trial "
+                                                                      "trains this fraction of --epochs (≥ 1 epoch)"})
+    auto_families: str = field(default="", metadata={"help": "--transforms auto: the candidates, comma-separated "
+                                                             "(default: every family with more than one view)"})
     kernels: str = field(default="auto", metadata={"help": "loss/view kernels: auto (the composite on a GPU, "
                                                                 "Numba's CPU kernels on a CPU), cuda, cpu, torch"})
     # --- model and precision
@@ -76,9 +81,10 @@ class TrainConfig:
     iterations: int = field(default=0, metadata={"help": "total optimizer steps; overrides --epochs when > 0"})
     lr: float = field(default=0.1, metadata={"help": "peak SGD learning rate for the global --batch-size (not "
                                                      "scaled by the world size or M)"})
-    optimizer: str = field(default="sgd", metadata={"help": "sgd, lars (trust ratio per tensor; biases and "
-                                                            "norms excluded, as the contrastive recipes), or "
-                                                            "adamw (MoCo v3's ViTs; decoupled decay)"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd, lars (trust ratio per tensor; biases, "
+                                                            "norms and ViT tokens excluded, as the contrastive "
+                                                            "recipes), adamw (MoCo v3's ViTs; decoupled decay) "
+                                                            "or adam (Deep InfoMax's)"})
     lars_eta: float = field(default=0.02, metadata={"help": "lars: trust coefficient η"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum coefficient (heavy ball)"})
     nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum"})
@@ -169,7 +175,8 @@ class TrainConfig:
     local_size: int = field(default=0, metadata={"help": "swav: local views' side in pixels; 0: 96/224 of the "
                                                          "data's side, SwAV's ImageNet proportion"})
     swav_queue_size: int = field(default=0, metadata={"help": "swav: past global projections per crop kept to "
-                                                              "give Sinkhorn more rows (small batches); 0: none"})
+                                                              "give Sinkhorn more rows (small batches), all ranks "
+                                                              "together (each keeps its share); 0: none"})
     swav_queue_start_epoch: int = field(default=15, metadata={"help": "swav: first epoch that uses the queue"})
     freeze_prototypes_epochs: int = field(default=1, metadata={"help": "swav: epochs without prototype updates"})
     # --- Deep InfoMax: dim
@@ -184,7 +191,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("preset", "config_file", "out_dir", "run_name", "seed", "device", "resume", "overwrite",
             "stop_after_epochs", "dist_timeout_s",),
     "data and loaders": ("dataset", "data_root", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "strict_images", "data_in_memory", "primary_labels", "loader", "loader_workers", "dali_views", "beton_dir", "crop_padding",),
-    "method": ("method", "transforms", "kernels",),
+    "method": ("method", "transforms", "auto_trial_fraction", "auto_families", "kernels",),
     "model and precision": ("model", "channels_last", "precision", "compile", "cudnn_benchmark",),
     "optimisation": ("batch_size", "epochs", "iterations", "lr", "optimizer", "lars_eta", "momentum", "nesterov", "weight_decay", "decay_norm_and_bias", "schedule", "lr_milestones", "lr_gamma", "warmup_iterations", "grad_clip_norm", "ema_decay", "optimizer_impl",),
     "logging and checkpoints": ("profile", "log_every", "eval_every", "checkpoint_every", "eval_batch_size",),
@@ -363,8 +370,13 @@ def _coerce(values: dict, source: str) -> dict:
     return coerced
 
 
+# A method whose reference trains with other settings than the trainer's defaults starts from these (Deep
+# InfoMax's code: Adam, lr 1e-4, no weight decay; SGD at lr 0.1 sends its critics' scores astray).
+METHOD_DEFAULTS: dict[str, dict[str, typing.Any]] = {"dim": dict(optimizer="adam", lr=1e-4, weight_decay=0.0)}
+
+
 def resolve_config(command_line: dict) -> TrainConfig:
-    """defaults < preset < YAML file < explicit command-line values."""
+    """defaults < the method's own defaults < preset < YAML file < explicit command-line values."""
     values: dict = {}
     preset = command_line.get("preset", "")
     if preset:
@@ -383,7 +395,8 @@ def resolve_config(command_line: dict) -> TrainConfig:
             raise ValueError(f"config file {path} must hold a mapping of setting: value")
         values.update(_coerce(loaded, str(path)))
     values.update(command_line)
-    return TrainConfig(**values)
+    method = values.get("method", TrainConfig.method)
+    return TrainConfig(**{**METHOD_DEFAULTS.get(method, {}), **values})
 
 
 COMMANDS = ("list_presets", "list_methods", "debug_errors")  # flags of the command, not settings of the run

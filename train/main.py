@@ -30,6 +30,7 @@ from pipeline.loaders import LOADERS, build_loader
 from pipeline.phases import phase
 from pipeline.random_views import RandomViewExpander, get_recipe
 from pipeline.views import ViewExpander
+from train.auto_transforms import choose_transforms
 from train.checkpoint import (atomic_save, checkpoint_payload, every_rank_rng_states, load_checkpoint,
                               own_rng_states, read_checkpoint_file, restore_rng_states)
 from train.config import PRESETS, TrainConfig, config_from_namespace, parse_arguments
@@ -88,6 +89,11 @@ def run(config: TrainConfig, context) -> dict:
     run_log = RunLog(start.run_dir, enabled=context.is_main)
     if start.note:
         run_log.print(start.note)
+    auto_decision = None
+    if config.transforms == "auto":  # short trials of every family, scored on validation (train/auto_transforms.py)
+        config, auto_decision = choose_transforms(config, start.run_dir, lambda trial: run(trial, context),
+                                                  run_log.print, lambda value: broadcast_from_main(value, context),
+                                                  context.is_main)
 
     method = build_method(config)  # its settings fail fast, before data
 
@@ -327,6 +333,8 @@ def run(config: TrainConfig, context) -> dict:
                "val": {k: v for k, v in last_val.items() if "per_class" not in k},
                "test": {k: v for k, v in test.items() if "per_class" not in k},
                "test_per_class": test.get(f"{method.primary_score}_per_class"), "run_dir": str(run_log.run_dir)}
+    if auto_decision is not None:
+        summary["transform_trials"] = {k: auto_decision[k] for k in ("winner", "trial_steps", "trial_wall_time_s")}
     run_log.record("summary", **summary)
     rows = [("method / model", f"{config.method} / {config.model}, {family.name} (M={num_transforms})"),
             ("data", f"{config.dataset}: {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test"
@@ -336,6 +344,9 @@ def run(config: TrainConfig, context) -> dict:
             ("steps", f"{step} ({format_duration(wall_time)} this run, {summary['images_per_s']:,.0f} img/s "
                       f"in training steps, MFU {100 * summary['mfu']:.1f}%)"),
             (f"best val {method.primary_score}", f"{best_score:.2f}%")]
+    if auto_decision is not None:
+        rows.insert(1, ("transforms", f"auto: {auto_decision['winner']} (trials: {auto_decision['trial_steps']} "
+                                      f"steps, {format_duration(auto_decision['trial_wall_time_s'])}, not counted above)"))
     rows += [(f"test {score}", f"{test[score]:.2f}%  (per-class mean {np.mean(test[score + '_per_class']):.2f}%)")
              for score in method.score_names() if not score.startswith("branch")]
     if "teacher" in method.provenance():

@@ -35,15 +35,17 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, fused: bool = T
         return FusedSGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     if config.optimizer_impl != "torch":
         raise ValueError(f"unknown optimizer implementation {config.optimizer_impl!r}; valid: torch, apex")
-    if config.optimizer == "lars":  # the contrastive recipes: biases and norms excluded from adaptation and decay
-        from .lars import LARS
+    if config.optimizer == "lars":  # the contrastive recipes: biases, norms and ViT tokens neither adapted nor decayed
+        from .lars import LARS, lars_groups
 
-        return LARS([{"params": trained, "weight_decay": config.weight_decay}], lr=config.lr,
-                    momentum=config.momentum, eta=config.lars_eta)
+        return LARS(lars_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum,
+                    eta=config.lars_eta)
     if config.optimizer == "adamw":  # MoCo v3's ViTs; --momentum is not used (β = 0.9, 0.999)
         return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
+    if config.optimizer == "adam":  # Deep InfoMax's; L2 decay added to the gradient, as SGD's
+        return torch.optim.Adam(groups, lr=config.lr, fused=fused or None)
     if config.optimizer != "sgd":
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: sgd, lars, adamw")
+        raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: sgd, lars, adamw, adam")
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                            fused=fused or None)
 

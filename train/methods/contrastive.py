@@ -24,10 +24,23 @@ from train.methods.contrastive_losses import (gather_with_gradient, info_nce, kn
                                              symmetric_key_loss)
 
 
-def mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
-    """Linear → BN → ReLU → Linear: the projector (and BYOL's predictor) of the papers' CIFAR recipes."""
-    return nn.Sequential(nn.Linear(inputs, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                         nn.Linear(hidden, outputs))
+def mlp(widths: list[int], norm: bool = True, bias: bool = True, last: nn.Module | None = None) -> nn.Sequential:
+    """Linear layers through `widths` (inputs, hidden…, outputs), [BN →] ReLU between two of them, then `last`
+    (a BN the reference ends with, or nothing). Each method's heads are the ones its reference code builds."""
+    layers: list[nn.Module] = []
+    for index, (inputs, outputs) in enumerate(zip(widths, widths[1:])):
+        layers.append(nn.Linear(inputs, outputs, bias=bias))
+        if index < len(widths) - 2:
+            layers += [nn.BatchNorm1d(outputs)] if norm else []
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers, *([last] if last is not None else []))
+
+
+def scale_only_batch_norm(width: int) -> nn.BatchNorm1d:
+    """google-research/simclr's last projector layer: BN with a learned scale and no shift (`center=False`)."""
+    norm = nn.BatchNorm1d(width)
+    norm.bias.requires_grad_(False)
+    return norm
 
 
 class ContrastiveNetwork(nn.Module):
@@ -55,7 +68,6 @@ class ContrastiveMethod(Method):
     primary_score = "kNN"
     view_recipe = "simclr"
     default_temperature = 0.5
-    uses_predictor = False  # BYOL's online network adds a predictor
     needs_training_features = True  # the k-NN bank
     pairs_views = True  # rows 2b and 2b+1 are a positive pair: the recipe must make exactly two views an image
 
@@ -82,9 +94,16 @@ class ContrastiveMethod(Method):
 
     def network(self, model_name, num_classes):
         backbone = build_backbone(model_name)
+        return ContrastiveNetwork(backbone, self.projector(backbone), self.predictor(backbone))
+
+    def projector(self, backbone: nn.Module) -> nn.Module:
+        """google-research/simclr's head: Linear → BN → ReLU → Linear → BN with a scale and no shift (the
+        Linear layers without bias: a BN follows each)."""
         hidden, dim = self.config.projector_hidden, self.config.projector_dim
-        return ContrastiveNetwork(backbone, mlp(backbone.feature_dim, hidden, dim),
-                                  mlp(dim, hidden, dim) if self.uses_predictor else None)
+        return mlp([backbone.feature_dim, hidden, dim], bias=False, last=scale_only_batch_norm(dim))
+
+    def predictor(self, backbone: nn.Module) -> nn.Module | None:
+        return None
 
     # ---- evaluation: k-NN on frozen features
     @torch.no_grad()
@@ -219,6 +238,10 @@ class MocoV2(EmaTarget):
     BN's intra-batch leak; a single process computes its keys on its own batch)."""
     name, view_recipe, default_temperature = "moco_v2", "moco_v2", 0.2
 
+    def projector(self, backbone):
+        """facebookresearch/moco's `--mlp` head: Linear → ReLU → Linear, no BatchNorm."""
+        return mlp([backbone.feature_dim, self.config.projector_hidden, self.config.projector_dim], norm=False)
+
     def build_model(self, model_name, num_classes, family, device, channels_last):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
         self.queue = KeyQueue(self.config.queue_size, self.config.projector_dim, self.config.seed, device)
@@ -270,7 +293,15 @@ class MocoV2(EmaTarget):
 class BYOL(EmaTarget):
     """BYOL (Grill et al. 2020): the online network's prediction of each view regresses the target network's
     projection of the other view (normalised MSE, symmetric); target momentum on the paper's cosine schedule."""
-    name, view_recipe, uses_predictor, cosine_momentum = "byol", "byol", True, True
+    name, view_recipe, cosine_momentum = "byol", "byol", True
+
+    def projector(self, backbone):
+        """The paper's projector and predictor: Linear → BN → ReLU → Linear."""
+        return mlp([backbone.feature_dim, self.config.projector_hidden, self.config.projector_dim])
+
+    def predictor(self, backbone):
+        dim = self.config.projector_dim
+        return mlp([dim, self.config.projector_hidden, dim])
 
     def losses(self, outputs, labels):
         targets = self.target_projections(outputs["views"])
@@ -296,11 +327,14 @@ class SimclrV2(EmaTarget):
         return f"{self.config.model}+mlp{self.config.projector_hidden}"  # the projector's first layer included
 
     def network(self, model_name, num_classes):
+        backbone = build_backbone(f"{model_name}+mlp{self.config.projector_hidden}")
+        return ContrastiveNetwork(backbone, self.projector(backbone))
+
+    def projector(self, backbone):
+        """The rest of the 3-layer head (its first layer is in the backbone): Linear → BN → ReLU → Linear → BN
+        with a scale and no shift, as google-research/simclr's v2 code."""
         hidden, dim = self.config.projector_hidden, self.config.projector_dim
-        backbone = build_backbone(f"{model_name}+mlp{hidden}")
-        last = nn.BatchNorm1d(dim)  # the last layer: BN with a scale and no shift (the paper's code)
-        last.bias.requires_grad_(False)
-        return ContrastiveNetwork(backbone, nn.Sequential(*mlp(backbone.feature_dim, hidden, dim), last))
+        return mlp([backbone.feature_dim, hidden, dim], bias=False, last=scale_only_batch_norm(dim))
 
     def build_model(self, model_name, num_classes, family, device, channels_last):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
@@ -329,12 +363,12 @@ class SimclrV2(EmaTarget):
 
 
 class MocoV3(EmaTarget):
-    """MoCo v3 (Chen, Xie, He 2021): no queue; each view's prediction (online network: backbone, 3-layer
-    projector, 2-layer predictor) against the other view's momentum key among every key of the global
+    """MoCo v3 (Chen, Xie, He 2021): no queue; each view's prediction (online network: backbone, projector,
+    predictor) against the other view's momentum key among every key of the global
     batch, symmetric, each InfoNCE ×2τ; the momentum rises from `--target-momentum` to 1 on BYOL's cosine
     schedule. Meant for ViTs (`--model vit_small`, `--frozen-patch-projection`, `--optimizer adamw`);
     any backbone works."""
-    name, cosine_momentum, uses_predictor, default_temperature = "moco_v3", True, True, 0.2
+    name, cosine_momentum, default_temperature = "moco_v3", True, 0.2
 
     def network(self, model_name, num_classes):
         backbone = build_backbone(model_name)
@@ -343,12 +377,19 @@ class MocoV3(EmaTarget):
                 raise ValueError(f"--frozen-patch-projection needs a ViT backbone; {model_name} has no patch "
                                  "projection")
             backbone.patch_embed.requires_grad_(False)
+        return ContrastiveNetwork(backbone, self.projector(backbone), self.predictor(backbone))
+
+    def projector(self, backbone):
+        """facebookresearch/moco-v3's heads (Linear layers without bias): on a ViT a 3-layer projector, on a
+        ResNet a 2-layer one, each ending in BN without affine."""
         hidden, dim = self.config.projector_hidden, self.config.projector_dim
-        # the paper's heads: a 3-layer projector and a 2-layer predictor, each ending in BN without affine
-        projector = nn.Sequential(*mlp(backbone.feature_dim, hidden, hidden), nn.BatchNorm1d(hidden),
-                                  nn.ReLU(inplace=True), nn.Linear(hidden, dim), nn.BatchNorm1d(dim, affine=False))
-        predictor = nn.Sequential(*mlp(dim, hidden, dim), nn.BatchNorm1d(dim, affine=False))
-        return ContrastiveNetwork(backbone, projector, predictor)
+        inner = [hidden, hidden] if is_vit(backbone) else [hidden]
+        return mlp([backbone.feature_dim, *inner, dim], bias=False, last=nn.BatchNorm1d(dim, affine=False))
+
+    def predictor(self, backbone):
+        """A 2-layer predictor, ending in BN without affine on a ViT (MoCo_ViT) and in its Linear on a ResNet."""
+        hidden, dim = self.config.projector_hidden, self.config.projector_dim
+        return mlp([dim, hidden, dim], bias=False, last=nn.BatchNorm1d(dim, affine=False) if is_vit(backbone) else None)
 
     def losses(self, outputs, labels):
         keys = self.target_projections(outputs["views"])
@@ -357,6 +398,9 @@ class MocoV3(EmaTarget):
                 + symmetric_key_loss(predictions[1::2], keys[0::2], self.temperature))
         return {"loss": loss}
 
+
+def is_vit(backbone: nn.Module) -> bool:
+    return hasattr(backbone, "patch_embed")
 
 
 class MomentumStep:

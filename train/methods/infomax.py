@@ -2,9 +2,11 @@
 global feature vector y (the backbone's pooled features, what evaluation reads) and its feature map M
 (the output of stage `--dim-local-stage`), with negatives from the other images of the (global) batch.
 
-Both objectives use "encode and dot product" critics: T(M, y) = ψ(M)·φ(y)/√E, E the codes' width (the
-scaling keeps the scores of fresh E-wide codes near unit size; at SGD's usual lr the unscaled local
-InfoNCE diverged within a few steps on digits).
+Both objectives use "encode and dot product" critics: T(M, y) = ψ(M)·φ(y)/√E, E the codes' width. The
+reference does not scale; here the scale keeps the scores of fresh E-wide codes near unit size, which SGD
+at lr 0.1 needed (the unscaled local InfoNCE diverged within a few steps on digits). With the reference's
+LayerNorm codes and Adam at 1e-4 (the `dim` defaults) both train alike: on digits, 30 epochs, ResNet-8,
+one seed, linear probe 76.4% scaled and 75.3% unscaled, k-NN 70.6% and 72.2%.
     local:  T_p(M, y) = ψ_l(M)[:, p]·φ_l(y) at every map position p (1×1-conv encoder)
     global: T(M, y) = ψ_g(M)·φ_g(y) (3×3 conv, pooled, linear encoder of the whole map)
 Estimators (`--mi-estimator`): infonce — −log of the positive's share of exp(T) among the positive and
@@ -30,16 +32,30 @@ ESTIMATORS = ("infonce", "jsd")
 
 
 class ResidualEncoder(nn.Module):
-    """x → a two-layer MLP (1×1 convolutions for maps) plus a linear shortcut, as the DIM critics' encoders."""
+    """x → (layer, BN, ReLU, layer) plus a linear shortcut, then LayerNorm over the code: the reference's critic
+    encoders (cortex_DIM's MI1x1ConvNet; 1×1 convolutions for maps, Linear for vectors). The shortcut starts
+    near the identity (weights U(−0.01, 0.01), 1 on the diagonal) so the first codes carry the features."""
 
     def __init__(self, inputs: int, width: int, spatial: bool):
         super().__init__()
-        layer = (lambda i, o: nn.Conv2d(i, o, 1)) if spatial else nn.Linear
-        self.mlp = nn.Sequential(layer(inputs, width), nn.ReLU(inplace=True), layer(width, width))
-        self.shortcut = layer(inputs, width)
+        layer = (lambda i, o, bias: nn.Conv2d(i, o, 1, bias=bias)) if spatial else nn.Linear
+        norm = nn.BatchNorm2d if spatial else nn.BatchNorm1d
+        self.spatial = spatial
+        self.mlp = nn.Sequential(layer(inputs, width, False), norm(width), nn.ReLU(inplace=True),
+                                 layer(width, width, True))
+        self.shortcut = layer(inputs, width, False)
+        with torch.no_grad():
+            weight = self.shortcut.weight.view(width, inputs)
+            weight.uniform_(-0.01, 0.01)
+            if width >= inputs:
+                weight.diagonal().fill_(1.0)
+        self.norm = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x) + self.shortcut(x)
+        codes = self.mlp(x) + self.shortcut(x)
+        if not self.spatial:
+            return self.norm(codes)
+        return self.norm(codes.movedim(1, -1)).movedim(-1, 1)
 
 
 class InfomaxNetwork(nn.Module):
@@ -51,8 +67,9 @@ class InfomaxNetwork(nn.Module):
         map_channels = backbone.stage_specs[local_stage].out_channels
         self.local_map = ResidualEncoder(map_channels, width, spatial=True)
         self.local_vector = ResidualEncoder(backbone.feature_dim, width, spatial=False)
-        self.global_map = nn.Sequential(nn.Conv2d(map_channels, width, 3, padding=1), nn.ReLU(inplace=True),
-                                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, width))
+        self.global_map = nn.Sequential(nn.Conv2d(map_channels, width, 3, padding=1, bias=False),
+                                        nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
+                                        nn.Flatten(), nn.Linear(width, width), nn.LayerNorm(width))
         self.global_vector = ResidualEncoder(backbone.feature_dim, width, spatial=False)
 
     def forward(self, views: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -10,8 +10,9 @@ crops v and the other crops c ≠ v of −Σ_k q_v,k log softmax(z_c·c / τ)_k,
 Multi-crop (`--local-views L --local-size s`): the loader yields MultiCropViews — the 2 global crops
 [B·2, C, S, S] and the L local crops [B·L, C, s, s], each interleaved by image (row b·V + v); codes come
 from the global crops only; the network runs once per size.
-`--swav-queue-size Q` keeps the global crops' last Q projections (per rank) to give Sinkhorn more rows
-on small batches, from `--swav-queue-start-epoch`. The prototypes take a zero gradient during the first
+`--swav-queue-size Q` keeps the global crops' last Q projections (all ranks together: Q / world size on
+each rank, as facebookresearch/swav divides it) to give Sinkhorn more rows on small batches, from
+`--swav-queue-start-epoch`. The prototypes take a zero gradient during the first
 `--freeze-prototypes-epochs` epochs (1, as the paper; weight decay only shrinks them radially, which
 the renormalisation before each step undoes). Math: docs/methods.md.
 """
@@ -78,7 +79,7 @@ class SwavNetwork(ContrastiveNetwork):
     """backbone → projector → unit z → prototype scores; evaluation reads the backbone's features."""
 
     def __init__(self, backbone: nn.Module, hidden: int, dim: int, num_prototypes: int):
-        super().__init__(backbone, mlp(backbone.feature_dim, hidden, dim))
+        super().__init__(backbone, mlp([backbone.feature_dim, hidden, dim]))  # facebookresearch/swav's head
         self.prototypes = nn.Linear(dim, num_prototypes, bias=False)
 
     @torch.no_grad()
@@ -168,7 +169,12 @@ class Swav(ContrastiveMethod):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
         self.model_ref = model
         if self.config.swav_queue_size:
-            self.queue = torch.zeros(2, self.config.swav_queue_size, self.config.projector_dim, device=device)
+            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+            if self.config.swav_queue_size % world:
+                raise ValueError(f"--swav-queue-size {self.config.swav_queue_size} is the queue of all ranks "
+                                 f"together and must divide by the world size {world}")
+            per_rank = self.config.swav_queue_size // world
+            self.queue = torch.zeros(2, per_rank, self.config.projector_dim, device=device)
             self.queue_filled = 0
         return model
 

@@ -1,0 +1,97 @@
+"""`python -m train.reproduce`: a grid of ordinary runs, its tables, its resume; `--transforms auto`."""
+import dataclasses
+import json
+
+import pytest
+
+from train import reproduce
+from train.reproduce_grids import Claim, Row, Table, build_table
+
+
+def test_a_two_cell_grid_writes_its_tables_and_a_second_call_runs_nothing(tmp_path, capsys):
+    out = tmp_path / "results"
+    argv = ["sla", "--seeds", "1", "--out", str(out), "--rows", "baseline,sla_sd rotation", "--epochs-scale", "0.01"]
+    assert reproduce.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("train/main.py --dataset digits") == 2  # each run's command line, before it runs
+    records = [json.loads(line) for line in (out / "sla.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in records] == ["baseline", "sla_sd rotation"]
+    assert set(records[1]["scores"]) == {"SI", "AG", "SD"} and all(0 <= v <= 100 for v in records[1]["scores"].values())
+    table = (out / "sla.md").read_text()
+    assert f"| baseline | {records[0]['scores']['SI']:.2f} (n=1) |" in table
+    assert "SLA+SD over the baseline" in table and "epochs × 0.01" in table
+    assert (out / "sla.png").read_bytes()[:4] == b"\x89PNG"
+    run = out / "runs" / "sla" / "baseline-s0"
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 1 and config["seed"] == 0 and config["samples_per_class"] == 10
+    assert "train/main.py" in (run / "command.txt").read_text()  # the run's own command, rerunnable by hand
+
+    # interrupted after the first run: the second call reads it back and runs only the missing one
+    metrics = (run / "metrics.jsonl").read_text()
+    other = out / "runs" / "sla" / "sla_sd-rotation-s0"
+    for path in other.iterdir():
+        path.unlink()
+    assert reproduce.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "baseline seed 0: finished before" in printed and printed.count("train/main.py --dataset digits") == 1
+    assert (run / "metrics.jsonl").read_text() == metrics
+    again = [json.loads(line) for line in (out / "sla.jsonl").read_text().splitlines()]
+    assert again == records  # the rerun cell is the same run again: same seed, same scores
+
+
+def test_a_table_states_mean_sample_std_and_n_and_checks_its_claims():
+    rows = (Row("a", (("a", ()),), {"acc": ("a", "SI")}), Row("b", (("b", ()),), {"acc": ("b", "SI")}),
+            Row("c", (("c", ()),), {"acc": ("c", "SI")}))
+    table = Table("t", "T", "setting", "digits", (), rows,
+                  (Claim("a over b by 2", ("a", "acc"), ("b", "acc"), 2.0),
+                   Claim("a near the best of b and c", ("a", "acc"), ("best of: b|c", "acc"), -1.0)))
+    records = [{"row": row, "seed": seed, "scores": {"acc": value}}
+               for row, values in (("a", (70.0, 74.0, 72.0)), ("b", (69.0, 71.0, 70.0)), ("c", (75.0, 75.0, 78.0)))
+               for seed, value in enumerate(values)]
+    text = reproduce.markdown(table, records, 3, "cmd")
+    assert "| a | 72.00 ± 2.00 (n=3) |" in text and "| c | 76.00 ± 1.73 (n=3) |" in text
+    assert "a over b by 2: a acc 72.00 vs b acc 70.00, +2.00 points (claim: +2.0 or more): **holds**" in text
+    assert "vs c acc 76.00, -4.00 points (claim: -1.0 or more): **does not hold**" in text
+
+
+def test_every_table_declares_runs_that_the_trainer_accepts():
+    from train.config import config_from_args
+
+    for name in reproduce.TABLES:
+        for scale in ("digits", "paper"):
+            table = build_table(name, scale)
+            for seed, key, args in reproduce.planned_runs(table, 1):
+                arguments = [*table.common, *reproduce.main_arguments(args, reproduce.Path("r"), name, seed)]
+                config, _ = config_from_args(arguments)  # parses: no unknown flag, no bad value
+                assert "{" not in " ".join(arguments), (name, key, arguments)
+            for claim in table.claims:
+                labels = [claim.row[0], *claim.baseline[0].removeprefix("best of: ").split("|")]
+                assert all(label in {row.label for row in table.rows} for label in labels), claim
+    with pytest.raises(ValueError, match="has no row 'nope'"):
+        build_table("sla", "digits", only_rows=["nope"])
+
+
+def test_transforms_auto_trains_each_candidate_briefly_and_keeps_the_winner_on_resume(tiny_config, tmp_path):
+    from conftest import pause_resume_and_compare
+    from train.main import train
+
+    config = tiny_config(method="sla_sd", transforms="auto", auto_families="rotation2,color_perm3", epochs=2,
+                         auto_trial_fraction=0.5, samples_per_class=10, batch_size=20)
+    straight = train(dataclasses.replace(config, run_name="straight"))
+    decision = json.loads((tmp_path / "runs" / "straight" / "auto_transforms.json").read_text())
+    assert [t["family"] for t in decision["trials"]] == ["rotation2", "color_perm3"]
+    assert all(t["epochs"] == 1 and t["steps"] == 5 for t in decision["trials"])  # 100 images / 20, one epoch
+    best = max(decision["trials"], key=lambda t: t["val_score"])
+    assert decision["winner"] == best["family"] == straight["transforms"]
+    assert straight["transform_trials"]["trial_steps"] == 10
+    manifest = json.loads((tmp_path / "runs" / "straight" / "config.json").read_text())
+    assert manifest["transforms"] == decision["winner"]
+    for trial in decision["trials"]:  # ordinary runs in the run directory, scored on validation only
+        summary = json.loads((tmp_path / "runs" / "straight" / "auto" / trial["family"] / "metrics.jsonl")
+                             .read_text().splitlines()[-1])
+        assert summary["best_val"] == trial["val_score"]
+    pause_resume_and_compare(config, tmp_path, straight)  # the resumed half reads the decision back
+    with pytest.raises(ValueError, match="which baseline does not use"):
+        train(tiny_config(method="baseline", transforms="auto"))
+    with pytest.raises(ValueError, match="unknown transformation family 'nope'"):
+        train(tiny_config(method="sla", transforms="auto", auto_families="rotation,nope", run_name="bad"))

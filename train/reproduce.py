@@ -1,0 +1,280 @@
+"""Each paper's claim as a table, in one command:
+
+    python -m train.reproduce TABLE [--seeds 3] [--scale digits|paper] [--out results/] [--nproc-per-node N]
+
+TABLE is sla, hsakd, maxl, ssl or all. A table is a declared grid (train/reproduce_grids.py) of ordinary runs of
+train/main.py: each run's command line is printed before it runs, its run directory is under
+`<out>/runs/<table>/`, and a run that finished there before is read back instead of run again, so an
+interrupted table continues where it stopped. With `--nproc-per-node N` every run goes through
+`torchrun --standalone --nproc_per_node=N`; otherwise each runs in this process, by the same code path.
+
+Writes `<out>/<table>.jsonl` (one record per row and seed), `<out>/<table>.md` (mean ± sample std over seeds,
+n, the claims and what the table shows) and `<out>/<table>.png` (a panel per metric, a bar per row, a dot
+per seed).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python train/reproduce.py` finds the packages
+
+from train.reproduce_grids import TABLES, Row, Table, build_table  # noqa: E402
+from train.run_log import format_duration  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------- running the runs
+def run_dir(out: Path, table: str, key: str, seed: int) -> Path:
+    return out / "runs" / table / f"{key}-s{seed}"
+
+
+def finished_summary(directory: Path) -> dict | None:
+    """The summary record of a finished run in `directory`, or None."""
+    try:
+        lines = (directory / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    summaries = [json.loads(line) for line in lines if '"kind": "summary"' in line]
+    return summaries[-1] if summaries and summaries[-1].get("completed") else None
+
+
+def main_arguments(args: tuple[str, ...], out: Path, table: str, seed: int) -> list[str]:
+    """A run's train/main.py arguments: `{seed}` and `{run:KEY}` (another run's directory) filled in."""
+    filled = []
+    for arg in args:
+        arg = arg.replace("{seed}", str(seed))
+        if arg.startswith("{run:"):
+            key, _, rest = arg[len("{run:"):].partition("}")
+            arg = str(run_dir(out, table, key, seed)) + rest
+        filled.append(arg)
+    return filled
+
+
+def command_line(arguments: list[str], nproc: int) -> list[str]:
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                str(REPO / "train" / "main.py"), *arguments]
+    return [sys.executable, str(REPO / "train" / "main.py"), *arguments]
+
+
+def execute(arguments: list[str], nproc: int, log_path: Path) -> None:
+    """One run, its output into `log_path`; a failed run stops the table with its last lines."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        if nproc > 1:
+            status = subprocess.run(command_line(arguments, nproc), stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=REPO).returncode
+        else:
+            from train.main import main
+
+            argv, sys.argv = sys.argv, [str(REPO / "train" / "main.py"), *arguments]  # command.txt: the run's own
+            try:
+                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                    status = main(arguments)
+            finally:
+                sys.argv = argv
+    if status != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"a run failed (status {status}); its log {log_path} ends with:\n{tail}")
+
+
+# ---------------------------------------------------------------------------------------------- the grid
+def planned_runs(table: Table, seeds: int) -> list[tuple[int, str, tuple[str, ...]]]:
+    """(seed, key, arguments) of every run the table needs, each once, in order (a teacher before its students)."""
+    seen, runs = set(), []
+    for seed in range(seeds):
+        for row in table.rows:
+            for key, args in row.runs:
+                if (seed, key) not in seen:
+                    seen.add((seed, key))
+                    runs.append((seed, key, args))
+    return runs
+
+
+def run_table(table: Table, seeds: int, out: Path, nproc: int, printer=print) -> dict[tuple[int, str], dict]:
+    """Every run of the table (finished ones read back); returns the summaries by (seed, key)."""
+    runs = planned_runs(table, seeds)
+    summaries: dict[tuple[int, str], dict] = {}
+    started, ran = time.perf_counter(), 0
+    for index, (seed, key, args) in enumerate(runs):
+        directory = run_dir(out, table.name, key, seed)
+        arguments = [*table.common, *main_arguments(args, out, table.name, seed), "--seed", str(seed),
+                     "--out-dir", str(directory.parent), "--run-name", directory.name, "--resume", "auto"]
+        summary = finished_summary(directory)
+        done = f"[{table.name} {index + 1}/{len(runs)}]"
+        if summary is None:
+            remaining = len(runs) - index
+            eta = f", ETA {format_duration((time.perf_counter() - started) / ran * remaining)}" if ran else ""
+            printer(f"{done} {key} seed {seed}{eta}\n    {shlex.join(command_line(arguments, nproc))}")
+            execute(arguments, nproc, directory.parent / f"{directory.name}.log")
+            ran += 1
+            summary = finished_summary(directory)
+            if summary is None:
+                raise RuntimeError(f"the run in {directory} ended without a summary (see {directory}.log)")
+        else:
+            printer(f"{done} {key} seed {seed}: finished before, read from {directory}")
+        summaries[(seed, key)] = summary
+    return summaries
+
+
+# ---------------------------------------------------------------------------------------------- the results
+def row_records(table: Table, seeds: int, summaries: dict) -> list[dict]:
+    records = []
+    for seed in range(seeds):
+        for row in table.rows:
+            scores = {}
+            for column, (key, score) in row.scores.items():
+                value = summaries[(seed, key)]["test"].get(score)
+                if value is not None:
+                    scores[column] = value
+            records.append({"table": table.name, "scale": table.scale, "row": row.label, "seed": seed,
+                            "scores": scores, "runs": {key: summaries[(seed, key)]["run_dir"] for key, _ in row.runs}})
+    return records
+
+
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def row_statistics(records: list[dict], row: Row, column: str) -> tuple[float, float, int] | None:
+    values = [r["scores"][column] for r in records if r["row"] == row.label and column in r["scores"]]
+    if not values:
+        return None
+    mean, std = mean_and_std(values)
+    return mean, std, len(values)
+
+
+def claimed(table: Table, records: list[dict], label: str, column: str) -> tuple[str, float] | None:
+    """(the row's label, its mean) for a claim's side; "best of: a|b" is the row among those with the best mean."""
+    labels = label[len("best of: "):].split("|") if label.startswith("best of: ") else [label]
+    found = [(row.label, stats[0]) for row in table.rows if row.label in labels
+             for stats in [row_statistics(records, row, column)] if stats is not None]
+    return max(found, key=lambda pair: pair[1]) if found else None
+
+
+def claim_lines(table: Table, records: list[dict]) -> list[str]:
+    lines = []
+    for claim in table.claims:
+        ours, theirs = claimed(table, records, *claim.row), claimed(table, records, *claim.baseline)
+        if ours is None or theirs is None:
+            continue
+        margin = ours[1] - theirs[1]
+        verdict = "holds" if margin >= claim.margin else "does not hold"
+        lines.append(f"- {claim.text}: {ours[0]} {claim.row[1]} {ours[1]:.2f} vs {theirs[0]} {claim.baseline[1]} "
+                     f"{theirs[1]:.2f}, {margin:+.2f} points (claim: {claim.margin:+.1f} or more): **{verdict}**.")
+    return lines
+
+
+def markdown(table: Table, records: list[dict], seeds: int, command: str) -> str:
+    columns = table.columns()
+    header = ["row", *columns, *(["paper"] if table.scale == "paper" else [])]
+    lines = [f"### {table.title}", "", table.setting, "", f"`{command}`", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.rows:
+        cells = [row.label]
+        for column in columns:
+            stats = row_statistics(records, row, column)
+            cells.append("" if stats is None else f"{stats[0]:.2f} ± {stats[1]:.2f} (n={stats[2]})"
+                         if stats[2] > 1 else f"{stats[0]:.2f} (n=1)")
+        if table.scale == "paper":
+            cells.append(row.paper or "")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Test accuracy (%), mean ± sample standard deviation over {seeds} seed(s).", ""]
+    lines += claim_lines(table, records)
+    if table.notes:
+        lines += ["", *table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: Table, records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = table.columns()
+    figure, axes = plt.subplots(1, len(columns), figsize=(4 + 0.45 * len(table.rows) * len(columns), 4.5),
+                                squeeze=False)
+    for axis, column in zip(axes[0], columns):
+        rows = [row for row in table.rows if row_statistics(records, row, column) is not None]
+        means = [row_statistics(records, row, column)[0] for row in rows]
+        axis.bar(range(len(rows)), means, color="#9ecae1", edgecolor="#3182bd")
+        for position, row in enumerate(rows):
+            values = [r["scores"][column] for r in records if r["row"] == row.label and column in r["scores"]]
+            axis.scatter([position] * len(values), values, color="#08306b", s=12, zorder=3)
+        axis.set_xticks(range(len(rows)), [row.label for row in rows], rotation=60, ha="right", fontsize=8)
+        axis.set_title(column)
+        axis.set_ylabel("test accuracy (%)")
+        low = min((r["scores"][column] for r in records if column in r["scores"]), default=0)
+        axis.set_ylim(max(0, low - 10), 100)
+    figure.suptitle(table.title)
+    figure.tight_layout()
+    temporary = path.with_suffix(".tmp.png")
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def write_results(table: Table, records: list[dict], seeds: int, out: Path, command: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{table.name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / f"{table.name}.md").write_text(markdown(table, records, seeds, command))
+    plot(table, records, out / f"{table.name}.png")
+
+
+# ---------------------------------------------------------------------------------------------- the command
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train.reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("table", choices=[*TABLES, "all"])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … S−1 for every row (default 3)")
+    parser.add_argument("--scale", choices=("digits", "paper"), default="digits",
+                        help="digits: the embedded data, minutes on a CPU; paper: the papers' CIFAR presets (GPUs)")
+    parser.add_argument("--out", default="results", help="where the tables and their runs go (default results/)")
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="run every run under torchrun with N processes")
+    parser.add_argument("--rows", default="", help="only these rows (comma-separated labels), e.g. for a quick look")
+    parser.add_argument("--epochs-scale", type=float, default=1.0,
+                        help="multiply every run's epochs (e.g. 0.1 for a smoke test; the tables note it)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse(argv)
+    if "RANK" in os.environ:
+        print("error: run python -m train.reproduce itself as one process; --nproc-per-node N runs each run under "
+              "torchrun", file=sys.stderr)
+        return 2
+    if options.seeds < 1:
+        print(f"error: --seeds must be at least 1, got {options.seeds}", file=sys.stderr)
+        return 2
+    out = Path(options.out)
+    names = list(TABLES) if options.table == "all" else [options.table]
+    command = shlex.join(["python", "-m", "train.reproduce", *(sys.argv[1:] if argv is None else argv)])
+    for name in names:
+        try:
+            table = build_table(name, options.scale, options.epochs_scale,
+                                [r for r in options.rows.split(",") if r])
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        started = time.perf_counter()
+        summaries = run_table(table, options.seeds, out, options.nproc_per_node)
+        records = row_records(table, options.seeds, summaries)
+        write_results(table, records, options.seeds, out, command)
+        print(f"{table.name}: {len(records)} records in {format_duration(time.perf_counter() - started)} → "
+              f"{out / (table.name + '.md')}, .jsonl, .png")
+        print((out / f"{table.name}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
