@@ -4,8 +4,8 @@
 
 TABLE is sla, hsakd, maxl, ssl or all. A table is a declared grid (train/reproduce_grids.py) of ordinary runs of
 train/main.py: each run's command line is printed before it runs, its run directory is under
-`<out>/runs/<table>/`, and a run that finished there before is read back instead of run again, so an
-interrupted table continues where it stopped. With `--nproc-per-node N` every run goes through
+`<out>/runs/<table>/`, and a run that finished there before with the same arguments is read back instead of
+run again, so an interrupted table continues where it stopped (a run made with other arguments runs again). With `--nproc-per-node N` every run goes through
 `torchrun --standalone --nproc_per_node=N`; otherwise each runs in this process, by the same code path.
 
 Writes `<out>/<table>.jsonl` (one record per row and seed), `<out>/<table>.md` (mean ± sample std over seeds,
@@ -46,6 +46,16 @@ def finished_summary(directory: Path) -> dict | None:
         return None
     summaries = [json.loads(line) for line in lines if '"kind": "summary"' in line]
     return summaries[-1] if summaries and summaries[-1].get("completed") else None
+
+
+def recorded_arguments(directory: Path) -> list[str] | None:
+    """The train/main.py arguments the run in `directory` was started with (its command.txt)."""
+    try:
+        words = shlex.split((directory / "command.txt").read_text())
+    except OSError:
+        return None
+    script = next((i for i, word in enumerate(words) if word.endswith("main.py")), None)
+    return None if script is None else words[script + 1:]
 
 
 def main_arguments(args: tuple[str, ...], out: Path, table: str, seed: int) -> list[str]:
@@ -112,6 +122,9 @@ def run_table(table: Table, seeds: int, out: Path, nproc: int, printer=print) ->
                      "--out-dir", str(directory.parent), "--run-name", directory.name, "--resume", "auto"]
         summary = finished_summary(directory)
         done = f"[{table.name} {index + 1}/{len(runs)}]"
+        if summary is not None and recorded_arguments(directory) != arguments:  # the grid changed since
+            printer(f"{done} {key} seed {seed}: finished before with other arguments; running it again")
+            summary, arguments = None, [*arguments[:-2], "--overwrite"]
         if summary is None:
             remaining = len(runs) - index
             eta = f", ETA {format_duration((time.perf_counter() - started) / ran * remaining)}" if ran else ""

@@ -76,14 +76,39 @@ def sla_table(scale: str) -> Table:
             one_run("sla (rotation)", "sla", ("--method", "sla", "--transforms", "rotation"), both)]
     rows += [one_run(f"sla_sd {family}", f"sla_sd-{family}", ("--method", "sla_sd", "--transforms", family),
                      {"SI": "SI", "AG": "AG", "SD": "SD"}) for family in SLA_FAMILIES]
-    rows.append(one_run("sla_sd auto", "sla_sd-auto", ("--method", "sla_sd", "--transforms", "auto"),
+    # 100 images make short trials uninformative: see the notes. Larger data sets can keep the default 10%.
+    trial = ("--auto-trial-fraction", "0.5") if scale == "digits" else ()
+    rows.append(one_run("sla_sd auto", "sla_sd-auto", ("--method", "sla_sd", "--transforms", "auto", *trial),
                         {"SI": "SI", "AG": "AG", "SD": "SD"}))
     family_rows = "|".join(f"sla_sd {family}" for family in SLA_FAMILIES)
-    claims = (Claim("SLA+SD over the baseline", ("sla_sd rotation", "SD"), ("baseline", "SI"), 2.0),
+    claims = (Claim("SLA+SD (the paper's four rotations) over the baseline", ("sla_sd rotation", "SD"),
+                    ("baseline", "SI"), 2.0),
+              Claim("SLA+SD (two rotations) over the baseline", ("sla_sd rotation2", "SD"), ("baseline", "SI"), 2.0),
               Claim("--transforms auto within 1 point of the best family", ("sla_sd auto", "SD"),
                     (f"best of: {family_rows}", "SD"), -1.0))
+    notes = SLA_DIGITS_NOTES if scale == "digits" else ()
     return Table("sla", "SLA: self-supervised label augmentation (Lee et al. 2020)", setting, scale, common,
-                 tuple(rows), claims)
+                 tuple(rows), claims, notes)
+
+
+SLA_DIGITS_NOTES = (
+    "Notes (digits, checked by the runs named):",
+    "- The paper's four rotations do not lift SLA+SD over the baseline here; two rotations (0°, 180°) do. Not the "
+    "budget: at 60 epochs `sla`'s joint classifier is under-trained (SI far below the baseline), but with 3× the "
+    "epochs (180, seeds 0–2) the baseline reached 90.46 ± 2.80, `sla_sd rotation` 89.07 ± 1.29 (SD) and "
+    "`sla_sd rotation2` 91.39 ± 2.74. Not the 6↔9 ambiguity of a half turn either: per class (3 seeds, 60 "
+    "epochs), `sla_sd rotation` gains on 0, 1, 6 and 8 and loses on 3, 4, 5, 7 and 9. What makes quarter turns of "
+    "these 8×8 digits a poor joint task is left open.",
+    "- The digits are grey, their three channels equal, so every colour permutation of an image is the same image: "
+    "the `color_perm*` families give the joint classifier views it cannot tell apart, and their SD head learns "
+    "from a teacher that spreads each class over identical views.",
+    "- `da` and `mt` learn each rotated digit as its class, which costs them 26–28 points against the baseline.",
+    "- `--transforms auto` trains each of the 7 families for half the epochs here (`--auto-trial-fraction 0.5`): "
+    "630 trial steps beside the run's 180. Shorter trials pick worse: at 10% (18 steps) every trial stayed near "
+    "chance on validation (15–29%) and auto landed 2.9 points under the best family, at 30% 1.5 points under. "
+    "Choosing each seed's family by its full run's validation score gives 86.85, so the 144 validation images "
+    "are not what limits the choice; the trials' length is.",
+)
 
 
 # ---------------------------------------------------------------------------------------------- HSAKD
