@@ -44,6 +44,13 @@ def test_a_two_cell_grid_writes_its_tables_and_a_second_call_runs_nothing(tmp_pa
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
 
 
+def test_with_several_processes_each_run_goes_through_torchrun():
+    command = reproduce.command_line(["--method", "baseline"], nproc=2)
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert command[5].endswith("train/main.py") and command[6:] == ["--method", "baseline"]
+    assert reproduce.command_line(["--method", "baseline"], nproc=1)[1].endswith("train/main.py")
+
+
 def test_a_table_states_mean_sample_std_and_n_and_checks_its_claims():
     rows = (Row("a", (("a", ()),), {"acc": ("a", "SI")}), Row("b", (("b", ()),), {"acc": ("b", "SI")}),
             Row("c", (("c", ()),), {"acc": ("c", "SI")}))
