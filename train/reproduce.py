@@ -82,8 +82,7 @@ def execute(arguments: list[str], nproc: int, log_path: Path) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         if nproc > 1:
-            status = subprocess.run(command_line(arguments, nproc), stdout=log, stderr=subprocess.STDOUT,
-                                    cwd=REPO).returncode
+            status = subprocess.run(command_line(arguments, nproc), stdout=log, stderr=subprocess.STDOUT).returncode
         else:
             from train.main import main
 
