@@ -42,6 +42,8 @@ def test_a_two_cell_grid_writes_its_tables_and_a_second_call_runs_nothing(tmp_pa
     assert reproduce.main(["sla", "--seeds", "1", "--out", str(out), "--rows", "baseline", "--epochs-scale", "0.04"]) == 0
     assert "baseline seed 0: finished before with other arguments; running it again" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    assert reproduce.main(["sla", "--seeds", "1", "--out", str(out), "--rows", "baseline", "--epochs-scale", "0.04"]) == 0
+    assert "baseline seed 0: finished before, read from" in capsys.readouterr().out  # replaced once, then kept
 
 
 def test_with_several_processes_each_run_goes_through_torchrun():

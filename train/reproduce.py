@@ -48,14 +48,25 @@ def finished_summary(directory: Path) -> dict | None:
     return summaries[-1] if summaries and summaries[-1].get("completed") else None
 
 
+# How a cell's run starts: continue its directory (an interrupted run), or replace a run made by other arguments.
+CONTINUE, REPLACE = ["--resume", "auto"], ["--overwrite"]
+
+
 def recorded_arguments(directory: Path) -> list[str] | None:
-    """The train/main.py arguments the run in `directory` was started with (its command.txt)."""
+    """The train/main.py arguments the run in `directory` was started with (its command.txt), less how it started
+    (CONTINUE or REPLACE), so that a run replaced once compares equal to its cell afterwards."""
     try:
         words = shlex.split((directory / "command.txt").read_text())
     except OSError:
         return None
     script = next((i for i, word in enumerate(words) if word.endswith("main.py")), None)
-    return None if script is None else words[script + 1:]
+    if script is None:
+        return None
+    arguments = words[script + 1:]
+    for mode in (CONTINUE, REPLACE):
+        if arguments[-len(mode):] == mode:
+            return arguments[:-len(mode)]
+    return arguments
 
 
 def main_arguments(args: tuple[str, ...], out: Path, table: str, seed: int) -> list[str]:
@@ -117,13 +128,14 @@ def run_table(table: Table, seeds: int, out: Path, nproc: int, printer=print) ->
     started, ran = time.perf_counter(), 0
     for index, (seed, key, args) in enumerate(runs):
         directory = run_dir(out, table.name, key, seed)
-        arguments = [*table.common, *main_arguments(args, out, table.name, seed), "--seed", str(seed),
-                     "--out-dir", str(directory.parent), "--run-name", directory.name, "--resume", "auto"]
-        summary = finished_summary(directory)
+        cell = [*table.common, *main_arguments(args, out, table.name, seed), "--seed", str(seed),
+                "--out-dir", str(directory.parent), "--run-name", directory.name]
+        summary, mode = finished_summary(directory), CONTINUE
         done = f"[{table.name} {index + 1}/{len(runs)}]"
-        if summary is not None and recorded_arguments(directory) != arguments:  # the grid changed since
+        if summary is not None and recorded_arguments(directory) != cell:  # the grid changed since
             printer(f"{done} {key} seed {seed}: finished before with other arguments; running it again")
-            summary, arguments = None, [*arguments[:-2], "--overwrite"]
+            summary, mode = None, REPLACE
+        arguments = [*cell, *mode]
         if summary is None:
             remaining = len(runs) - index
             eta = f", ETA {format_duration((time.perf_counter() - started) / ran * remaining)}" if ran else ""

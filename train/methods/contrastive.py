@@ -98,7 +98,8 @@ class ContrastiveMethod(Method):
 
     def projector(self, backbone: nn.Module) -> nn.Module:
         """google-research/simclr's head: Linear → BN → ReLU → Linear → BN with a scale and no shift (the
-        Linear layers without bias: a BN follows each)."""
+        Linear layers without bias: a BN follows each). SimCLR v2's 3-layer head is this after its first layer,
+        which its backbone holds."""
         hidden, dim = self.config.projector_hidden, self.config.projector_dim
         return mlp([backbone.feature_dim, hidden, dim], bias=False, last=scale_only_batch_norm(dim))
 
@@ -330,12 +331,6 @@ class SimclrV2(EmaTarget):
         backbone = build_backbone(f"{model_name}+mlp{self.config.projector_hidden}")
         return ContrastiveNetwork(backbone, self.projector(backbone))
 
-    def projector(self, backbone):
-        """The rest of the 3-layer head (its first layer is in the backbone): Linear → BN → ReLU → Linear → BN
-        with a scale and no shift, as google-research/simclr's v2 code."""
-        hidden, dim = self.config.projector_hidden, self.config.projector_dim
-        return mlp([backbone.feature_dim, hidden, dim], bias=False, last=scale_only_batch_norm(dim))
-
     def build_model(self, model_name, num_classes, family, device, channels_last):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
         self.memory = (KeyQueue(self.config.memory_size, self.config.projector_dim, self.config.seed, device)
@@ -371,13 +366,13 @@ class MocoV3(EmaTarget):
     name, cosine_momentum, default_temperature = "moco_v3", True, 0.2
 
     def network(self, model_name, num_classes):
-        backbone = build_backbone(model_name)
+        network = super().network(model_name, num_classes)
         if self.config.frozen_patch_projection:
-            if not hasattr(backbone, "patch_embed"):
+            if not is_vit(network.backbone):
                 raise ValueError(f"--frozen-patch-projection needs a ViT backbone; {model_name} has no patch "
                                  "projection")
-            backbone.patch_embed.requires_grad_(False)
-        return ContrastiveNetwork(backbone, self.projector(backbone), self.predictor(backbone))
+            network.backbone.patch_embed.requires_grad_(False)
+        return network
 
     def projector(self, backbone):
         """facebookresearch/moco-v3's heads (Linear layers without bias): on a ViT a 3-layer projector, on a
