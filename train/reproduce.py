@@ -5,8 +5,9 @@
 TABLE is sla, hsakd, maxl, ssl or all. A table is a declared grid (train/reproduce_grids.py) of ordinary runs of
 train/main.py: each run's command line is printed before it runs, its run directory is under
 `<out>/runs/<table>/`, and a run that finished there before with the same arguments is read back instead of
-run again, so an interrupted table continues where it stopped (a run made with other arguments runs again). With `--nproc-per-node N` every run goes through
-`torchrun --standalone --nproc_per_node=N`; otherwise each runs in this process, by the same code path.
+run again, so an interrupted table continues where it stopped (a run made with other arguments runs again).
+With `--nproc-per-node N` every run goes through `torchrun --standalone --nproc_per_node=N`; otherwise each runs
+in this process, by the same code path.
 
 Writes `<out>/<table>.jsonl` (one record per row and seed), `<out>/<table>.md` (mean ± sample std over seeds,
 n, the claims and what the table shows) and `<out>/<table>.png` (a panel per metric, a bar per row, a dot

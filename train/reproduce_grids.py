@@ -64,7 +64,8 @@ def sla_table(scale: str) -> Table:
         common = ("--dataset", "digits", "--image-size", "16", "--model", "resnet8", "--samples-per-class", "10",
                   "--batch-size", "32", "--epochs", "60", "--lr", "0.05", "--crop-padding", "2", "--log-every", "1000")
         setting = ("The SLA paper's limited-data setting on the embedded digits: 10 training images per class "
-                   "(100 in all), 16 px (crops padded by 2 px, CIFAR's 4 px at half the size), ResNet-8, batch 32, 60 epochs of SGD with a cosine schedule; validation "
+                   "(100 in all), 16 px (crops padded by 2 px, CIFAR's 4 px at half the size), ResNet-8, batch 32, "
+                   "60 epochs of SGD with a cosine schedule; validation "
                    "144 images, test 360.")
     else:
         common = ("--preset", "sla-cifar100-resnet32")
@@ -95,19 +96,21 @@ SLA_DIGITS_NOTES = (
     "Notes (digits, checked by the runs named):",
     "- The paper's four rotations do not lift SLA+SD over the baseline here; two rotations (0°, 180°) do. Not the "
     "budget: at 60 epochs `sla`'s joint classifier is under-trained (SI far below the baseline), but with 3× the "
-    "epochs (180, seeds 0–2) the baseline reached 90.46 ± 2.80, `sla_sd rotation` 89.07 ± 1.29 (SD) and "
-    "`sla_sd rotation2` 91.39 ± 2.74. Not the 6↔9 ambiguity of a half turn either: per class (3 seeds, 60 "
-    "epochs), `sla_sd rotation` gains on 0, 1, 6 and 8 and loses on 3, 4, 5, 7 and 9. What makes quarter turns of "
-    "these 8×8 digits a poor joint task is left open.",
-    "- The digits are grey, their three channels equal, so every colour permutation of an image is the same image: "
-    "the `color_perm*` families give the joint classifier views it cannot tell apart, and their SD head learns "
-    "from a teacher that spreads each class over identical views.",
+    "epochs (`--epochs-scale 3 --out results-3x --rows 'baseline,sla_sd rotation,sla_sd rotation2'`, seeds 0–2) "
+    "the baseline reached 90.46 ± 2.80, `sla_sd rotation` 89.07 ± 1.29 (SD) and `sla_sd rotation2` 91.39 ± 2.74. "
+    "Not the 6↔9 ambiguity of a half turn either: per class (3 seeds, 60 epochs, each run's `test_per_class`), "
+    "`sla_sd rotation` gains on 0, 1, 6 and 8 and loses on 3, 4, 5, 7 and 9. What makes quarter turns of these "
+    "8×8 digits a poor joint task is left open.",
+    "- The digits are grey, their three channels equal, so every colour permutation of an image is the same "
+    "image: the `color_perm*` families give the joint classifier views it cannot tell apart, and their SD head "
+    "learns from a teacher that spreads each class over identical views.",
     "- `da` and `mt` learn each rotated digit as its class, which costs them 26–28 points against the baseline.",
     "- `--transforms auto` trains each of the 7 families for half the epochs here (`--auto-trial-fraction 0.5`): "
-    "630 trial steps beside the run's 180. Shorter trials pick worse: at 10% (18 steps) every trial stayed near "
-    "chance on validation (15–29%) and auto landed 2.9 points under the best family, at 30% 1.5 points under. "
-    "Choosing each seed's family by its full run's validation score gives 86.85, so the 144 validation images "
-    "are not what limits the choice; the trials' length is.",
+    "630 trial steps beside the run's 180. Shorter trials pick worse (the same cell with `--auto-trial-fraction "
+    "0.1` or `0.3`): at 10% (18 steps) every trial stayed near chance on validation (15–29%) and auto landed 2.9 "
+    "points under the best family, at 30% 1.5 points under. Choosing each seed's family by its full run's "
+    "validation score (`best_val` in the family rows' runs) gives 86.85, so the 144 validation images are not "
+    "what limits the choice; the trials' length is.",
 )
 
 
@@ -185,8 +188,8 @@ def ssl_table(scale: str) -> Table:
         pretrain = ("--epochs", "30", "--crop-padding", "2")  # the supervised row's crops; the others draw views
         probe = ("--epochs", "30", "--lr", "1.0", "--weight-decay", "0", "--crop-padding", "0")
         setting = ("Every self-supervised method on the embedded digits (1,293 training images, 16 px, ResNet-8, "
-                   "projector 256 → 64), 30 epochs of pretraining each with its own views and settings, then the same "
-                   "probe for all: a linear classifier on the frozen features, 30 epochs, on the training images "
+                   "projector 256 → 64), 30 epochs of pretraining each with its own views and settings, then the "
+                   "same probe for all: a linear classifier on the frozen features, 30 epochs, on the training images "
                    "flipped but not cropped (`linear_eval --crop-padding 0`: at 16 px the crop's shift costs an "
                    "untrained network's probe 26 points). kNN: the pretraining run's k-NN monitor on the test split.")
     else:
