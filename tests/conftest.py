@@ -12,6 +12,18 @@ sys.path.insert(0, str(REPO))
 from pipeline.processes import descendants  # noqa: E402
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs one worker per core), each worker computes on its share of the
+    cores: two workers each running a thread per core would spin against each other in OpenMP's barriers."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the children the tests start
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` are skipped where no CUDA device answers."""
     import torch

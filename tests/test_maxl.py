@@ -249,7 +249,8 @@ def test_maxl_trains_logs_checkpoints_and_resumes_exactly(tiny_config, tmp_path,
 
 
 def test_maxl_beats_its_initialisation_on_digits(tiny_config):
-    summary = train(tiny_config(method="maxl", epochs=3, run_name="maxl-learns"))
+    # 5 epochs: at 3, fp32 (the precision of CPUs without native bf16) was still near 20% on digits
+    summary = train(tiny_config(method="maxl", epochs=5, run_name="maxl-learns"))
     assert summary["test"]["SI"] > 25.0  # chance is 10%
 
 

@@ -6,6 +6,7 @@ from train import machine_cache
 
 
 def test_the_peak_cache_key_names_the_cpu_and_its_bf16_units(monkeypatch, tmp_path):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # a cap would hide the AMX this test pretends to have
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     with_amx = machine_cache.machine_key("bf16")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
@@ -56,3 +57,41 @@ def test_an_fp32_run_on_a_gpu_is_measured_against_the_tf32_peak_while_tf32_is_on
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     for _, peaks in mfu.GPU_PEAKS:  # TF32 sits between the plain fp32 rate and the bf16 one on every variant
         assert peaks["fp32"] < peaks["tf32"] < peaks["bf16"]
+
+
+def test_a_cpu_that_emulates_bf16_takes_its_fp32_rate_as_the_bf16_peak_without_timing_bf16(monkeypatch):
+    """Zen 3 and other CPUs without AVX512-BF16 or AMX: timing emulated bf16 products took minutes there; the
+    fp32 rate bounds them (each product is widened to fp32), so that is what is measured, and named."""
+    from train import mfu
+
+    monkeypatch.setattr(mfu, "cpu_bf16_units", lambda: [])
+    timed_dtypes = []
+    real_best_rate = mfu.best_rate
+
+    def recording_best_rate(operation, flops, device, **kwargs):
+        timed_dtypes.append(operation().dtype)
+        return real_best_rate(operation, flops, device, repeats=1)
+
+    monkeypatch.setattr(mfu, "best_rate", recording_best_rate)
+    peak, source = mfu.measured_peak(torch.device("cpu"), "bf16")
+    assert timed_dtypes == [torch.float32, torch.float32] and peak > 0
+    assert "bf16 is emulated on this CPU" in source and "fp32 matmul" in source
+    monkeypatch.setattr(mfu, "cpu_bf16_units", lambda: ["amx"])
+    assert mfu.measured_precision(torch.device("cpu"), "bf16") == "bf16"
+
+
+def test_a_timed_peak_stops_at_its_time_budget():
+    from train import mfu
+
+    calls = []
+    mfu.best_rate(lambda: calls.append(__import__("time").sleep(0.05)), 1.0, torch.device("cpu"), repeats=100,
+                  budget_s=0.2)
+    assert 4 <= len(calls) <= 7  # the warm-up, then repeats until 0.2 s are spent: ~5 of 50 ms, not 100
+
+
+def test_onednn_caps_below_avx512_bf16_turn_native_bf16_off(monkeypatch):
+    for cap, allowed in (("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True), ("DEFAULT", True)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert machine_cache.onednn_allows("avx512_bf16") is allowed, cap
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert not machine_cache.onednn_allows("amx")

@@ -62,6 +62,8 @@ def choose_transforms(config: TrainConfig, run_dir: Path, run_trial, log, share,
             f"{trial.epochs} epoch(s)")
         started = time.perf_counter()
         summary = run_trial(trial)
+        if not summary.get("completed"):  # a preemption signal or a non-finite loss ended the trial: so the run
+            return config, {"stopped": summary}
         trials.append({"family": family, "epochs": trial.epochs, "steps": summary["steps"],
                        "val_score": summary["best_val"], "score_name": summary["primary_score"],
                        "wall_time_s": round(time.perf_counter() - started, 2), "run_dir": summary["run_dir"]})

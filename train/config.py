@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +204,66 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "SwAV: swav": ("num_prototypes", "local_views", "local_size", "swav_queue_size", "swav_queue_start_epoch", "freeze_prototypes_epochs",),
     "Deep InfoMax: dim": ("mi_estimator", "dim_local_stage", "dim_global_weight", "dim_local_weight",),
 }
+
+
+# The range of every numeric setting, checked before any work (`check_settings`): (lowest, highest, what the bound
+# means); an end is None where open, and `open_low` marks a strict lower bound. Enumerated settings are checked
+# where their names are resolved (methods, models, loaders, datasets), each in one line that lists the valid ones.
+@dataclass(frozen=True)
+class Limit:
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False  # low itself is refused
+    open_high: bool = False
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return False
+        return self.high is None or (value < self.high or (not self.open_high and value == self.high))
+
+    def describe(self) -> str:
+        low = None if self.low is None else f"{'>' if self.open_low else '≥'} {self.low:g}"
+        high = None if self.high is None else f"{'<' if self.open_high else '≤'} {self.high:g}"
+        return " and ".join(part for part in (low, high) if part)
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Limit(0), Limit(1), Limit(0, open_low=True)
+FRACTION = Limit(0, 1, open_low=True)  # (0, 1]
+DECAY = Limit(0, 1, open_high=True)  # [0, 1)
+SETTING_LIMITS: dict[str, Limit] = {
+    "seed": AT_LEAST_0, "dist_timeout_s": AT_LEAST_1, "stop_after_epochs": AT_LEAST_0,
+    "image_size": Limit(4), "samples_per_class": AT_LEAST_0, "imbalance_ratio": AT_LEAST_1,
+    "loader_workers": AT_LEAST_0, "crop_padding": AT_LEAST_0, "auto_trial_fraction": FRACTION,
+    "batch_size": AT_LEAST_1, "epochs": AT_LEAST_1, "iterations": AT_LEAST_0, "lr": AT_LEAST_0,
+    "lars_eta": POSITIVE, "momentum": DECAY, "weight_decay": AT_LEAST_0, "lr_milestones": Limit(0, 1, True, True),
+    "lr_gamma": POSITIVE, "warmup_iterations": AT_LEAST_0, "grad_clip_norm": AT_LEAST_0, "ema_decay": DECAY,
+    "log_every": AT_LEAST_1, "eval_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1, "eval_batch_size": AT_LEAST_1,
+    "temperature": POSITIVE, "sd_weight": AT_LEAST_0, "kd_temperature": POSITIVE, "focal_gamma": AT_LEAST_0,
+    "entropy_weight": AT_LEAST_0, "generator_lr": AT_LEAST_0, "generator_weight_decay": AT_LEAST_0,
+    "projector_hidden": AT_LEAST_1, "projector_dim": AT_LEAST_1, "contrastive_temperature": AT_LEAST_0,
+    "target_momentum": Limit(0, 1), "queue_size": AT_LEAST_1, "memory_size": AT_LEAST_0, "knn_k": AT_LEAST_1,
+    "knn_temperature": POSITIVE, "num_prototypes": AT_LEAST_1, "local_views": AT_LEAST_0, "local_size": AT_LEAST_0,
+    "swav_queue_size": AT_LEAST_0, "swav_queue_start_epoch": AT_LEAST_0, "freeze_prototypes_epochs": AT_LEAST_0,
+    "dim_global_weight": AT_LEAST_0, "dim_local_weight": AT_LEAST_0,
+}
+
+
+def check_settings(config: TrainConfig) -> None:
+    """Refuse, in one line naming the flag and its allowed range, a value no run can use (before any work)."""
+    for name, limit in SETTING_LIMITS.items():
+        value = getattr(config, name)
+        if name == "epochs" and config.iterations > 0:  # --iterations replaces --epochs
+            continue
+        for item in value if isinstance(value, tuple) else (value,):
+            if not (math.isfinite(item) and limit.admits(item)):
+                raise ValueError(f"--{name.replace('_', '-')} {item:g} is out of range; it must be {limit.describe()}")
+    if not config.val_split > 0:  # every method evaluates on it, and best.pt is chosen by it
+        raise ValueError(f"--val-split {config.val_split:g} holds out no validation images, which every method needs "
+                         "to choose best.pt; hold some out of train: a fraction such as 0.1 or a count such as 500")
+    if config.val_split >= 1 and config.val_split != int(config.val_split):
+        raise ValueError(f"--val-split {config.val_split:g} is neither a fraction (< 1) nor a whole count of images")
+    if list(config.lr_milestones) != sorted(config.lr_milestones):
+        raise ValueError(f"--lr-milestones {','.join(f'{m:g}' for m in config.lr_milestones)} must increase")
 
 
 # Settings that change what a checkpoint means; a resume must match them.

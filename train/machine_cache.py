@@ -16,9 +16,27 @@ CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sl
 CPU_BF16_UNITS = (("avx512_bf16", "_is_avx512_bf16_supported"), ("amx", "_is_amx_tile_supported"))
 
 
+# oneDNN's instruction sets in its own order (ONEDNN_MAX_CPU_ISA's values); bf16 runs natively from AVX512_CORE_BF16
+# on, and on AMX tiles from AVX512_CORE_AMX on. A cap below those makes oneDNN emulate bf16 whatever the CPU has.
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+               "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX", "AVX512_CORE_AMX",
+               "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16")
+ISA_NEEDED = {"avx512_bf16": "AVX512_CORE_BF16", "amx": "AVX512_CORE_AMX"}
+
+
+def onednn_allows(unit: str) -> bool:
+    """Whether ONEDNN_MAX_CPU_ISA (or its older name DNNL_MAX_CPU_ISA), where set, lets oneDNN use `unit`."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if cap not in ONEDNN_ISAS:  # unset, DEFAULT or unknown: no cap
+        return True
+    return ONEDNN_ISAS.index(cap) >= ONEDNN_ISAS.index(ISA_NEEDED[unit])
+
+
 def cpu_bf16_units() -> list[str]:
-    """The CPU's native bf16 units that torch.cpu's own CPUID probes find: avx512_bf16, amx."""
-    return [unit for unit, probe in CPU_BF16_UNITS if getattr(torch.cpu, probe, lambda: False)()]
+    """The CPU's native bf16 units that torch.cpu's own CPUID probes find (avx512_bf16, amx) and that oneDNN may
+    use: ONEDNN_MAX_CPU_ISA=AVX2 makes a Zen 4 or Sapphire Rapids compute bf16 as a Zen 3 does, emulated."""
+    return [unit for unit, probe in CPU_BF16_UNITS
+            if getattr(torch.cpu, probe, lambda: False)() and onednn_allows(unit)]
 
 
 def cpu_model() -> str:

@@ -33,16 +33,17 @@ from pipeline.views import ViewExpander
 from train.auto_transforms import choose_transforms
 from train.checkpoint import (atomic_save, checkpoint_payload, every_rank_rng_states, load_checkpoint,
                               own_rng_states, read_checkpoint_file, restore_rng_states)
-from train.config import PRESETS, TrainConfig, config_from_namespace, parse_arguments
+from train.config import PRESETS, TrainConfig, check_settings, config_from_namespace, parse_arguments
 from train.distributed import all_reduce_sum, barrier, broadcast_from_main, init_distributed, shutdown
 from train.evaluate import evaluate
 from train.methods import METHODS, build_method
 from train.mfu import flops_per_view, peak_flops, tf32_enabled
 from train.profiling import StepProfiler, breakdown_table
-from train.step import TrainStep
+from train.step import NonfiniteWatch, TrainStep
 from train.optim import build_ema, build_optimizer, build_scaler, build_scheduler, resolve_precision
 from train.run_dir import ELASTIC_ID, RunStart, plan_run, restart_count
 from train.run_log import RunLog, accuracy_line, format_duration, summary_table
+from train.stopping import EXIT_DIVERGED, EXIT_PREEMPTED, PreemptionSignals, weights_are_finite
 from train.throughput import TrainingClock
 
 
@@ -63,12 +64,18 @@ def plan_on_main(config: TrainConfig, context) -> RunStart:
 
 def train(config: TrainConfig) -> dict:
     """One run; the process group is torn down before returning, on success and on error alike."""
+    check_settings(config)
     context = init_distributed(config.device, config.dist_timeout_s)
+    signals = None
     try:
-        summary = run(config, context)
+        signals = PreemptionSignals(context)
+        summary = run(config, context, signals)
     except BaseException:
+        if signals is not None:
+            signals.close()
         shutdown(context, failed=True)
         raise
+    signals.close()
     shutdown(context)
     return summary
 
@@ -80,20 +87,64 @@ def unreadable_this_epoch(loader, split, context) -> tuple[int, list[str]]:
     return int(total.item()), [split.files[i] for i in indices[:5]]
 
 
-def run(config: TrainConfig, context) -> dict:
+def diverged(watch: NonfiniteWatch, model, context, check_weights: bool) -> str | None:
+    """"non-finite loss at step S" (or weights, where asked: before evaluation and checkpoints) on any rank, else
+    None; a collective under torchrun, called by every rank at the same point."""
+    first = watch.first_bad_step(context)
+    if first is not None:
+        return f"non-finite loss at step {first}"
+    if check_weights:
+        finite = torch.tensor([float(weights_are_finite(model))], device=context.device)
+        if all_reduce_sum(finite, context).item() < context.world_size:
+            return "non-finite weights"
+    return None
+
+
+def mean_losses(loss_sums: dict, loss_counts: dict) -> dict:
+    """Each loss part's mean over the steps that reported it (one host read per part)."""
+    return {name: round(float(total) / loss_counts[name], 5) for name, total in loss_sums.items()}
+
+
+def stop_early(reason: str, config: TrainConfig, context, run_log: RunLog, method, model, optimizer, scheduler,
+               scaler, ema, epoch: int, step: int, steps_per_epoch: int, best_score: float, lr: float,
+               recent_losses: dict) -> dict:
+    """A preemption signal: last.pt at this step (mid-epoch: the epoch and the batches done in it), one line, and
+    `--resume auto` continues exactly. A non-finite loss: the last finite last.pt and best.pt stay as they are,
+    and the summary says why the run ended."""
+    summary = {"completed": False, "stopped_by": reason, "step": step, "epoch": epoch,
+               "run_dir": str(run_log.run_dir)}
+    if reason.startswith("non-finite"):
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in recent_losses.items())
+        run_log.record("summary", **summary, lr=lr, recent_losses=recent_losses, exit_status=EXIT_DIVERGED)
+        run_log.print(f"stopped: {reason} (epoch {epoch + 1}, lr {lr:.4g}; mean losses over the last logged "
+                      f"steps: {shown or 'none'}); last.pt and best.pt are the last finite ones, so lower --lr or "
+                      "clip gradients (--grad-clip-norm) and continue with --resume auto")
+        return summary
+    rank_rng = every_rank_rng_states(context)  # a collective: every rank's own random streams
+    if context.is_main:
+        atomic_save(checkpoint_payload(config, model, optimizer, scheduler, scaler, ema, epoch, step, best_score,
+                                       method.provenance(), method.backbone_name, rank_rng, method.state_dict()),
+                    run_log.run_dir / "last.pt")
+    barrier(context)
+    run_log.record("stopped", **summary, batches_done_in_epoch=step - epoch * steps_per_epoch,
+                   exit_status=EXIT_PREEMPTED)
+    run_log.print(f"stopped by {reason} at epoch {epoch + 1} step {step}; continue with --resume auto")
+    return summary
+
+
+def run(config: TrainConfig, context, signals: PreemptionSignals) -> dict:
     device = context.device
-    if config.val_split <= 0:  # every method evaluates on it, and best.pt is chosen by it
-        raise ValueError(f"--val-split {config.val_split:g} holds out no validation images, which every method needs "
-                         "to choose best.pt; hold some out of train: a fraction such as 0.1 or a count such as 500")
     start = plan_on_main(config, context)
     run_log = RunLog(start.run_dir, enabled=context.is_main)
     if start.note:
         run_log.print(start.note)
     auto_decision = None
     if config.transforms == "auto":  # short trials of every family, scored on validation (train/auto_transforms.py)
-        config, auto_decision = choose_transforms(config, start.run_dir, lambda trial: run(trial, context),
+        config, auto_decision = choose_transforms(config, start.run_dir, lambda trial: run(trial, context, signals),
                                                   run_log.print, lambda value: broadcast_from_main(value, context),
                                                   context.is_main)
+        if "stopped" in auto_decision:
+            return auto_decision["stopped"]
 
     method = build_method(config)  # its settings fail fast, before data
 
@@ -197,8 +248,14 @@ def run(config: TrainConfig, context) -> dict:
     sample_views = torch.zeros(num_transforms, channels, height, width, device=device, dtype=expander.out_dtype)
     if config.channels_last:
         sample_views = sample_views.contiguous(memory_format=torch.channels_last)
-    with step_context():
-        view_flops = flops_per_view(model, sample_views, getattr(method, "teacher", None))
+    try:  # the model's first forward pass: where an image too small for its downsampling shows
+        with step_context():
+            view_flops = flops_per_view(model, sample_views, getattr(method, "teacher", None))
+    except RuntimeError as error:
+        if "size" not in str(error):
+            raise
+        raise ValueError(f"--image-size {height} is too small for --model {config.model}: its forward pass fails "
+                         f"({str(error).splitlines()[0]}); use larger images or a model that downsamples less") from None
     device_peak, peak_source = peak_flops(device, precision)
     profiler = StepProfiler(config.profile, device, run_log.run_dir, context.rank)
 
@@ -222,6 +279,10 @@ def run(config: TrainConfig, context) -> dict:
 
     # ---- training
     images_per_step = config.batch_size  # source images, all ranks together
+    batches_done = step - start_epoch * steps_per_epoch  # a run stopped mid-epoch continues at its next batch
+    watch = NonfiniteWatch(device, step)
+    stopped_by = None
+    recent_losses: dict = {}  # the last progress line's, for the line that reports a non-finite loss
     run_start = time.perf_counter()
     clock = TrainingClock(device)
     steps_this_run = 0
@@ -234,6 +295,8 @@ def run(config: TrainConfig, context) -> dict:
         model.train()
         clock.resume()
         batches = method.epoch_batches(train_loader, epoch)  # reshuffled per epoch (per pass for MAXL)
+        for _ in range(batches_done if epoch == start_epoch else 0):  # the same order and draws, read and dropped
+            next(batches)
         while step < total_steps:
             profiler.begin_step(steps_this_run)
             # data time: the host's wait for the loader. No loader waits for the device (tests/test_host_syncs.py),
@@ -245,6 +308,7 @@ def run(config: TrainConfig, context) -> dict:
                 break
             data_time += time.perf_counter() - fetch_start
             losses = train_step(batch)
+            watch.update(losses["loss"])  # on the device: no sync
             profile = profiler.end_step(steps_this_run)
             if profile is not None and context.is_main:
                 run_log.record("profile", step=step + 1, **profile)
@@ -252,6 +316,7 @@ def run(config: TrainConfig, context) -> dict:
             step += 1
             steps_this_run += 1
             clock.step_done()
+            stopped_by = signals.poll(step) if step < total_steps else None  # a signal after the last step: finish
             for name, value in losses.items():  # summed on the device: no host sync per step
                 loss_sums[name] = loss_sums.get(name, 0.0) + value.detach().float()
                 loss_counts[name] = loss_counts.get(name, 0) + 1
@@ -259,7 +324,8 @@ def run(config: TrainConfig, context) -> dict:
             if step % config.log_every == 0 or step == total_steps:
                 interval_steps, elapsed = clock.interval()  # synchronised on a GPU
                 method.check_deferred_errors()  # what the kernels flagged without a sync (bad labels on CUDA)
-                means = {name: round(float(total) / loss_counts[name], 5) for name, total in loss_sums.items()}
+                stopped_by = stopped_by or diverged(watch, model, context, check_weights=False)
+                means = recent_losses = mean_losses(loss_sums, loss_counts)
                 images_per_second = interval_steps * images_per_step / elapsed
                 mfu = view_flops * images_per_second * flop_views_per_image / (device_peak * context.world_size)
                 eta = clock.all_seconds / steps_this_run * (total_steps - step)
@@ -273,8 +339,15 @@ def run(config: TrainConfig, context) -> dict:
                               f"{' (' + parts + ')' if parts else ''} lr {lr:.4g} {images_per_second:,.0f} img/s "
                               f"MFU {100 * mfu:.1f}% data {100 * data_time / elapsed:.0f}% ETA {format_duration(eta)}")
                 loss_sums, loss_counts, data_time = {}, {}, 0.0
+            if stopped_by:
+                break
 
         clock.pause()  # evaluation and checkpoints are not training time
+        stopped_by = stopped_by or diverged(watch, model, context, check_weights=True)
+        if stopped_by:
+            return stop_early(stopped_by, config, context, run_log, method, model, optimizer, scheduler, scaler, ema,
+                              epoch, step, steps_per_epoch, best_score, scheduler.get_last_lr()[0],
+                              mean_losses(loss_sums, loss_counts) or recent_losses)
         unreadable, examples = unreadable_this_epoch(train_loader, splits.train, context)  # streamed folders
         if unreadable:
             run_log.record("unreadable", epoch=epoch + 1, step=step, count=unreadable, examples=examples)
@@ -366,8 +439,9 @@ def main(argv: list[str] | None = None) -> int:
         if namespace.list_methods:
             print("\n".join(METHODS))
             return 0
-        train(config)
-        return 0
+        summary = train(config)
+        stopped_by = summary.get("stopped_by", "")
+        return EXIT_DIVERGED if stopped_by.startswith("non-finite") else EXIT_PREEMPTED if stopped_by else 0
     except (ValueError, DataError, FileNotFoundError, WriteError) as error:
         # A bad setting, bad data or a file that cannot be written is the user's to fix: one line, no traceback.
         if namespace.debug_errors:

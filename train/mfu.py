@@ -2,7 +2,9 @@
 
 Peaks: datasheet dense rates for GPUs whose exact variant the name tells (an H100 PCIe, NVL and SXM
 differ by 30%); otherwise, and on CPUs, the best measured rate of a large matmul and of a channels_last
-3×3 convolution (a floor for the true peak, so MFU against it is an upper estimate). A CPU's measured
+3×3 convolution (a floor for the true peak, so MFU against it is an upper estimate), timed for about a
+second; a precision the CPU only emulates (bf16 without AVX512-BF16 or AMX) is bounded by the fp32 rate
+instead of being timed. A CPU's measured
 peak is cached per machine, precision and thread count (train/machine_cache.py), so runs do not pay
 for it twice.
 """
@@ -16,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from train import machine_cache
-from train.machine_cache import machine_key
+from train.machine_cache import cpu_bf16_units, machine_key
 
 # Dense peaks (FLOP/s) by the device-name pattern that identifies the variant, most specific first.
 # tf32: the tensor-core rate fp32 matmuls and convolutions run at where TF32 is allowed (cuDNN allows it by default).
@@ -50,32 +52,49 @@ def datasheet_peak(device_name: str, precision: str) -> tuple[float, str] | None
     return None  # an unknown variant (an "H100" alone could be any of three): measure instead
 
 
-def best_rate(operation, flops: float, device: torch.device, repeats: int = 10) -> float:
+def best_rate(operation, flops: float, device: torch.device, repeats: int = 10, budget_s: float = 0.5) -> float:
+    """The best of up to `repeats` timed calls, stopping once `budget_s` has been spent (a peak costs a run a
+    second or two, not minutes, whatever the machine)."""
     operation()  # warm-up: thread pools, kernel selection
-    best = math.inf
+    best, spent = math.inf, 0.0
     for _ in range(repeats):
         start = time.perf_counter()
         operation()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+        if spent > budget_s:
+            break
     return flops / best
 
 
+def measured_precision(device: torch.device, precision: str) -> str:
+    """The precision whose rate bounds `precision`'s on `device`: itself where the hardware computes it, fp32 on a
+    CPU that only emulates bf16 (no AVX512-BF16 or AMX: each product is widened to fp32, so it cannot run faster
+    than fp32, and timing the emulation would take minutes)."""
+    if device.type == "cpu" and precision != "fp32" and not cpu_bf16_units():
+        return "fp32"
+    return precision
+
+
 def measured_peak(device: torch.device, precision: str) -> tuple[float, str]:
+    measured = measured_precision(device, precision)
     size = 2048 if device.type == "cpu" else 8192
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    dtype = torch.float32 if measured == "fp32" else torch.bfloat16
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(0)  # the measurement leaves the run's random streams as they were
         matrix = torch.randn(size, size, device=device, dtype=dtype)
         images = torch.randn(256, 64, 16, 16, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device, dtype, memory_format=torch.channels_last)
-        rates = {f"{size}² {precision} matmul": best_rate(lambda: matrix @ matrix, 2 * size**3, device),
-                 f"3×3 conv 64ch 16² {precision}": best_rate(lambda: conv(images), 2 * 256 * 64 * 64 * 9 * 16 * 16,
-                                                             device)}
+        rates = {f"{size}² {measured} matmul": best_rate(lambda: matrix @ matrix, 2 * size**3, device),
+                 f"3×3 conv 64ch 16² {measured}": best_rate(lambda: conv(images), 2 * 256 * 64 * 64 * 9 * 16 * 16,
+                                                            device)}
     best = max(rates, key=rates.get)
-    measured = ", ".join(f"{name} {rate / 1e9:,.0f} GFLOP/s" for name, rate in rates.items())
-    return rates[best], f"best measured rate ({best}; measured: {measured})"
+    listing = ", ".join(f"{name} {rate / 1e9:,.0f} GFLOP/s" for name, rate in rates.items())
+    emulated = (f"; {precision} is emulated on this CPU (no AVX512-BF16 or AMX), so its peak is the fp32 rate"
+                if measured != precision else "")
+    return rates[best], f"best measured rate ({best}; measured: {listing}{emulated})"
 
 
 @functools.lru_cache(maxsize=None)

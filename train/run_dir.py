@@ -48,7 +48,10 @@ def describe_run(run_dir: Path) -> str:
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     except (OSError, ValueError):
         return "a run"
-    if any(r.get("kind") == "summary" for r in records):
+    summaries = [r for r in records if r.get("kind") == "summary"]
+    if summaries and summaries[-1].get("completed") is False:
+        return f"a run that stopped ({summaries[-1].get('stopped_by')})"
+    if summaries:
         return "a finished run"
     epochs = [r["epoch"] for r in records if r.get("kind") == "epoch" and "epoch" in r]
     return f"a run stopped after epoch {max(epochs)}" if epochs else "a run that did not finish an epoch"

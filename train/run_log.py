@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -28,6 +29,18 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def strict_json(value):
+    """`value` with every non-finite float as null: JSON has no NaN or Infinity, and strict readers (jq,
+    JavaScript's JSON.parse) refuse Python's bare NaN tokens."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
 
 
 class RunLog:
@@ -56,7 +69,7 @@ class RunLog:
         """One JSON line in metrics.jsonl: kind is "step", "epoch", "test" or "summary"."""
         if not self.enabled:
             return
-        line = json.dumps({"kind": kind, "time": round(time.time(), 3), **fields}) + "\n"
+        line = json.dumps(strict_json({"kind": kind, "time": round(time.time(), 3), **fields}), allow_nan=False) + "\n"
         try:
             with open(self.metrics_path, "a") as f:
                 f.write(line)

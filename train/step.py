@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 
 from pipeline.batch import Batch
 from pipeline.phases import phase
@@ -51,3 +52,28 @@ class TrainStep:
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
+
+
+class NonfiniteWatch:
+    """The first step whose loss was not finite, kept on the loss's device: three small device operations per
+    step and no host sync; `first_bad_step()` reads it (a sync) where the loop synchronises anyway."""
+
+    def __init__(self, device: torch.device, step: int):
+        self.steps = torch.full((), step, dtype=torch.int64, device=device)  # steps done, counted on the device
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def update(self, loss: torch.Tensor) -> None:
+        self.steps += 1
+        newly_bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        self.first_bad.copy_(torch.where(newly_bad, self.steps, self.first_bad))
+
+    def first_bad_step(self, context) -> int | None:
+        """The first non-finite step on any rank (a collective under torchrun: every rank calls it at the same
+        point), or None."""
+        first = self.first_bad.clone()
+        if context.initialised and context.world_size > 1:
+            first = torch.where(first < 0, torch.iinfo(torch.int64).max, first)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            first = torch.where(first == torch.iinfo(torch.int64).max, -1, first)
+        value = int(first)
+        return value if value >= 0 else None

@@ -1,0 +1,154 @@
+"""Runs that survive what a cluster does to them: a preemption signal mid-epoch (the run checkpoints its step and
+continues exactly), a diverging loss (the run stops and keeps its last finite checkpoints), impossible settings
+(one line before any work)."""
+import json
+import math
+import signal
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, run_child, torchrun_command
+from train.config import SETTING_LIMITS, TrainConfig
+from train.main import main
+from train.stopping import EXIT_DIVERGED, EXIT_PREEMPTED, RAISE_SIGNAL_AT
+
+TINY = ["--image-size", "16", "--model", "resnet8", "--samples-per-class", "20", "--batch-size", "32",
+        "--log-every", "4", "--epochs", "2"]  # 6 steps an epoch, 12 in all
+
+
+def refuse_constants(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def records(run_dir) -> list[dict]:
+    """metrics.jsonl read as strict JSON: a bare NaN or Infinity token fails here."""
+    return [json.loads(line, parse_constant=refuse_constants)
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_weights(a, b) -> None:
+    first, second = (torch.load(path, weights_only=True) for path in (a, b))
+    assert first["step"] == second["step"]
+    for name, tensor in first["model"].items():
+        assert torch.equal(tensor, second["model"][name]), name
+    for name, tensor in first["optimizer"]["state"].items():
+        assert torch.equal(tensor["momentum_buffer"], second["optimizer"]["state"][name]["momentum_buffer"]), name
+
+
+def signalled_env(at: str) -> dict:
+    from conftest import subprocess_env
+
+    return dict(subprocess_env(), **{RAISE_SIGNAL_AT: at})
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
+def test_a_preemption_signal_mid_epoch_checkpoints_that_step_and_resume_auto_continues_exactly(tmp_path, signal_name):
+    argv = [sys.executable, str(REPO / "train" / "main.py"), *TINY, "--out-dir", str(tmp_path)]
+    run_child([*argv, "--run-name", "straight"], timeout=180)
+    stopped = run_child([*argv, "--run-name", "r"], expect=EXIT_PREEMPTED, timeout=180,
+                        env=signalled_env(f"0:7:{signal_name}"))  # step 7: the second epoch's first step
+    assert f"stopped by {signal_name} at epoch 2 step 7; continue with --resume auto" in stopped.stdout
+    checkpoint = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["step"]) == (1, 7)
+    stop = [r for r in records(tmp_path / "r") if r["kind"] == "stopped"]
+    steps_per_epoch = json.loads((tmp_path / "r" / "config.json").read_text())["total_steps"] // 2
+    assert steps_per_epoch == 6
+    assert len(stop) == 1 and stop[0]["batches_done_in_epoch"] == 1 and stop[0]["exit_status"] == EXIT_PREEMPTED
+    resumed = run_child([*argv, "--run-name", "r", "--resume", "auto"], timeout=180)
+    assert "continuing from" in resumed.stdout
+    same_weights(tmp_path / "straight" / "last.pt", tmp_path / "r" / "last.pt")
+    summaries = [r for r in records(tmp_path / "r") if r["kind"] == "summary"]
+    straight = [r for r in records(tmp_path / "straight") if r["kind"] == "summary"]
+    assert summaries[-1]["test"] == straight[-1]["test"] and summaries[-1]["completed"]
+
+
+@pytest.mark.distributed
+def test_under_torchrun_every_rank_stops_at_the_same_step_and_the_resumed_run_is_exact(tmp_path):
+    """Only rank 1 is signalled (at its step 3): both ranks stop after step 4, the step that reads the all-reduce
+    started after step 3, and resuming both gives the weights of the run that was never stopped."""
+    def command(name, *extra):
+        return torchrun_command(2, str(REPO / "train" / "main.py"), *TINY, "--samples-per-class", "40",
+                                "--out-dir", str(tmp_path), "--run-name", name, *extra)
+
+    run_child(command("straight"), timeout=300)
+    stopped = run_child(command("r"), expect=None, timeout=300, env=signalled_env("1:3:SIGTERM"))
+    assert "stopped by SIGTERM at epoch 1 step 4; continue with --resume auto" in stopped.stdout, stopped.stderr[-3000:]
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 4
+    run_child(command("r", "--resume", "auto"), timeout=300)
+    same_weights(tmp_path / "straight" / "last.pt", tmp_path / "r" / "last.pt")
+
+
+def test_a_second_signal_while_the_checkpoint_is_written_changes_nothing(tmp_path, monkeypatch, capsys):
+    from train import main as main_module
+
+    save = main_module.atomic_save
+
+    def save_while_signalled(payload, path):
+        signal.raise_signal(signal.SIGTERM)  # recorded, ignored: the save goes on
+        save(payload, path)
+
+    monkeypatch.setattr(main_module, "atomic_save", save_while_signalled)
+    monkeypatch.setenv(RAISE_SIGNAL_AT, "0:3:SIGTERM")
+    assert main([*TINY, "--out-dir", str(tmp_path), "--run-name", "r"]) == EXIT_PREEMPTED
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handlers are gone with it
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_last_finite_checkpoints(tmp_path, capsys):
+    """The first epoch trains at lr 0.1; at the second the schedule multiplies it by 10⁵ and the loss leaves the
+    floats within a few steps."""
+    argv = [*TINY, "--out-dir", str(tmp_path), "--run-name", "r", "--schedule", "multistep", "--lr-milestones", "0.5",
+            "--lr-gamma", "100000"]
+    assert main(argv) == EXIT_DIVERGED
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("stopped")]
+    assert len(lines) == 1 and lines[0].startswith("stopped: non-finite loss at step ") and "lr 1e+04" in lines[0]
+    checkpoint = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert checkpoint["step"] == 6  # the first epoch's, the last finite one
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values() if t.is_floating_point())
+    best = torch.load(tmp_path / "r" / "best.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(t).all() for t in best.values() if t.is_floating_point())
+    summary = [r for r in records(tmp_path / "r") if r["kind"] == "summary"]
+    assert len(summary) == 1 and summary[0]["completed"] is False and summary[0]["exit_status"] == EXIT_DIVERGED
+    assert int(summary[0]["stopped_by"].split()[-1]) > 6
+    assert any(value is None for value in summary[0]["recent_losses"].values())  # NaN as null
+
+
+def out_of_range(limit):
+    """A value the limit refuses, and the flag's text for it."""
+    if limit.low is not None:
+        return limit.low if limit.open_low else limit.low - 1
+    return limit.high + 1 if not limit.open_high else limit.high
+
+
+@pytest.mark.parametrize("name", sorted(SETTING_LIMITS))
+def test_every_numeric_setting_out_of_range_is_one_line_naming_the_flag(name, tmp_path, capsys):
+    limit = SETTING_LIMITS[name]
+    value = out_of_range(limit)
+    kind = type(getattr(TrainConfig, name) if not isinstance(getattr(TrainConfig, name), tuple) else 0.5)
+    text = f"{kind(value):g}" if kind is not int else str(int(value))
+    flag = "--" + name.replace("_", "-")
+    assert main([flag, text, "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {flag} ") and "out of range" in err and limit.describe() in err
+    assert "\n" not in err and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--batch-size", "0"], "--batch-size 0 is out of range; it must be ≥ 1"),
+    (["--epochs", "-1"], "--epochs -1 is out of range; it must be ≥ 1"),
+    (["--val-split", "2.5"], "--val-split 2.5 is neither a fraction"),
+    (["--lr-milestones", "0.75,0.5"], "--lr-milestones 0.75,0.5 must increase"),
+    (["--lr", "nan"], "--lr nan is out of range"),
+    (["--model", "vgg16", "--image-size", "8"], "--image-size 8 is too small for --model vgg16: its forward pass fails"),
+])
+def test_impossible_settings_named_in_the_issue_are_refused(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_limits_describe_their_ranges():
+    assert SETTING_LIMITS["momentum"].describe() == "≥ 0 and < 1"
+    assert SETTING_LIMITS["temperature"].describe() == "> 0"
+    assert not math.isnan(out_of_range(SETTING_LIMITS["lr_milestones"]))
