@@ -35,8 +35,11 @@ $(STAMP): requirements.txt requirements-ffcv.txt Makefile
 demo: setup
 	$(VENV)/bin/torchrun --standalone --nproc_per_node=1 train/main.py
 
+# One pytest-xdist worker per core (at most 4), each computing on its share of the cores (tests/conftest.py).
+TEST_WORKERS ?= $(shell python3 -c 'import os; print(min(4, len(os.sched_getaffinity(0))))')
+
 test: setup
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The GPU path on one device, in minutes; installs nothing (a GPU machine may have no network): it runs with
 # .venv's Python where `make setup` made one, else with the machine's python3 and what it has installed.

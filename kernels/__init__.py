@@ -17,6 +17,11 @@ from .reference import upcast
 from .ops import raise_pending_label_error
 from .families import FAMILIES, TransformFamily, get_family
 
+
+def follow_torch_threads() -> None:
+    """Numba's CPU kernels compute on torch's thread count (kernels/cpu.py says why)."""
+    ops.cpu_kernels.follow_torch_threads()
+
 BACKENDS = ("auto", "cuda", "cpu", "torch")
 # On an H200 each Numba CUDA launch costs about 2 ms of host-side dispatch whatever the size, 3× the eager
 # composite's time for the losses at 256–1024 rows (BENCHMARKS.md): `auto` takes the composite there, and
@@ -153,6 +158,26 @@ def expand_views(images, family, *, mean, std, out_dtype=torch.float32, channels
     return views if out_dtype == torch.float32 else views.to(out_dtype)
 
 
+def gather_expand_views(dataset, indices, offsets, flips, padding: int, family, *, mean, std, out_dtype=torch.float32,
+                        channels_last=True, backend="auto"):
+    """A training batch's views made straight from the resident uint8 dataset [N, H, W, C] in one pass: images
+    `indices` [B], cropped at `offsets` [B, 2] (top, left in the image zero-padded by `padding`), mirrored where
+    `flips` [B], then expanded as `expand_views` does. The torch backend composes the two steps (the reference)."""
+    family = get_family(family) if isinstance(family, str) else family
+    if dataset.dtype != torch.uint8 or dataset.dim() != 4:
+        raise ValueError(f"images must be uint8 [N, H, W, C]; got {dataset.dtype} of shape {tuple(dataset.shape)}")
+    check_family_fits(family, dataset.shape[1], dataset.shape[2], dataset.shape[3])
+    backend = _resolve_backend(backend, dataset)
+    if backend == "torch":
+        cropped = reference.crop_and_flip(dataset[indices], offsets, flips, padding)
+        return expand_views(cropped, family, mean=mean, std=std, out_dtype=out_dtype, channels_last=channels_last,
+                            backend="torch")
+    turns, orders, scale, shift = _family_tensors(family, tuple(mean), tuple(std), dataset.device)
+    views = ops.call(ops.gather_views, dataset, indices, offsets, flips, padding, turns, orders, scale, shift,
+                     channels_last, backend)
+    return views if out_dtype == torch.float32 else views.to(out_dtype)
+
+
 @functools.lru_cache(maxsize=64)
 def _family_tensors(family: TransformFamily, mean: tuple, std: tuple, device: torch.device):
     """The small per-family tables the view kernel reads, made once per device."""
@@ -163,6 +188,7 @@ def _family_tensors(family: TransformFamily, mean: tuple, std: tuple, device: to
 
 
 __all__ = [
+    "follow_torch_threads", "gather_expand_views",
     "BACKENDS", "FAMILIES", "TransformFamily", "aggregate_logits", "backend_for_device",
     "check_family_fits", "distillation_kl", "expand_views", "get_family", "identity_rows", "joint_cross_entropy",
     "raise_pending_label_error", "single_view_logits", "upcast",

@@ -33,6 +33,20 @@ from .indexing import rotated_source
 if not {"NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY"} & set(os.environ):
     config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
+
+def follow_torch_threads() -> None:
+    """Numba's thread count set to torch's. Under the OpenMP layer both share one OpenMP runtime, and each Numba
+    launch sets that runtime's count to Numba's (the core count by default): a process that computes on one
+    thread (OMP_NUM_THREADS=1, torch.set_num_threads) ran every later torch operation on all cores after the
+    first kernel, so a run and its resume, started at different points, did not repeat each other's bits."""
+    import numba
+    import torch
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), config.NUMBA_NUM_THREADS)))
+
+
+follow_torch_threads()
+
 SUMS = {"reassoc", "contract"}
 EXACT = {"contract"}
 
@@ -306,3 +320,26 @@ def expand_views(images, quarter_turns, channel_orders, scale, shift, out_hwc):
                     source_channel = channel_orders[j, c]
                     out_hwc[row, h, w, c] = (np.float32(images[b, sh, sw, source_channel]) * scale[source_channel]
                                              + shift[source_channel])
+
+
+@njit(parallel=True, cache=True)
+def gather_views(dataset, indices, offsets, flips, padding, quarter_turns, channel_orders, scale, shift, out_hwc):
+    """kernels/cuda.py's gather_views on the CPU: the batch's views straight from the resident dataset (crop in the
+    zero-padded image, mirror, view j's rotation and channel order, normalisation), each element written once."""
+    rows, height, width, channels = out_hwc.shape
+    num_views = quarter_turns.shape[0]
+    for row in prange(rows):
+        b, j = row // num_views, row % num_views
+        image, turns = dataset[indices[b]], quarter_turns[j]
+        top, left, flip = offsets[b, 0] - padding, offsets[b, 1] - padding, flips[b]
+        for h in range(height):
+            for w in range(width):
+                sh, sw = rotated_source(turns, h, w, height, width)
+                if flip:
+                    sw = width - 1 - sw
+                y, x = top + sh, left + sw
+                inside = 0 <= y < height and 0 <= x < width
+                for c in range(channels):
+                    source = channel_orders[j, c]
+                    value = np.float32(image[y, x, source]) if inside else np.float32(0.0)
+                    out_hwc[row, h, w, c] = value * scale[source] + shift[source]

@@ -153,3 +153,30 @@ def expand_views(images, quarter_turns, channel_orders, scale, shift, out_hwc):
     sh, sw = rotated_source(quarter_turns[j], h, w, height, width)
     source = channel_orders[j, c]
     out_hwc[row, h, w, c] = float32(images[b, sh, sw, source]) * scale[source] + shift[source]
+
+
+@cuda.jit
+def gather_views(dataset, indices, offsets, flips, padding, quarter_turns, channel_orders, scale, shift, out_hwc):
+    """One thread per output element of the [B·M, H, W, C] views of a training batch, made straight from the
+    resident dataset: image indices[b], cropped at offsets[b] (top, left) in its zero-padded copy, mirrored where
+    flips[b], then view j's rotation and channel order, normalised (kernels/reference.py's crop_and_flip, then
+    expand_views, in one pass: each output element is written once and no batch is materialised between)."""
+    index = cuda.grid(1)
+    rows, height, width, channels = out_hwc.shape
+    if index >= rows * height * width * channels:
+        return
+    c = index % channels
+    w = (index // channels) % width
+    h = (index // (channels * width)) % height
+    row = index // (channels * width * height)
+    num_views = quarter_turns.shape[0]
+    b, j = row // num_views, row % num_views
+    sh, sw = rotated_source(quarter_turns[j], h, w, height, width)
+    if flips[b]:
+        sw = width - 1 - sw
+    y, x = offsets[b, 0] + sh - padding, offsets[b, 1] + sw - padding
+    source = channel_orders[j, c]
+    value = float32(0.0)  # the zero padding
+    if 0 <= y < height and 0 <= x < width:
+        value = float32(dataset[indices[b], y, x, source])
+    out_hwc[row, h, w, c] = value * scale[source] + shift[source]

@@ -401,6 +401,41 @@ def expand_views(images: Tensor, quarter_turns: Tensor, channel_orders: Tensor, 
     return out
 
 
+@_kernel_op("gather_views")
+def gather_views(dataset: Tensor, indices: Tensor, offsets: Tensor, flips: Tensor, padding: int,
+                 quarter_turns: Tensor, channel_orders: Tensor, scale: Tensor, shift: Tensor, channels_last: bool,
+                 backend: str) -> Tensor:
+    """uint8 dataset [N, H, W, C] and a batch's indices, crop offsets and flips → float32 [B·M, C, H, W]: the
+    batch read once from the dataset and each view written once."""
+    _, height, width, channels = dataset.shape
+    rows = indices.shape[0] * quarter_turns.shape[0]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(rows, channels, height, width, dtype=torch.float32, device=dataset.device,
+                      memory_format=memory_format)
+    out_hwc = out.permute(0, 2, 3, 1)
+    args = [dataset.contiguous(), indices, offsets.contiguous(), flips.to(torch.uint8), padding, quarter_turns,
+            channel_orders, scale, shift]
+    arrays = [arg if isinstance(arg, int) else _array(arg) for arg in args]
+    if backend == "cpu":
+        cpu_kernels.gather_views(*arrays, _array(out_hwc))
+    else:
+        kernels = _cuda_kernels()
+        blocks = math.ceil(out.numel() / kernels.ELEMENT_THREADS)
+        target = out_hwc if dataset.is_cuda or out_hwc.is_contiguous() else torch.empty_like(out_hwc.contiguous())
+        _launch(kernels.gather_views, blocks, kernels.ELEMENT_THREADS, dataset, *arrays, _array(target))
+        if target is not out_hwc:
+            out_hwc.copy_(target)
+    return out
+
+
+@gather_views.register_fake
+def _(dataset, indices, offsets, flips, padding, quarter_turns, channel_orders, scale, shift, channels_last, backend):
+    _, height, width, channels = dataset.shape
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(indices.shape[0] * quarter_turns.shape[0], channels, height, width, dtype=torch.float32,
+                       device=dataset.device, memory_format=memory_format)
+
+
 @expand_views.register_fake
 def _(images, quarter_turns, channel_orders, scale, shift, channels_last, backend):
     batch, height, width, channels = images.shape

@@ -76,3 +76,17 @@ def expand_views(images, family: TransformFamily, scale, shift, channel_orders, 
     stacked = torch.stack(views, dim=1).reshape(batch * family.num_transforms, channels, height, width)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return stacked.to(dtype=out_dtype, memory_format=memory_format)
+
+
+def crop_and_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
+    """Zero-pad uint8 [B, H, W, C] images by `padding`, crop back to H×W at `offsets` (top, left in the padded
+    image), mirror the rows where `flips`: the resident loader's augmentation, and the fused gather's reference."""
+    batch, height, width, _ = images.shape
+    padded = F.pad(images, (0, 0, padding, padding, padding, padding))
+    offsets, flips = offsets.to(images.device), flips.to(images.device)
+    rows = offsets[:, :1] + torch.arange(height, device=images.device)  # [B, H]
+    column_steps = torch.arange(width, device=images.device)
+    column_steps = torch.where(flips[:, None], width - 1 - column_steps, column_steps)
+    columns = offsets[:, 1:] + column_steps  # [B, W]
+    batch_index = torch.arange(batch, device=images.device)[:, None, None]
+    return padded[batch_index, rows[:, :, None], columns[:, None, :]]

@@ -80,7 +80,11 @@ class FfcvLoader:
         else:  # every image once across ranks, no padding: the strided evaluation shard, in order
             shard = evaluation_shard(len(split), settings.rank, settings.world_size).numpy()
             arguments = dict(order=OrderOption.SEQUENTIAL, indices=shard, distributed=False, drop_last=False)
-        self.loader = Loader(str(path), batch_size=settings.per_rank_batch, num_workers=settings.worker_count(),
+        import numba
+
+        # FFCV's workers are Numba threads: never more than Numba's pool (NUMBA_NUM_THREADS), which it refuses
+        workers = min(settings.worker_count(), numba.config.NUMBA_NUM_THREADS)
+        self.loader = Loader(str(path), batch_size=settings.per_rank_batch, num_workers=workers,
                              pipelines=pipelines, os_cache=os_cache, batches_ahead=2, **arguments)
 
     def set_epoch(self, epoch: int) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.reference import crop_and_flip
+
 from .batch import Batch, LoaderSettings
 from .datasets import ImageSet
 from .phases import phase
@@ -21,19 +23,6 @@ def draw_crop_and_flip(batch: int, padding: int, generator: torch.Generator) -> 
     offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)  # (top, left) in the padded image
     flips = torch.rand(batch, generator=generator) < 0.5
     return offsets, flips
-
-
-def crop_and_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
-    """Zero-pad by `padding`, crop back to H×W at `offsets`, mirror the rows where `flips`."""
-    batch, height, width, _ = images.shape
-    padded = F.pad(images, (0, 0, padding, padding, padding, padding))
-    offsets, flips = offsets.to(images.device), flips.to(images.device)
-    rows = offsets[:, :1] + torch.arange(height, device=images.device)  # [B, H]
-    column_steps = torch.arange(width, device=images.device)
-    column_steps = torch.where(flips[:, None], width - 1 - column_steps, column_steps)
-    columns = offsets[:, 1:] + column_steps  # [B, W]
-    batch_index = torch.arange(batch, device=images.device)[:, None, None]
-    return padded[batch_index, rows[:, :, None], columns[:, None, :]]
 
 
 def draw_epoch_crops(batch_sizes: list[int], padding: int, generator: torch.Generator,
@@ -86,8 +75,11 @@ class ResidentLoader:
             crops = draw_epoch_crops([len(b) for b in batches], settings.crop_padding, augment_rng, self.images.device)
         for step, step_indices in enumerate(batches):
             with phase("expand"):  # gather, crop, flip and views: one pass over the batch on the device
-                images = self.images[step_indices]
-                if augment:
-                    images = crop_and_flip(images, *crops[step], settings.crop_padding)
-                views = settings.expander(images)
+                if augment and hasattr(settings.expander, "gather"):  # the family's views: one fused kernel
+                    views = settings.expander.gather(self.images, step_indices, *crops[step], settings.crop_padding)
+                elif augment:
+                    views = settings.expander(crop_and_flip(self.images[step_indices], *crops[step],
+                                                            settings.crop_padding))
+                else:
+                    views = settings.expander(self.images[step_indices])
             yield Batch(views, self.labels[step_indices], step_indices)

@@ -4,24 +4,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker computes on its share of the cores, set
+# before torch and Numba start their thread pools. Two processes whose pools each hold a thread per core spin
+# against each other in OpenMP's waits: two one-thread torch processes whose Numba pools kept two threads ran a
+# 10 s test in 130 s each. The children the tests start inherit it.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[_name] = _threads
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.processes import descendants  # noqa: E402
-
-
-def pytest_configure(config):
-    """Under pytest-xdist (`make test` runs one worker per core), each worker computes on its share of the
-    cores: two workers each running a thread per core would spin against each other in OpenMP's barriers."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        import torch
-
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        torch.set_num_threads(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the children the tests start
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,7 +5,7 @@ import torch.distributed as dist
 
 from torchrun_check import all_ranks, run_check  # also puts the repository on sys.path
 
-from train.methods.contrastive_losses import nt_xent  # noqa: E402
+from train.methods.contrastive_losses import Ranks, nt_xent  # noqa: E402
 
 
 def whole_batch() -> torch.Tensor:
@@ -24,7 +24,7 @@ def check(context, reference: torch.Tensor, reference_grad: torch.Tensor) -> dic
     whole = whole_batch()
     rank, world = context.rank, context.world_size
     local = whole[rank * 6:(rank + 1) * 6].clone().requires_grad_()
-    loss = nt_xent(local, 0.5)
+    loss = nt_xent(local, 0.5, ranks=Ranks(world, rank))  # even shards: no count exchange
     loss.backward()  # the gather's backward sums every rank's gradient into the local rows
     global_loss = loss.detach().clone()
     dist.all_reduce(global_loss)
@@ -34,7 +34,7 @@ def check(context, reference: torch.Tensor, reference_grad: torch.Tensor) -> dic
     # each rank's loss weighted by its share of the rows sums to the one-process loss, and so do the gradients
     rows = (0, 8) if rank == 0 else (8, 12)
     uneven = whole[rows[0]:rows[1]].clone().requires_grad_()
-    weighted = nt_xent(uneven, 0.5) * (rows[1] - rows[0]) / 12
+    weighted = nt_xent(uneven, 0.5, ranks=Ranks(world, rank, even_rows=False)) * (rows[1] - rows[0]) / 12
     weighted.backward()
     uneven_loss = weighted.detach().clone()
     dist.all_reduce(uneven_loss)

@@ -7,7 +7,8 @@ import torch.nn as nn
 from torchrun_check import all_ranks, run_check  # also puts the repository on sys.path
 
 from train.config import TrainConfig  # noqa: E402
-from train.methods.contrastive import ContrastiveNetwork, MocoV2, mlp  # noqa: E402
+from pipeline.sharding import derived_seed  # noqa: E402
+from train.methods.contrastive import SHUFFLE_STREAM, ContrastiveNetwork, MocoV2, mlp  # noqa: E402
 
 PER_RANK = 5  # odd on purpose
 
@@ -23,6 +24,7 @@ def check(context) -> dict:
     rank, world = context.rank, context.world_size
     torch.manual_seed(0)  # the same target network on every rank
     method = MocoV2(TrainConfig(method="moco_v2", transforms="none", seed=3))
+    method.attach(context)
     backbone = TinyBackbone()
     method.target = ContrastiveNetwork(backbone, mlp([backbone.feature_dim, 8, 5])).double()
     method.steps_done = 7
@@ -30,7 +32,7 @@ def check(context) -> dict:
     local = whole[rank * PER_RANK:(rank + 1) * PER_RANK]
     shuffled = method.shuffled_key_projections(local)
 
-    order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(3 * 1_000_003 + 7))
+    order = torch.randperm(len(whole), generator=torch.Generator().manual_seed(derived_seed(3, 7, SHUFFLE_STREAM)))
     expected = torch.empty(len(whole), 5, dtype=torch.float64)
     with torch.no_grad():
         for shard in order.view(world, PER_RANK):

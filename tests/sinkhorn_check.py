@@ -4,6 +4,7 @@ import torch
 
 from torchrun_check import all_ranks, run_check  # also puts the repository on sys.path
 
+from train.methods.contrastive_losses import Ranks  # noqa: E402
 from train.methods.swav import sinkhorn  # noqa: E402
 
 
@@ -16,7 +17,7 @@ def prototype_scores() -> torch.Tensor:
 
 def check(context, whole: torch.Tensor) -> dict:
     rank = context.rank
-    local = sinkhorn(prototype_scores()[rank * 5:(rank + 1) * 5])
+    local = sinkhorn(prototype_scores()[rank * 5:(rank + 1) * 5], ranks=Ranks(context.world_size, rank))
     return {"same_codes": all_ranks(torch.allclose(local, whole[rank * 5:(rank + 1) * 5], rtol=1e-12, atol=1e-15))}
 
 

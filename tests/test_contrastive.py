@@ -143,7 +143,6 @@ def test_moco_queue_is_a_ring_buffer_of_the_newest_keys(tiny_config):
 
 def test_the_momentum_network_gets_no_gradient_and_moves_by_the_ema_rule(tiny_config):
     from train.methods import build_method
-    from train.methods.contrastive import MomentumStep
 
     import kernels
 
@@ -154,20 +153,11 @@ def test_the_momentum_network_gets_no_gradient_and_moves_by_the_ema_rule(tiny_co
     before_target = {n: p.clone() for n, p in method.target.named_parameters()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
 
-    class Base:  # a step that moves the online network
-        def __init__(self):
-            self.model = model
-
-        def __call__(self, batch):
-            optimizer.zero_grad()
-            outputs = method.forward(model, batch.views)
-            losses = method.losses(outputs, batch.labels)
-            losses["loss"].backward()
-            optimizer.step()
-            return losses
-
-    views = torch.randn(8, 3, 16, 16)
-    MomentumStep(Base(), method)(type("B", (), {"views": views, "labels": torch.zeros(4, dtype=torch.int64)})())
+    views = torch.randn(8, 3, 16, 16)  # a step that moves the online network, then the after-update
+    outputs = method.forward(model, views)
+    method.losses(outputs, torch.zeros(4, dtype=torch.int64))["loss"].backward()
+    optimizer.step()
+    method.after_update(model, outputs)
     assert all(p.grad is None for p in method.target.parameters())
     online = dict(model.named_parameters())
     for name, param in method.target.named_parameters():
@@ -198,7 +188,10 @@ def test_contrastive_pretraining_beats_its_initialisation_and_resumes_exactly(ti
     extra = dict(memory_size=96) if method == "simclr_v2" else {}  # v2 with its memory: the momentum network too
     if method == "dim":  # its reference's Adam (train.config.METHOD_DEFAULTS), at a short run's higher lr
         extra = dict(optimizer="adam", lr=1e-3, weight_decay=0.0)
-    config = small(tiny_config, method=method, epochs=3, samples_per_class=40, batch_size=64,
+    # simclr_v2 5 epochs: at 3 its k-NN was still within a point of its initialisation on one thread (60.3 vs 61.1;
+    # 73.6 at 5); the others' 3 clear their bars on one thread and on two
+    config = small(tiny_config, method=method, epochs=5 if method == "simclr_v2" else 3, samples_per_class=40,
+                   batch_size=64,
                    **{"lr": 0.1, "precision": "fp32", **extra})
     straight = train(config.__class__(**{**config.__dict__, "run_name": "straight"}))
     steps = [json.loads(line) for line in (tmp_path / "runs" / "straight" / "metrics.jsonl").read_text().splitlines()]

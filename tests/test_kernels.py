@@ -368,3 +368,58 @@ def test_the_cuda_gradient_grid_fits_any_row_count():
 
     blocks, threads = ops._row_grid(4096 * 24, 100 * 24)
     assert isinstance(blocks, int) and blocks * threads >= 4096 * 24 * 100 * 24 and blocks < 2**31
+
+
+def test_a_numba_kernel_leaves_torchs_thread_count_as_it_found_it():
+    """Numba's OpenMP layer shares torch's runtime: each launch set it to the core count, so a one-thread run
+    computed its later steps on every core (and its resume, begun elsewhere, differed in the last bits)."""
+    import kernels
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        kernels.follow_torch_threads()
+        images = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
+        kernels.expand_views(images, "rotation", mean=(0.5,) * 3, std=(0.25,) * 3, backend="cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+        kernels.follow_torch_threads()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("family", ["rotation", "rot_color_perm6"] if SIMULATOR else sorted(kernels.FAMILIES))
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_fused_gather_equals_crop_flip_and_views_in_float64(backend, family, channels_last):
+    """The resident loader's one-pass views (gather from the dataset, crop in the zero-padded image, mirror, the
+    family's views, normalise) against the same steps in float64 on an odd size, with crops that reach into the
+    padding, repeated indices and both flips."""
+    from kernels.reference import crop_and_flip
+
+    device = device_for(backend)
+    count, size, padding = (4, 5, 2) if SIMULATOR else (9, 7, 3)
+    generator = torch.Generator().manual_seed(3)
+    dataset = torch.randint(0, 256, (count, size, size, 3), dtype=torch.uint8, generator=generator)
+    indices = torch.tensor([2, 0, 2] if SIMULATOR else [8, 0, 3, 3, 5])
+    offsets = torch.randint(0, 2 * padding + 1, (len(indices), 2), generator=generator)
+    offsets[0] = torch.tensor([0, 2 * padding])  # the corners of the padded image
+    flips = torch.arange(len(indices)) % 2 == 0
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    views = kernels.gather_expand_views(dataset.to(device), indices.to(device), offsets.to(device), flips.to(device),
+                                        padding, family, mean=mean, std=std, channels_last=channels_last,
+                                        backend=backend)
+    spec = kernels.get_family(family)
+    cropped = crop_and_flip(dataset[indices], offsets, flips, padding).double()
+    normalised = ((cropped / 255 - torch.tensor(mean, dtype=torch.float64)) / torch.tensor(std, dtype=torch.float64))
+    normalised = normalised.permute(0, 3, 1, 2)
+    expected = torch.stack([torch.rot90(normalised, k, dims=(-2, -1))[:, list(order)]
+                            for k, order in zip(spec.quarter_turns, spec.channel_orders)], dim=1)
+    expected = expected.reshape(len(indices) * spec.num_transforms, 3, size, size)
+    assert views.shape == expected.shape and views.dtype == torch.float32
+    assert views.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # float32: the uint8 value exactly, then one multiply and one add (or one fused multiply-add) of |x| ≤ 4.1
+    torch.testing.assert_close(views.cpu().double(), expected, rtol=0, atol=4 * 4.1 * 2.0**-24)
+    if backend != "torch":  # and bit for bit what the two unfused steps give on the same backend
+        unfused = kernels.expand_views(crop_and_flip(dataset[indices], offsets, flips, padding).to(device), family,
+                                       mean=mean, std=std, channels_last=channels_last, backend=backend)
+        assert torch.equal(views.cpu(), unfused.cpu())

@@ -8,7 +8,7 @@ import torch
 
 import kernels
 from pipeline import datasets
-from pipeline.resident import crop_and_flip
+from kernels.reference import crop_and_flip
 from pipeline.batch import LoaderSettings
 from pipeline.datasets import DataError
 from pipeline.loaders import LOADERS, build_loader

@@ -1,13 +1,14 @@
-"""A training step stays short to read: the project files one steady-state step of sla_sd passes through, from
-the batch's fetch to the optimizer, are few (README's layout lists them)."""
+"""A training step stays short to read: the project files one steady-state turn of the loop passes through for
+sla_sd, from the batch's fetch through the optimizer, the profiler and the clock to the next fetch, are few
+(README's layout lists them)."""
 import sys
 
 from conftest import REPO
 
 from train.config import TrainConfig
-from train.profiling import StepProfiler
+from train.throughput import TrainingClock
 
-MOST_FILES = 15
+MOST_FILES = 16  # the loop, its clock and its signal poll included
 
 
 def files_of_one_step(monkeypatch, tmp_path, **settings) -> set[str]:
@@ -21,20 +22,16 @@ def files_of_one_step(monkeypatch, tmp_path, **settings) -> set[str]:
         if event == "call" and path.startswith(prefix) and "/site-packages/" not in path:
             seen.add(path[len(prefix):])
 
-    begin_step, end_step = StepProfiler.begin_step, StepProfiler.end_step
+    step_done = TrainingClock.step_done
 
-    def begin(self, index):
-        begin_step(self, index)
-        if index == 3:
+    def done(self):  # from the end of step 3 to the end of step 4: one whole turn of the loop
+        step_done(self)
+        if self.steps == 3:
             sys.setprofile(record)
-
-    def end(self, index):
-        if index == 3:
+        elif self.steps == 4:
             sys.setprofile(None)
-        return end_step(self, index)
 
-    monkeypatch.setattr(StepProfiler, "begin_step", begin)
-    monkeypatch.setattr(StepProfiler, "end_step", end)
+    monkeypatch.setattr(TrainingClock, "step_done", done)
     values = dict(dataset="digits", image_size=16, model="resnet8", batch_size=16, epochs=1, samples_per_class=8,
                   log_every=50, out_dir=str(tmp_path / "runs"), run_name="files")
     train(TrainConfig(**values, **settings))
@@ -44,5 +41,6 @@ def files_of_one_step(monkeypatch, tmp_path, **settings) -> set[str]:
 def test_an_sla_step_crosses_few_project_files(monkeypatch, tmp_path):
     files = files_of_one_step(monkeypatch, tmp_path, method="sla_sd")
     assert "train/step.py" in files and "kernels/ops.py" in files  # the window held a whole step
-    files |= {"train/main.py"}  # the loop itself
+    assert "train/throughput.py" in files  # the loop's clock: the window was a whole turn of the loop
+    files |= {"train/loop.py"}  # the loop itself, already running when the window opens
     assert len(files) <= MOST_FILES, "\n".join(sorted(files))

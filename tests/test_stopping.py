@@ -81,7 +81,7 @@ def test_under_torchrun_every_rank_stops_at_the_same_step_and_the_resumed_run_is
 
 
 def test_a_second_signal_while_the_checkpoint_is_written_changes_nothing(tmp_path, monkeypatch, capsys):
-    from train import main as main_module
+    from train import loop as main_module
 
     save = main_module.atomic_save
 

@@ -102,11 +102,15 @@ def test_swav_queue_length_is_all_ranks_together(tiny_config, monkeypatch):
 
     config = tiny_config(method="swav", transforms="none", projector_hidden=16, projector_dim=8, num_prototypes=5,
                          swav_queue_size=96)
+    from train.distributed import DistributedContext
+
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 4)
+    four_ranks = DistributedContext(1, 4, torch.device("cpu"))  # the run's context, as build_training attaches it
     method = build_method(config)
+    method.attach(four_ranks)
     method.build_model("resnet8", 10, kernels.get_family("none"), torch.device("cpu"), False)
     assert method.queue.shape == (2, 24, 8)  # facebookresearch/swav: queue_length // world_size on each rank
     with pytest.raises(ValueError, match="must divide by the world size 4"):
-        build_method(config.__class__(**{**config.__dict__, "swav_queue_size": 90})).build_model(
-            "resnet8", 10, kernels.get_family("none"), torch.device("cpu"), False)
+        uneven = build_method(config.__class__(**{**config.__dict__, "swav_queue_size": 90}))
+        uneven.attach(four_ranks)
+        uneven.build_model("resnet8", 10, kernels.get_family("none"), torch.device("cpu"), False)

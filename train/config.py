@@ -393,23 +393,76 @@ def _field_types() -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
 
 
+def enumerated_settings() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every setting that names one of a fixed set: flag → (what it names, the valid names). Read when the parser
+    is built (the registries import this module)."""
+    from kernels.families import FAMILIES
+    from models.registry import BACKBONES
+    from pipeline.datasets import DATASETS
+    from pipeline.loaders import LOADERS
+    from train.methods import METHODS
+    from train.methods.infomax import ESTIMATORS
+    from train.methods.maxl_meta import META_GRADIENTS, ORDERS
+
+    return {"method": ("method", tuple(METHODS)), "model": ("model", tuple(BACKBONES)),
+            "transforms": ("transformation family", (*FAMILIES, "auto")), "dataset": ("dataset", DATASETS),
+            "loader": ("loader", LOADERS), "precision": ("precision", ("auto", "fp32", "bf16", "fp16")),
+            "device": ("device", ("auto", "cpu", "cuda")), "schedule": ("schedule", ("cosine", "multistep")),
+            "optimizer": ("optimizer", ("sgd", "lars", "adamw", "adam")),
+            "optimizer_impl": ("optimizer implementation", ("torch", "apex")),
+            "kernels": ("kernel backend", ("auto", "cuda", "cpu", "torch")),
+            "data_in_memory": ("--data-in-memory", ("auto", "yes", "no")),
+            "dali_views": ("--dali-views", ("batched", "operators")), "maxl_order": ("--maxl-order", ORDERS),
+            "maxl_meta_gradient": ("--maxl-meta-gradient", META_GRADIENTS), "mi_estimator": ("--mi-estimator", ESTIMATORS)}
+
+
+def one_of(noun: str, names: tuple[str, ...]):
+    """An argparse type that accepts one of `names` (a model also as `<name>+mlp<width>`), refusing others in the
+    words the rest of the trainer uses."""
+    def check(text: str) -> str:
+        base = text.partition("+mlp")[0] if noun == "model" else text
+        if base not in names:
+            raise argparse.ArgumentTypeError(f"unknown {noun} {text!r}; valid: {', '.join(names)}")
+        return text
+    return check
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line, as every other bad input (train/main.py prints it, exit status 2)."""
+
+    def error(self, message: str):
+        argument, _, detail = message.partition(": ")
+        raise ValueError(detail if detail.startswith("unknown ") else message)  # "unknown model 'x'" names its flag
+
+
+def help_text(spec: dataclasses.Field) -> str:
+    """The field's help with its default, unless the default is empty or the help already says it."""
+    text = spec.metadata.get("help", "")
+    if spec.default in ("", None) or "default" in text:
+        return text
+    return f"{text} (default: {spec.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="train/main.py", usage="%(prog)s [--preset NAME] [--method NAME] [--SETTING VALUE ...]",
         description="Self-supervised label augmentation trainer (torchrun entry point). Settings below, by group; "
                     "values come from the defaults, then --preset, then --config-file, then the command line.",
         argument_default=argparse.SUPPRESS)
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    types = _field_types()
+    types, enumerated = _field_types(), enumerated_settings()
     for title, names in HELP_GROUPS.items():
         group = parser.add_argument_group(title)
         for name in names:
             kind, flag = types[name], "--" + name.replace("_", "-")
-            help_text = f"{fields[name].metadata.get('help', '')} (default: {fields[name].default})".strip()
             if kind is bool:
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text(fields[name]))
+            elif name in enumerated:
+                noun, choices = enumerated[name]
+                group.add_argument(flag, type=one_of(noun, choices), metavar="{" + ",".join(choices) + "}",
+                                   help=help_text(fields[name]))
             else:
-                group.add_argument(flag, type=lambda text, kind=kind: coerce(kind, text), help=help_text)
+                group.add_argument(flag, type=lambda text, kind=kind: coerce(kind, text), help=help_text(fields[name]))
     parser.add_argument("--list-presets", action="store_true", default=False, help="print the preset names and exit")
     parser.add_argument("--list-methods", action="store_true", default=False, help="print the method names and exit")
     parser.add_argument("--debug-errors", action="store_true", default=False,

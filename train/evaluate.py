@@ -18,12 +18,13 @@ def evaluate(model, method, loader, num_classes: int, context: DistributedContex
         with autocast_context():
             outputs = model(batch.views)
             extra_hits = method.evaluation_hits(outputs, batch)
-        seen += torch.bincount(batch.labels, minlength=num_classes).double()
+        # index_add_ keeps the counts on the device: bincount and boolean-mask indexing wait for it on CUDA
+        seen.index_add_(0, batch.labels, torch.ones_like(batch.labels, dtype=seen.dtype))
         hits_by_score = {score: logits.argmax(dim=1) == batch.labels
                          for score, logits in method.class_scores(outputs).items()}
         for score, hits in {**hits_by_score, **extra_hits}.items():
-            counts = torch.bincount(batch.labels[hits], minlength=num_classes).double()
-            correct[score] = correct.get(score, torch.zeros_like(seen)) + counts
+            counts = correct.setdefault(score, torch.zeros_like(seen))
+            counts.index_add_(0, batch.labels, hits.to(seen.dtype))
     model.train(was_training)
     all_reduce_sum(seen, context)
     results: dict = {"images": int(seen.sum().item())}

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
-from contextlib import nullcontext
 
 import torch
 
@@ -62,9 +62,21 @@ def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
 
 
 def build_scheduler(config: TrainConfig, optimizer, total_steps: int):
+    """The schedule as a table of every step's factor, computed once (a step looks its factor up: no code of
+    this project runs per step, and the same table serves a device-side schedule)."""
     if config.schedule not in ("cosine", "multistep"):
         raise ValueError(f"unknown schedule {config.schedule!r}; valid: cosine, multistep")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, config))
+    factors = FactorTable((step, lr_factor(step, total_steps, config)) for step in range(total_steps + 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [factors] * len(optimizer.param_groups))
+
+
+class FactorTable(dict):
+    """Step → learning-rate factor, a lookup LambdaLR calls (its state_dict saves the empty __dict__); past the
+    last step (a benchmark that keeps stepping) the last factor holds."""
+    __call__ = dict.__getitem__
+
+    def __missing__(self, step: int) -> float:
+        return self[len(self) - 1]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -87,11 +99,19 @@ def resolve_precision(config: TrainConfig, device: torch.device) -> str:
     return precision
 
 
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the one map
+
+
+def autocast_context(precision: str, device: torch.device):
+    """What makes the step's autocast context, each call a fresh one (the one way a run makes it): torch.autocast
+    itself, disabled in fp32, so that entering it runs no code of this project."""
+    return functools.partial(torch.autocast, device.type, dtype=PRECISION_DTYPES[precision],
+                             enabled=precision != "fp32")
+
+
 def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    """One autocast context for `precision` on `device` (`autocast_context(precision, device)()`)."""
+    return autocast_context(precision, device)()
 
 
 def build_scaler(precision: str, device: torch.device):

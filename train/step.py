@@ -29,6 +29,7 @@ class TrainStep:
         with phase("loss"), self.autocast():
             losses = self.method.losses(outputs, batch.labels)
         self.update(losses["loss"])
+        self.method.after_update(self.model, outputs)  # momentum encoders, queues
         return losses
 
     def update(self, loss: torch.Tensor) -> None:
@@ -77,3 +78,28 @@ class NonfiniteWatch:
             first = torch.where(first == torch.iinfo(torch.int64).max, -1, first)
         value = int(first)
         return value if value >= 0 else None
+
+
+class LossMeter:
+    """Each loss part summed on the device between progress lines (no host sync per step), and the steps that
+    reported it (MAXL's two passes report different parts)."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.last_means: dict[str, float] = {}  # the last progress line's
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach().float()
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        """Each part's mean since the last progress line (one host read per part)."""
+        return {name: round(float(total) / self.counts[name], 5) for name, total in self.sums.items()}
+
+    def take(self) -> dict[str, float]:
+        """`means()`, then a new interval starts."""
+        self.last_means = self.means()
+        self.sums, self.counts = {}, {}
+        return self.last_means

@@ -18,7 +18,19 @@ class TrainingClock:
         self.all_seconds = 0.0  # every training second, warm-up included
         self.timed_seconds = 0.0  # training seconds after the warm-up steps
         self.interval_steps, self.interval_seconds = 0, 0.0
+        self.data_seconds = 0.0  # the host's wait for batches since the last progress line (the loop adds to it)
+        self.started = time.perf_counter()
         self._mark: float | None = None
+
+    @property
+    def wall_seconds(self) -> float:
+        """Since the clock was made: training, evaluation and checkpoints alike."""
+        return time.perf_counter() - self.started
+
+    def take_data_seconds(self) -> float:
+        """The data wait since the last call; a new interval starts."""
+        seconds, self.data_seconds = self.data_seconds, 0.0
+        return seconds
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

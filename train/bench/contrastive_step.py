@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import kernels
-from pipeline.batch import Batch, LoaderSettings
-from pipeline.datasets import channel_statistics
-from pipeline.loaders import build_loader
-from pipeline.random_views import MultiCropViews, RandomViewExpander, get_recipe
+from pipeline.batch import Batch
+from pipeline.random_views import MultiCropViews, get_recipe
 from train.bench.common import RoundStream, TimedRounds, endless_batches
 from train.bench.pil_views import pil_view_loader
 from train.config import TrainConfig
 from train.methods import build_method
 from train.mfu import peak_flops
-from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
-from train.step import TrainStep
+from train.run import bench_data, build_training, one_process
 
 
 # the trainer's path; the same under torch.compile (`--compile`; its compilation is the warm-up's time, reported as
@@ -57,37 +52,27 @@ class PreparedContrastive(TimedRounds):
     def __init__(self, path: str, method_name: str, model_name: str, split, batch: int, warmup: int,
                  device: torch.device, workers: int, trainer_precision: str):
         trainer = path in TRAINER_PATHS
-        channels_last = trainer
         config = TrainConfig(method=method_name, model=model_name, batch_size=batch, transforms="none",
-                             precision=trainer_precision if trainer else "fp32", channels_last=channels_last,
-                             lr=0.05, schedule="cosine", queue_size=1024)
+                             precision=trainer_precision if trainer else "fp32", channels_last=trainer,
+                             lr=0.05, schedule="cosine", queue_size=1024, loader_workers=workers, iterations=10**4,
+                             compile=path == "trainer_compiled")
         self.path, self.device, self.batch = path, device, batch
-        self.precision = resolve_precision(config, device)
-        self.method = build_method(config)
-        self.method.see_data(SimpleNamespace(train=split, num_classes=split.num_classes))  # swav: the image size
-        recipe = get_recipe(self.method.training_view_recipe())
-        self.views_per_image = len(recipe)
-        mean, std = channel_statistics(split.images[:1024])
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        data = bench_data(split)
+        reference_loader = None
+        if not trainer:  # the papers' per-sample PIL views in DataLoader workers, fresh each round (common.py)
+            recipe = get_recipe(build_method(config).training_view_recipe())
+            reference_loader = pil_view_loader(split.images, split.labels, recipe, data.mean, data.std, batch,
+                                               workers, persistent_workers=False)
+        torch.manual_seed(0)
+        run = build_training(config, one_process(device), data, train_loader=reference_loader,
+                             fused_optimizer=trainer)
+        self.precision, self.method, self.step, self.views_per_image = (run.precision, run.method, run.step,
+                                                                        run.views_per_image)
         if trainer:
-            expander = RandomViewExpander(recipe, split.images.shape[1], mean, std,
-                                          dtype if device.type == "cuda" else torch.float32, channels_last)
-            loader = build_loader("resident", split, LoaderSettings(expander, device, batch, train=True,
-                                                                     crop_padding=-1, workers=workers))
-            self.stream = endless_batches(loader)
-        else:  # fresh workers each round (train/bench/common.py)
-            reference_loader = pil_view_loader(split.images, split.labels, recipe, mean, std, batch, workers,
-                                               persistent_workers=False)
+            self.stream = endless_batches(run.train_loader)
+        else:
             self.round_stream = RoundStream(lambda: reference_batches(reference_loader, device),
                                             lambda current: self.step(current))
-        torch.manual_seed(0)
-        model = self.method.build_model(model_name, split.num_classes, kernels.get_family("none"), device,
-                                        channels_last)
-        optimizer = build_optimizer(config, model, fused=trainer)
-        train_model = torch.compile(model) if path == "trainer_compiled" else model
-        base = TrainStep(train_model, model, self.method, optimizer, build_scheduler(config, optimizer, 10**6),
-                         build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
-        self.step = self.method.make_step(base, 10**6)
         self.clear_rounds()
         start = time.perf_counter()
         self.start_round()
@@ -127,7 +112,7 @@ def run(method_name: str, model_name: str, split, data_name: str, batch: int, st
         if flops:
             peak, peak_source = peak_flops(device, path.precision)
             record.update(flops_per_step=flops, peak_flops=peak, peak_source=peak_source,
-                          mfu=round(flops * steps / median / peak, 4))
+                          mfu=round(flops * steps / median / peak, 6))
         if "paper" in prepared:
             paper_round = statistics.median(prepared["paper"].seconds)
             record["vs_paper"] = round(paper_round / median, 2)

@@ -12,22 +12,27 @@ from kernels import reference
 from train.bench.common import append_json_lines, bench_device, device_name, print_header
 
 
-def _seconds(function, device: torch.device) -> float:
+def _seconds(function, device: torch.device) -> tuple[float, float]:
+    """(host seconds, device seconds) of one call: on a GPU the host's time to issue it (launch overhead) and the
+    device's time between CUDA events around it; on a CPU both are the call's time."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
+        begin = time.perf_counter()
         function()
+        host = time.perf_counter() - begin
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return host, start.elapsed_time(end) / 1e3
     begin = time.perf_counter()
     function()
-    return time.perf_counter() - begin
+    seconds = time.perf_counter() - begin
+    return seconds, seconds
 
 
 def interleaved_medians(functions: dict, device: torch.device, repeats: int, warmup: int = 3) -> dict:
-    """name → median seconds, the functions taking turns within each repeat, so a slow spell of a
-    shared machine lands on all of them alike and the ratios stay fair."""
+    """name → (median host seconds, median device seconds), the functions taking turns within each repeat, so a
+    slow spell of a shared machine lands on all of them alike and the ratios stay fair."""
     for function in functions.values():  # compilation and caches stay out of the numbers
         for _ in range(warmup):
             function()
@@ -35,7 +40,7 @@ def interleaved_medians(functions: dict, device: torch.device, repeats: int, war
     for _ in range(repeats):
         for name, function in functions.items():
             samples[name].append(_seconds(function, device))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: tuple(statistics.median(part) for part in zip(*values)) for name, values in samples.items()}
 
 
 def settle_host_allocator() -> None:
@@ -87,6 +92,15 @@ def kernel_cases(batch: int, classes: int, num_transforms: int, device: torch.de
 
         # read uint8 once, write the family's views in float32
         cases[f"expand_views({family.name})"] = (views, images.numel() * (1 + 4 * family.num_transforms))
+        dataset = torch.randint(0, 256, (4 * batch, 32, 32, 3), dtype=torch.uint8, device=device)
+        indices = torch.randperm(len(dataset), device=device)[:batch]
+        offsets = torch.randint(0, 9, (batch, 2), device=device)
+        flips = torch.rand(batch, device=device) < 0.5
+
+        def gather(backend):  # the resident loader's batch: gather, crop, flip and views in one pass
+            return kernels.gather_expand_views(dataset, indices, offsets, flips, 4, family, backend=backend, **stats)
+
+        cases[f"gather_views({family.name})"] = (gather, images.numel() * (1 + 4 * family.num_transforms))
     return cases
 
 
@@ -103,7 +117,8 @@ def run(batches=(128, 256, 512), classes_list=(10, 100, 1000), num_transforms=4,
         settle_host_allocator()
     print(f"device {device_name(device)}, "
           f"torch threads {torch.get_num_threads()}, M={num_transforms}, median of {repeats} forward+backward")
-    print_header(f"{'kernel':<24}{'B':>5}{'N':>6}{'backend':>10}{'ms':>10}{'GB/s':>9}{'vs eager':>10}")
+    print_header(f"{'kernel':<24}{'B':>5}{'N':>6}{'backend':>10}{'host µs':>10}{'device ms':>11}{'GB/s':>9}"
+                 f"{'vs eager':>10}")
     records = []
     for classes in classes_list:
         for batch in batches:
@@ -112,13 +127,14 @@ def run(batches=(128, 256, 512), classes_list=(10, 100, 1000), num_transforms=4,
                 if device.type == "cuda":
                     contenders["torch.compile"] = torch.compile(lambda: function("torch"))
                 timings = interleaved_medians(contenders, device, repeats)
-                for backend, seconds in timings.items():
+                for backend, (host, seconds) in timings.items():
                     record = {"kernel": name, "batch": batch, "classes": classes, "num_transforms": num_transforms,
                               "backend": backend, "device": str(device), "median_ms": round(seconds * 1e3, 4),
+                              "host_us": round(host * 1e6, 1), "device_us": round(seconds * 1e6, 1),
                               "gb_per_s": round(fewest_bytes / seconds / 1e9, 2),
-                              "speedup_vs_eager": round(timings["torch"] / seconds, 3)}
+                              "speedup_vs_eager": round(timings["torch"][1] / seconds, 3)}
                     records.append(record)
-                    print(f"{name:<24}{batch:>5}{classes:>6}{backend:>10}{record['median_ms']:>10.3f}"
-                          f"{record['gb_per_s']:>9.2f}{record['speedup_vs_eager']:>9.2f}x")
+                    print(f"{name:<24}{batch:>5}{classes:>6}{backend:>10}{record['host_us']:>10.1f}"
+                          f"{record['median_ms']:>11.3f}{record['gb_per_s']:>9.2f}{record['speedup_vs_eager']:>9.2f}x")
     append_json_lines(output, records)
     return records

@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 
-import kernels
-from pipeline.batch import LoaderSettings
-from pipeline.datasets import channel_statistics
-from pipeline.loaders import build_loader
-from pipeline.views import ViewExpander
 from train.bench.common import RoundStreams
 from train.config import TrainConfig
-from train.methods import build_method
-from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
-from train.step import TrainStep
+from train.run import bench_data, build_training, one_process
 
 UPDATES = ("learner", "meta")
 
@@ -32,23 +24,13 @@ class PreparedMaxl(RoundStreams):
         config = TrainConfig(method="maxl", model=model_name, batch_size=batch, precision=settings["precision"],
                              channels_last=settings["channels_last"], maxl_order=order, maxl_interleave=True,
                              maxl_meta_gradient="graph" if path == "paper" else "forward",
-                             lr=0.01, momentum=0.0, weight_decay=0.0, schedule="cosine", transforms="none")
+                             lr=0.01, momentum=0.0, weight_decay=0.0, schedule="cosine", transforms="none",
+                             loader=settings["loader"], loader_workers=workers, iterations=10**4,
+                             kernels="torch" if path == "paper" else "auto")
         self.path, self.settings, self.device, self.batch = path, settings, device, batch
-        self.precision = resolve_precision(config, device)
-        self.method = build_method(config)
-        self.method.see_data(SimpleNamespace(num_classes=split.num_classes))
-        family = kernels.get_family("none")
-        mean, std = channel_statistics(split.images[:1024])
-        expander = ViewExpander(family, mean, std, torch.float32, settings["channels_last"],
-                                "torch" if path == "paper" else "auto")
-        self.loader = build_loader(settings["loader"], split, LoaderSettings(expander, device, batch, train=True,
-                                                                             workers=workers))
         torch.manual_seed(0)
-        model = self.method.build_model(model_name, split.num_classes, family, device, settings["channels_last"])
-        optimizer = build_optimizer(config, model, fused=settings["fused_optimizer"])
-        base = TrainStep(model, model, self.method, optimizer, build_scheduler(config, optimizer, 10**6),
-                         build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
-        self.step = self.method.make_step(base, 10**6)
+        run = build_training(config, one_process(device), bench_data(split), fused_optimizer=settings["fused_optimizer"])
+        self.precision, self.method, self.loader, self.step = run.precision, run.method, run.train_loader, run.step
         self.stream_from(self.loader, settings["loader"] == "torch", self.untimed_step)
         self.seconds = {update: [] for update in UPDATES}
         self.start_round()

@@ -16,19 +16,14 @@ import kernels
 from models import build_backbone
 from models.hsakd import HsakdNetwork
 from pipeline import phases
-from pipeline.batch import LoaderSettings
-from pipeline.datasets import build_splits, channel_statistics
-from pipeline.loaders import build_loader
-from pipeline.views import ViewExpander
+from pipeline.datasets import build_splits
 from train.bench.loaders import cifar_shaped
 from train.bench.common import (append_json_lines, available_cores, bench_device, busy_processes, device_name,
                                 print_header, TimedRounds)
 from train.config import TrainConfig
-from train.methods import build_method
 from train.mfu import flops_per_view, peak_flops
 from train.profiling import PhaseClock, breakdown
-from train.optim import autocast, build_optimizer, build_scaler, build_scheduler, resolve_precision
-from train.step import TrainStep
+from train.run import bench_data, build_training, one_process
 
 PATHS = {  # name → the settings that differ between this trainer and the papers' code
     "trainer": dict(loader="resident", precision="auto", channels_last=True, kernels="auto", fused_optimizer=True),
@@ -71,24 +66,13 @@ class PreparedPath(TimedRounds):
         self.model_name = model_name
         config = TrainConfig(method=method_name, transforms=family_name, model=model_name, batch_size=batch,
                              precision=settings["precision"], channels_last=settings["channels_last"],
-                             kernels=settings["kernels"], schedule="cosine", lr=0.05, teacher=teacher)
+                             kernels=settings["kernels"], loader=settings["loader"], loader_workers=workers,
+                             schedule="cosine", lr=0.05, teacher=teacher, iterations=warmup + total_steps + 1)
         self.path, self.settings, self.device, self.batch = path, settings, device, batch
-        self.precision = resolve_precision(config, device)
-        input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
-        self.method = build_method(config)
-        self.family = kernels.get_family(family_name)
-        mean, std = channel_statistics(split.images[:1024])
-        expander = ViewExpander(self.family, mean, std, input_dtype if device.type == "cuda" else torch.float32,
-                                settings["channels_last"], "torch" if path == "paper" else "auto")
-        self.loader = build_loader(settings["loader"], split, LoaderSettings(expander, device, batch, train=True,
-                                                                             workers=workers))
         torch.manual_seed(0)
-        self.model = self.method.build_model(model_name, split.num_classes, self.family, device,
-                                             settings["channels_last"])
-        optimizer = build_optimizer(config, self.model, fused=settings["fused_optimizer"])
-        self.step = TrainStep(self.model, self.model, self.method, optimizer,
-                              build_scheduler(config, optimizer, warmup + total_steps + 1),
-                              build_scaler(self.precision, device), None, lambda: autocast(self.precision, device))
+        run = build_training(config, one_process(device), bench_data(split), fused_optimizer=settings["fused_optimizer"])
+        self.precision, self.method, self.family, self.loader = run.precision, run.method, run.family, run.train_loader
+        self.model, self.step = run.model, run.step
         self.stream_from(self.loader, settings["loader"] == "torch", self.step)  # the papers' workers: per round
         self.start_round()
         for _ in range(warmup):

@@ -48,6 +48,26 @@ class Method:
         self.config = config
         self.family: kernels.TransformFamily | None = None
         self.backend = ""
+        self.context = None  # the run's train.distributed.DistributedContext, once attached
+
+    def attach(self, context, even_rows: bool = True) -> None:
+        """The run's DistributedContext (train/run.py attaches it before the model is built): the method's
+        collectives (gathered negatives, SwAV's queue, MAXL's generator under DDP) ask it, not torch.distributed.
+        `even_rows`: every rank's batch holds the same rows (in-memory data; a streamed batch may lose files)."""
+        self.context, self.even_rows = context, even_rows
+
+    even_rows = True  # set by train/run.py: False where a streamed folder's batches may lose unreadable files
+
+    @property
+    def ranks(self):
+        """Who the method's collectives span (train.methods.contrastive_losses.Ranks): one process until a
+        run's DistributedContext with an initialised process group is attached."""
+        from train.methods.contrastive_losses import Ranks
+
+        context = self.context
+        if context is None or not context.initialised or context.world_size == 1:
+            return Ranks()
+        return Ranks(context.world_size, context.rank, self.even_rows)
 
     # ---- fixed for the run
     @property
@@ -55,14 +75,10 @@ class Method:
         """The name of the transformation family this method trains with."""
         return self.config.transforms if self.uses_transforms else "none"
 
-    @property
-    def num_transforms(self) -> int:
-        """M, once bound."""
-        return self.family.num_transforms
-
     def bind(self, family: kernels.TransformFamily, device: torch.device) -> None:
         """Fix M and the kernel backend (auto → by device, once; cf. nanoGPT's `self.flash`)."""
         self.family = family
+        self.num_transforms = family.num_transforms  # M
         self.backend = kernels.backend_for_device(self.config.kernels, device)
 
     def build_model(self, model_name: str, num_classes: int, family: kernels.TransformFamily, device: torch.device,
@@ -118,6 +134,10 @@ class Method:
         """The epoch's training batches, in order."""
         loader.set_epoch(epoch)
         return iter(loader)
+
+    def after_update(self, model: nn.Module, outputs) -> None:
+        """Called by the step after every optimizer update with that step's `forward` outputs: momentum encoders
+        and queues (train/methods/contrastive.py); nothing for most methods."""
 
     def make_step(self, step, total_steps: int):
         """The callable the loop runs per batch: `step` (train.step.TrainStep) itself, or a method's own step

@@ -19,9 +19,12 @@ import torch.nn as nn
 
 from models import build_backbone
 from pipeline.random_views import get_recipe
+from pipeline.sharding import derived_seed
 from train.methods.base import Method
-from train.methods.contrastive_losses import (gather_with_gradient, info_nce, knn_scores, normalised_mse, nt_xent,
-                                             symmetric_key_loss)
+from train.methods.contrastive_losses import (ONE_PROCESS, Ranks, gather_with_gradient, info_nce, knn_scores,
+                                              normalised_mse, nt_xent, symmetric_key_loss)
+
+SHUFFLE_STREAM = 3  # derived_seed's stream of MoCo's batch shuffle (the loaders' crops use 1, the workers 2)
 
 
 def mlp(widths: list[int], norm: bool = True, bias: bool = True, last: nn.Module | None = None) -> nn.Sequential:
@@ -133,7 +136,7 @@ class SimCLR(ContrastiveMethod):
     name = "simclr"
 
     def losses(self, outputs, labels):
-        return {"loss": nt_xent(outputs["projection"], self.temperature)}
+        return {"loss": nt_xent(outputs["projection"], self.temperature, ranks=self.ranks)}
 
 
 class EmaTarget(ContrastiveMethod):
@@ -146,8 +149,8 @@ class EmaTarget(ContrastiveMethod):
         return True
 
     def make_step(self, step, total_steps):
-        self.total_steps = total_steps
-        return MomentumStep(step, self) if self.uses_target else step
+        self.total_steps = total_steps  # BYOL's and MoCo v3's momentum schedule
+        return step
 
     def build_model(self, model_name, num_classes, family, device, channels_last):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
@@ -165,9 +168,10 @@ class EmaTarget(ContrastiveMethod):
         progress = self.steps_done / max(1, self.total_steps)
         return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
 
-    def after_update(self, model: nn.Module) -> None:
+    def after_update(self, model: nn.Module, outputs: dict) -> None:
         """After the optimizer step: the momentum network's EMA (MoCo also enqueues this step's keys)."""
-        self.update_target(model)
+        if self.uses_target:
+            self.update_target(model)
 
     @torch.no_grad()
     def update_target(self, model: nn.Module) -> None:
@@ -181,8 +185,11 @@ class EmaTarget(ContrastiveMethod):
         self.steps_done += 1
 
     def forward(self, model, views):
+        """The online network's outputs and, under "targets", the momentum network's projections of the views
+        (no gradient), which `losses` reads and `after_update` may keep."""
         outputs = model(views)
-        outputs["views"] = views  # the momentum network sees them in `losses`
+        if self.uses_target:
+            outputs["targets"] = self.target_projections(views)
         return outputs
 
     @torch.no_grad()
@@ -208,15 +215,16 @@ class EmaTarget(ContrastiveMethod):
 class KeyQueue:
     """A ring buffer of unit keys from past steps (every rank's, in rank order): MoCo's queue, SimCLR v2's memory."""
 
-    def __init__(self, size: int, dim: int, seed: int, device: torch.device):
+    def __init__(self, size: int, dim: int, seed: int, device: torch.device, ranks: Ranks = ONE_PROCESS):
         keys = torch.randn(size, dim, generator=torch.Generator().manual_seed(seed))
         self.keys = torch.nn.functional.normalize(keys, dim=1).to(device)
         self.pointer = 0
+        self.ranks = ranks
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Keys of this step replace the oldest ones."""
-        keys = gather_with_gradient(keys)[0]
+        keys = gather_with_gradient(keys, self.ranks)[0]
         size = self.keys.shape[0]
         pointer = (self.pointer + max(0, keys.shape[0] - size)) % size  # more keys than room: the newest
         keys = keys[-size:]
@@ -245,42 +253,36 @@ class MocoV2(EmaTarget):
 
     def build_model(self, model_name, num_classes, family, device, channels_last):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
-        self.queue = KeyQueue(self.config.queue_size, self.config.projector_dim, self.config.seed, device)
+        self.queue = KeyQueue(self.config.queue_size, self.config.projector_dim, self.config.seed, device, self.ranks)
         return model
 
     def losses(self, outputs, labels):
-        views = outputs["views"]
-        queries = outputs["projection"]
-        keys = self.shuffled_key_projections(views[1::2])
-        loss = info_nce(queries, keys, self.queue.keys, self.temperature)
-        self.pending_keys = torch.nn.functional.normalize(keys.float(), dim=1)  # enqueued after the update
-        return {"loss": loss}
+        return {"loss": info_nce(outputs["projection"], outputs["targets"], self.queue.keys, self.temperature)}
 
-    def after_update(self, model):
-        super().after_update(model)
-        self.queue.enqueue(self.pending_keys)
+    def after_update(self, model, outputs):
+        super().after_update(model, outputs)
+        self.queue.enqueue(torch.nn.functional.normalize(outputs["targets"].float(), dim=1))  # this step's keys
 
     @torch.no_grad()
     def shuffled_key_projections(self, key_views: torch.Tensor) -> torch.Tensor:
         """The keys of this rank's images, each computed on the shard of a permutation of the global batch
         that the same (seed, step) gives every rank, then put back in order (MoCo's batch shuffle)."""
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if not self.config.shuffle_bn or not distributed or torch.distributed.get_world_size() == 1:
+        if not self.config.shuffle_bn or self.ranks.world_size == 1:
             return self.target_projections(key_views)
-        everyone, offset = gather_with_gradient(key_views)
+        everyone, offset = gather_with_gradient(key_views, self.ranks)
         order = torch.randperm(everyone.shape[0], generator=torch.Generator().manual_seed(
-            self.config.seed * 1_000_003 + self.steps_done)).to(everyone.device)
+            derived_seed(self.config.seed, self.steps_done, SHUFFLE_STREAM))).to(everyone.device)
         shard = everyone[order[offset:offset + key_views.shape[0]]]
         if key_views.dim() == 4 and key_views.stride(1) == 1:  # channels_last, as the loader made them
             shard = shard.contiguous(memory_format=torch.channels_last)
-        keys, _ = gather_with_gradient(self.target_projections(shard))
+        keys, _ = gather_with_gradient(self.target_projections(shard), self.ranks)
         in_order = torch.empty_like(keys)
         in_order[order] = keys
         return in_order[offset:offset + key_views.shape[0]]
 
     def forward(self, model, views):
-        outputs = model(views[0::2])  # only view 0 is a query
-        outputs["views"] = views
+        outputs = model(views[0::2])  # only view 0 is a query; view 1's key comes from the momentum encoder
+        outputs["targets"] = self.shuffled_key_projections(views[1::2])
         return outputs
 
     def extra_state(self):
@@ -305,7 +307,7 @@ class BYOL(EmaTarget):
         return mlp([dim, self.config.projector_hidden, dim])
 
     def losses(self, outputs, labels):
-        targets = self.target_projections(outputs["views"])
+        targets = outputs["targets"]
         predictions = outputs["prediction"]
         swapped = targets.view(-1, 2, targets.shape[1]).flip(1).reshape_as(targets)  # row b·2+v ← view 1−v
         return {"loss": 2 * normalised_mse(predictions, swapped)}  # both directions: mean over 2B pairs, ×2
@@ -333,20 +335,18 @@ class SimclrV2(EmaTarget):
 
     def build_model(self, model_name, num_classes, family, device, channels_last):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
-        self.memory = (KeyQueue(self.config.memory_size, self.config.projector_dim, self.config.seed, device)
+        self.memory = (KeyQueue(self.config.memory_size, self.config.projector_dim, self.config.seed, device, self.ranks)
                        if self.uses_target else None)
         return model
 
     def losses(self, outputs, labels):
-        memory = None
-        if self.memory is not None:
-            memory = self.memory.keys
-            self.pending_keys = torch.nn.functional.normalize(self.target_projections(outputs["views"]).float(), dim=1)
-        return {"loss": nt_xent(outputs["projection"], self.temperature, memory)}
+        memory = self.memory.keys if self.memory is not None else None
+        return {"loss": nt_xent(outputs["projection"], self.temperature, memory, self.ranks)}
 
-    def after_update(self, model):
-        super().after_update(model)
-        self.memory.enqueue(self.pending_keys)
+    def after_update(self, model, outputs):
+        super().after_update(model, outputs)
+        if self.memory is not None:  # this step's momentum projections join the memory
+            self.memory.enqueue(torch.nn.functional.normalize(outputs["targets"].float(), dim=1))
 
     def extra_state(self):
         return self.memory.state()
@@ -387,24 +387,12 @@ class MocoV3(EmaTarget):
         return mlp([dim, hidden, dim], bias=False, last=nn.BatchNorm1d(dim, affine=False) if is_vit(backbone) else None)
 
     def losses(self, outputs, labels):
-        keys = self.target_projections(outputs["views"])
+        keys = outputs["targets"]
         predictions = outputs["prediction"]
-        loss = (symmetric_key_loss(predictions[0::2], keys[1::2], self.temperature)
-                + symmetric_key_loss(predictions[1::2], keys[0::2], self.temperature))
+        loss = (symmetric_key_loss(predictions[0::2], keys[1::2], self.temperature, self.ranks)
+                + symmetric_key_loss(predictions[1::2], keys[0::2], self.temperature, self.ranks))
         return {"loss": loss}
 
 
 def is_vit(backbone: nn.Module) -> bool:
     return hasattr(backbone, "patch_embed")
-
-
-class MomentumStep:
-    """The loop's step, then the momentum network's EMA update."""
-
-    def __init__(self, base, method: EmaTarget):
-        self.base, self.method = base, method
-
-    def __call__(self, batch):
-        losses = self.base(batch)
-        self.method.after_update(self.base.model)
-        return losses

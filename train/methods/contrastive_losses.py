@@ -2,27 +2,47 @@
 layout: row b·V + v is view v of image b, so with two views the positive of row i is row i ^ 1."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from kernels import upcast
 
 
-def gather_with_gradient(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+@dataclass(frozen=True)
+class Ranks:
+    """The processes a method's collectives span, from the run's DistributedContext (`Method.ranks`)."""
+    world_size: int = 1
+    rank: int = 0
+    even_rows: bool = True  # every rank's batch has the same rows (a streamed folder's may lose unreadable files)
+
+    @property
+    def initialised(self) -> bool:
+        """As DistributedContext's, so that train.distributed's collectives take a Ranks too."""
+        return self.world_size > 1
+
+
+ONE_PROCESS = Ranks()
+
+
+def gather_with_gradient(rows: torch.Tensor, ranks: Ranks = ONE_PROCESS) -> tuple[torch.Tensor, int]:
     """Every rank's rows (rank order) and where this rank's start; under torchrun the all-gather keeps the
     gradient of the local part (torch.distributed.nn), so negatives come from the whole global batch.
-    Ranks may hold different row counts (a streamed folder's unreadable files are dropped from a batch):
-    the rows are padded to the largest count for the collective and the padding removed after it."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
-            or torch.distributed.get_world_size() == 1:
+    Where ranks may hold different row counts (`even_rows` false), the counts are exchanged first, the rows
+    padded to the largest for the collective and the padding removed after it; otherwise, as the sampler
+    guarantees for in-memory data, the step exchanges nothing but the rows."""
+    if ranks.world_size == 1:
         return rows, 0
     # torch's functional collective with autograd: the backward reduce-scatters (sums) every rank's gradient
     from torch.distributed._functional_collectives import all_gather_single_autograd, wait_tensor
 
-    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-    counts = [torch.zeros(1, dtype=torch.int64, device=rows.device) for _ in range(world)]
-    torch.distributed.all_gather(counts, torch.tensor([rows.shape[0]], device=rows.device))
-    counts = [int(c) for c in counts]
+    world, rank = ranks.world_size, ranks.rank
+    counts = [rows.shape[0]] * world
+    if not ranks.even_rows:
+        exchanged = [torch.zeros(1, dtype=torch.int64, device=rows.device) for _ in range(world)]
+        torch.distributed.all_gather(exchanged, torch.tensor([rows.shape[0]], device=rows.device))
+        counts = [int(c) for c in exchanged]
     padded = rows if len(set(counts)) == 1 else F.pad(rows.flatten(1), (0, 0, 0, max(counts) - rows.shape[0]))
     gathered = wait_tensor(all_gather_single_autograd(padded.contiguous(), gather_dim=0,
                                                       group=torch.distributed.group.WORLD))
@@ -39,12 +59,13 @@ def own_columns(rows: torch.Tensor, offset: int, columns: int) -> torch.Tensor:
     return torch.arange(columns, device=rows.device) == (rows + offset).unsqueeze(1)
 
 
-def nt_xent(projections: torch.Tensor, temperature: float, memory: torch.Tensor | None = None) -> torch.Tensor:
+def nt_xent(projections: torch.Tensor, temperature: float, memory: torch.Tensor | None = None,
+            ranks: Ranks = ONE_PROCESS) -> torch.Tensor:
     """SimCLR's NT-Xent over the 2B views: for each row, −log of its positive's share of exp(cos/τ) over
     every other row of the (global) batch, its own row excluded, and over `memory`'s unit keys when
     given (SimCLR v2's memory: negatives only, no gradient); mean over the local rows."""
     z = F.normalize(upcast(projections), dim=1)
-    everyone, offset = gather_with_gradient(z)
+    everyone, offset = gather_with_gradient(z, ranks)
     logits = z @ everyone.T / temperature
     rows = torch.arange(z.shape[0], device=z.device)
     logits = logits.masked_fill(own_columns(rows, offset, logits.shape[1]), float("-inf"))  # not its own negative
@@ -64,12 +85,13 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, tem
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.int64, device=q.device))
 
 
-def symmetric_key_loss(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
+def symmetric_key_loss(queries: torch.Tensor, keys: torch.Tensor, temperature: float,
+                       ranks: Ranks = ONE_PROCESS) -> torch.Tensor:
     """One direction of MoCo v3's loss: query i's key is key i among every rank's keys (no gradient into
     keys), InfoNCE at τ, times 2τ (the paper's scaling); mean over the local queries."""
     q = F.normalize(upcast(queries), dim=1)
     k = F.normalize(upcast(keys), dim=1).detach()
-    everyone, offset = gather_with_gradient(k)
+    everyone, offset = gather_with_gradient(k, ranks)
     logits = q @ everyone.T / temperature
     targets = torch.arange(q.shape[0], device=q.device) + offset
     return F.cross_entropy(logits, targets) * 2 * temperature

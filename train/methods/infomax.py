@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from kernels import upcast
 from models import build_backbone
 from train.methods.contrastive import ContrastiveMethod
-from train.methods.contrastive_losses import gather_with_gradient, own_columns
+from train.methods.contrastive_losses import ONE_PROCESS, Ranks, gather_with_gradient, own_columns
 
 ESTIMATORS = ("infonce", "jsd")
 
@@ -83,10 +83,11 @@ class InfomaxNetwork(nn.Module):
                 "global_map": self.global_map(feature_map), "global_vector": self.global_vector(features)}
 
 
-def global_mi_loss(map_codes: torch.Tensor, vector_codes: torch.Tensor, estimator: str) -> torch.Tensor:
+def global_mi_loss(map_codes: torch.Tensor, vector_codes: torch.Tensor, estimator: str,
+                   ranks: Ranks = ONE_PROCESS) -> torch.Tensor:
     """[B, E] codes of M and of y; scores T[b, b'] = φ(y_b)·ψ(M_b')/√E, positives where b' = b (every rank's
     maps are candidates, with their gradient)."""
-    everyone, offset = gather_with_gradient(upcast(map_codes))
+    everyone, offset = gather_with_gradient(upcast(map_codes), ranks)
     scores = upcast(vector_codes) @ everyone.T / math.sqrt(vector_codes.shape[1])  # [B, B_global]
     rows = torch.arange(scores.shape[0], device=scores.device)
     if estimator == "infonce":
@@ -101,9 +102,10 @@ def jsd_terms(positives: torch.Tensor, scores: torch.Tensor, positive_mask: torc
     return F.softplus(-positives).mean() + F.softplus(scores).masked_fill(positive_mask, 0).sum() / negatives
 
 
-def local_mi_loss(map_codes: torch.Tensor, vector_codes: torch.Tensor, estimator: str) -> torch.Tensor:
+def local_mi_loss(map_codes: torch.Tensor, vector_codes: torch.Tensor, estimator: str,
+                  ranks: Ranks = ONE_PROCESS) -> torch.Tensor:
     """[B, E, P] local codes and [B, E] vector codes; T[b, b', p] = φ(y_b)·ψ(M_b')[:, p]/√E."""
-    everyone, offset = gather_with_gradient(upcast(map_codes))
+    everyone, offset = gather_with_gradient(upcast(map_codes), ranks)
     scores = torch.einsum("be,cep->bcp", upcast(vector_codes), everyone) / math.sqrt(vector_codes.shape[1])
     rows = torch.arange(scores.shape[0], device=scores.device)
     positives = scores[rows, rows + offset]  # [B, P]
@@ -134,7 +136,7 @@ class DeepInfomax(ContrastiveMethod):
 
     def losses(self, outputs, labels):
         estimator = self.config.mi_estimator
-        global_term = global_mi_loss(outputs["global_map"], outputs["global_vector"], estimator)
-        local_term = local_mi_loss(outputs["local_map"], outputs["local_vector"], estimator)
+        global_term = global_mi_loss(outputs["global_map"], outputs["global_vector"], estimator, self.ranks)
+        local_term = local_mi_loss(outputs["local_map"], outputs["local_vector"], estimator, self.ranks)
         loss = self.config.dim_global_weight * global_term + self.config.dim_local_weight * local_term
         return {"loss": loss, "global_mi": global_term.detach(), "local_mi": local_term.detach()}

@@ -10,12 +10,14 @@ at the same epochs as the paper's.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from models import build_backbone
 from models.maxl import LabelGenerator, MaxlLearner
+from pipeline.batch import Batch
 from pipeline.phases import phase
 from train.methods.base import Method, place
 from train.methods.maxl_losses import ClassBlocks, focal_loss, mask_softmax, negative_entropy
@@ -44,7 +46,6 @@ class MaxlHuman(Method):
     """`maxl_human`: the learner's auxiliary head learns given fine labels (the paper's "human" baseline);
     the data's primary labels must be a grouping (`--primary-labels coarse` or groups of class ids)."""
     name, uses_transforms = "maxl_human", False
-    current_pass = LEARNER  # which update MaxlStep makes for the next batch (maxl changes it per pass)
 
     def __init__(self, config):
         super().__init__(config)
@@ -113,7 +114,6 @@ class Maxl(MaxlHuman):
         self.train_generator = None  # what the meta step calls: the generator, DDP-wrapped under torchrun
         self.generator_optimizer = None
         self.generator_scheduler = None
-        self.current_pass = BOTH if config.maxl_interleave else LEARNER
 
     @property
     def passes_per_epoch(self) -> int:
@@ -134,8 +134,7 @@ class Maxl(MaxlHuman):
     def make_step(self, step, total_steps):
         from train.optim import build_scheduler
 
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
+        if self.ranks.world_size > 1:
             # Each rank takes the look-ahead step with its own shard's θ1 gradient; DDP averages θ2's meta-gradients.
             device = next(self.generator.parameters()).device
             self.train_generator = torch.nn.parallel.DistributedDataParallel(
@@ -144,12 +143,13 @@ class Maxl(MaxlHuman):
         return MaxlStep(step, self)
 
     def epoch_batches(self, loader, epoch: int):
+        """Each batch tagged with the update it feeds (`PassBatch.update`): both with --maxl-interleave, else
+        Algorithm 1's θ1 pass over the data, then θ2's."""
         if self.config.maxl_interleave:
-            yield from super().epoch_batches(loader, epoch)
+            yield from (PassBatch.of(batch, BOTH) for batch in super().epoch_batches(loader, epoch))
             return
-        for index, name in enumerate((LEARNER, GENERATOR)):  # Algorithm 1: θ1's pass, then θ2's
-            self.current_pass = name
-            yield from super().epoch_batches(loader, 2 * epoch + index)
+        for index, name in enumerate((LEARNER, GENERATOR)):
+            yield from (PassBatch.of(batch, name) for batch in super().epoch_batches(loader, 2 * epoch + index))
 
     def advance_generator_schedule(self) -> None:
         with warnings.catch_warnings():  # in θ1's pass θ2's schedule advances before θ2's first step, on purpose
@@ -199,6 +199,16 @@ def gradient_cosine(primary: torch.Tensor, auxiliary: torch.Tensor, shared: list
     return F.cosine_similarity(torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs]), dim=0)
 
 
+@dataclass
+class PassBatch(Batch):
+    """A training batch and the update it feeds: LEARNER (θ1), GENERATOR (θ2's meta step) or BOTH."""
+    update: str = LEARNER
+
+    @classmethod
+    def of(cls, batch: Batch, update: str) -> "PassBatch":
+        return cls(batch.views, batch.labels, batch.indices, update)
+
+
 class MaxlStep:
     """One MAXL step on a batch: θ1's update, θ2's meta update, or both, as the method's pass says."""
 
@@ -207,13 +217,14 @@ class MaxlStep:
         self.method = method
 
     def __call__(self, batch) -> dict[str, torch.Tensor]:
-        which = self.method.current_pass
+        which = getattr(batch, "update", LEARNER)  # maxl_human's plain batches feed θ1 alone
         losses = {}
         if which in (LEARNER, BOTH):
             losses.update(self.update_learner(batch))
         if which in (GENERATOR, BOTH):
             losses.update(self.update_generator(batch))
             if which == GENERATOR:
+                losses["loss"] = losses["meta_loss"]  # the pass's loss line: θ2's objective
                 self.base.scheduler.step()  # θ1's schedule follows the run's steps through θ2's pass too
         self.method.advance_generator_schedule()
         return losses
@@ -241,5 +252,4 @@ class MaxlStep:
             method.generator_optimizer.zero_grad(set_to_none=True)
             objective.backward(inputs=list(method.generator.parameters()))
             method.generator_optimizer.step()
-        return {"meta_loss": objective.detach(), **parts, **({"loss": objective.detach()}
-                                                              if method.current_pass == GENERATOR else {})}
+        return {"meta_loss": objective.detach(), **parts}

@@ -25,38 +25,35 @@ import torch.nn.functional as F
 from kernels import upcast
 from models import build_backbone
 from pipeline.random_views import MultiCropViews
+from train.distributed import all_reduce_sum
 from train.methods.contrastive import ContrastiveMethod, ContrastiveNetwork, mlp
+from train.methods.contrastive_losses import ONE_PROCESS, Ranks
 
 SINKHORN_ITERATIONS, SINKHORN_EPSILON, SWAV_TEMPERATURE = 3, 0.05, 0.1
 
 
-def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(x)
-    return x
-
-
-def _global_rows(rows: int, device) -> float | torch.Tensor:
-    """The batch's rows over every rank: a number in one process; under torchrun a device scalar, summed over
-    the ranks without a host round trip (a streamed batch may have lost unreadable files on some rank)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()
-            and torch.distributed.get_world_size() > 1):
-        return float(rows)
-    return _all_reduce_sum(torch.full((), float(rows), dtype=torch.float64, device=device))
+def global_rows(rows: int, device, ranks: Ranks) -> float | torch.Tensor:
+    """The batch's rows over every rank: a number in one process or where every rank holds the same rows;
+    otherwise (a streamed batch that lost unreadable files on some rank) a device scalar summed over the ranks
+    without a host round trip."""
+    if ranks.world_size == 1 or ranks.even_rows:
+        return float(rows * ranks.world_size)
+    total = torch.full((), float(rows), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return total
 
 
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, iterations: int = SINKHORN_ITERATIONS,
-             epsilon: float = SINKHORN_EPSILON) -> torch.Tensor:
+             epsilon: float = SINKHORN_EPSILON, ranks: Ranks = ONE_PROCESS) -> torch.Tensor:
     """[B, K] prototype scores of this rank's rows → [B, K] codes: every row sums to 1 and, over the rows of
     all ranks together, every prototype gets B_global/K of the mass (within the iterations' tolerance)."""
     q = torch.exp(scores.to(torch.float64) / epsilon).T  # [K, B]
     rows, prototypes = q.shape[1], q.shape[0]
-    total_rows = _global_rows(rows, q.device)
-    q /= _all_reduce_sum(q.sum())
+    total_rows = global_rows(rows, q.device, ranks)
+    q /= all_reduce_sum(q.sum(), ranks)
     for _ in range(iterations):
-        q /= _all_reduce_sum(q.sum(dim=1, keepdim=True))  # every prototype: total mass 1/K
+        q /= all_reduce_sum(q.sum(dim=1, keepdim=True), ranks)  # every prototype: total mass 1/K
         q /= prototypes
         q /= q.sum(dim=0, keepdim=True)  # every row: total mass 1/B_global
         q /= total_rows
@@ -159,7 +156,7 @@ class Swav(ContrastiveMethod):
             if use_queue:  # the queued projections' scores against today's prototypes add rows to Sinkhorn
                 queued = self.queue[v] @ self.model_ref.prototypes.weight.detach().float().T
                 batch_scores = torch.cat([batch_scores, queued])
-            codes.append(sinkhorn(batch_scores)[:len(scores[v])])
+            codes.append(sinkhorn(batch_scores, ranks=self.ranks)[:len(scores[v])])
         if self.queue is not None:
             self.push_queue(embeddings.detach())
         return {"loss": swapped_prediction(scores, codes, SWAV_TEMPERATURE)}
@@ -169,7 +166,7 @@ class Swav(ContrastiveMethod):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
         self.model_ref = model
         if self.config.swav_queue_size:
-            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+            world = self.ranks.world_size
             if self.config.swav_queue_size % world:
                 raise ValueError(f"--swav-queue-size {self.config.swav_queue_size} is the queue of all ranks "
                                  f"together and must divide by the world size {world}")
