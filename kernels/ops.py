@@ -53,11 +53,19 @@ def _array(tensor: Tensor):
     return (tensor.detach() if tensor.requires_grad else tensor).numpy()
 
 
-def _launch(kernel, grid, block, tensor: Tensor, *args):
-    if tensor.is_cuda:
-        from numba import cuda
+_numba_streams: dict[int, object] = {}  # torch stream handle → its Numba wrapper, made once
 
-        stream = cuda.external_stream(torch.cuda.current_stream(tensor.device).cuda_stream)
+
+def _launch(kernel, grid, block, tensor: Tensor, *args):
+    """Launch on torch's current stream. Its Numba wrapper is made once per stream: Numba caches a kernel's launch
+    configuration by the stream object, so a fresh wrapper per call missed that cache on every launch."""
+    if tensor.is_cuda:
+        handle = torch.cuda.current_stream(tensor.device).cuda_stream
+        stream = _numba_streams.get(handle)
+        if stream is None:
+            from numba import cuda
+
+            stream = _numba_streams[handle] = cuda.external_stream(handle)
         kernel[grid, block, stream](*args)
     else:  # Numba's CUDA simulator on host arrays
         kernel[grid, block](*args)

@@ -9,7 +9,6 @@ so that a step copies nothing to the device.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from kernels.reference import crop_and_flip
 
