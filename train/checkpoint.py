@@ -1,6 +1,8 @@
 """Atomic checkpoints (temporary file, flush, fsync, rename) and exact resumption."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 import io
 import os
@@ -14,7 +16,9 @@ import torch
 
 from pipeline.image_set import write_error
 
-from .config import RESUME_MUST_MATCH, TrainConfig
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
 
 
 def atomic_save(payload: dict, path: Path) -> None:
@@ -124,6 +128,8 @@ def read_checkpoint_file(path: str, flag: str) -> dict:
 
 
 def load_checkpoint(path: str, config: TrainConfig) -> dict:
+    from .config import RESUME_MUST_MATCH, TrainConfig  # the config imports the methods, which read checkpoints
+
     file = Path(path)
     payload = read_checkpoint_file(path, "--resume")
     saved = payload.get("config", {})

@@ -8,9 +8,20 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from train.methods.contrastive import ContrastiveOptions
+from train.methods.hsakd import HsakdOptions
+from train.methods.infomax import DimOptions
+from train.methods.maxl import MaxlOptions
+from train.methods.pretrained import PretrainedOptions
+from train.methods.sla import SlaOptions
+from train.methods.swav import SwavOptions
+from train.options import AT_LEAST_0, AT_LEAST_1, DECAY, FRACTION, POSITIVE, Limit
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(SlaOptions, HsakdOptions, MaxlOptions, PretrainedOptions, ContrastiveOptions, SwavOptions,
+                  DimOptions):
+    """Every setting of a run: the core ones below, and each method family's, declared beside its code."""
     # --- run
     preset: str = field(default="", metadata={"help": "a named paper recipe, see --list-presets"})
     config_file: str = field(default="", metadata={"help": "YAML file of field: value pairs"})
@@ -108,129 +119,31 @@ class TrainConfig:
     eval_every: int = field(default=1, metadata={"help": "epochs between validation passes"})
     checkpoint_every: int = field(default=1, metadata={"help": "epochs between checkpoints"})
     eval_batch_size: int = field(default=256, metadata={"help": "source images per rank per evaluation batch"})
-    # --- SLA: sla, sla_sd
-    temperature: float = field(default=1.0, metadata={"help": "SLA+SD distillation temperature T"})
-    sd_weight: float = field(default=1.0, metadata={"help": "SLA+SD weight β of CE(c, y)"})
-    sum_over_transforms: bool = field(default=False, metadata={"help": "multiply L_SLA by M (paper's large loss)"})
-    # --- HSAKD: hsakd_teacher, hsakd_student, hsakd_online
-    kd_temperature: float = field(default=3.0, metadata={"help": "HSAKD distillation temperature τ"})
-    teacher: str = field(default="", metadata={"help": "hsakd_student: the teacher checkpoint (best.pt or last.pt "
-                                                       "of a --method hsakd_teacher run)"})
-    teacher_model: str = field(default="", metadata={"help": "hsakd_student: the architecture the teacher must be "
-                                                             "(presets set it; empty accepts any)"})
-    frozen_backbone: str = field(default="", metadata={"help": "hsakd_teacher: a run checkpoint whose backbone and "
-                                                               "class head are frozen; only the branches learn"})
-    peer_model: str = field(default="", metadata={"help": "hsakd_online: the second network (default: --model)"})
-    # --- MAXL: maxl, maxl_human
-    aux_per_class: str = field(default="5", metadata={"help": "maxl: auxiliary labels ψ per primary class, one "
-                                                                  "number for all or a comma-separated list"})
-    generator_model: str = field(default="", metadata={"help": "maxl: the label generator's backbone (default: "
-                                                                   "--model)"})
-    focal_gamma: float = field(default=2.0, metadata={"help": "maxl, maxl_human: focal loss γ on the primary and "
-                                                              "auxiliary targets; 0 is cross-entropy"})
-    entropy_weight: float = field(default=0.2, metadata={"help": "maxl: weight λ of the generated labels' "
-                                                                 "negative batch entropy in θ2's objective"})
-    maxl_order: str = field(default="second", metadata={"help": "maxl: meta-gradient through the look-ahead step, "
-                                                                "second (exact) or first (finite differences)"})
-    maxl_meta_gradient: str = field(default="forward", metadata={
-        "help": "maxl, --maxl-order second: forward (a forward-mode Jacobian-vector product, no double backward) or "
-                "graph (create_graph through the look-ahead step, the official code's way); the same exact gradient"})
-    maxl_interleave: bool = field(default=False, metadata={"help": "maxl: update θ1 and θ2 on every batch instead "
-                                                                   "of the paper's pass of θ1, then pass of θ2"})
-    generator_lr: float = field(default=1e-3, metadata={"help": "maxl: the generator's peak SGD learning rate "
-                                                                "(no momentum, as the paper; same schedule as --lr)"})
-    generator_weight_decay: float = field(default=5e-4, metadata={"help": "maxl: the generator's L2 coefficient"})
-    log_grad_similarity: bool = field(default=False, metadata={
-        "help": "maxl, maxl_human: log cos(∇L_pri, ∇L_aux) over the shared backbone, averaged over each logging "
-                "interval (an extra backward pass per step)"})
-    # --- pretrained backbones: linear_eval, --init-from
-    pretrained: str = field(default="", metadata={"help": "linear_eval: the run checkpoint whose frozen backbone "
-                                                          "the linear classifier reads (e.g. a simclr best.pt)"})
-    init_from: str = field(default="", metadata={"help": "start the backbone from this run checkpoint (same --model; "
-                                                         "e.g. simclr pretraining, then sla)"})
-    # --- contrastive: simclr, simclr_v2, moco_v2, moco_v3, byol
-    views: str = field(default="", metadata={"help": "contrastive methods: the random-view recipe (simclr, byol, "
-                                                    "moco_v2, dim; default: the method's own)"})
-    projector_hidden: int = field(default=2048, metadata={"help": "contrastive: projector (and BYOL predictor) "
-                                                                  "hidden width"})
-    projector_dim: int = field(default=256, metadata={"help": "contrastive: projection dimension"})
-    contrastive_temperature: float = field(default=0.0, metadata={
-        "help": "contrastive τ of NT-Xent / InfoNCE; 0 takes the method's (SimCLR 0.5, MoCo v2 0.2)"})
-    target_momentum: float = field(default=0.99, metadata={
-        "help": "moco_v2: key encoder EMA m; byol, moco_v3: the base of its cosine schedule to 1; simclr_v2: "
-                "its memory's momentum network"})
-    queue_size: int = field(default=4096, metadata={"help": "moco_v2: negatives kept in the queue"})
-    shuffle_bn: bool = field(default=True, metadata={
-        "help": "moco_v2 under torchrun: the key encoder sees the global batch shuffled across ranks (MoCo's "
-                "shuffling BN), so no query shares BatchNorm statistics with its own key's batch"})
-    memory_size: int = field(default=0, metadata={
-        "help": "simclr_v2: past momentum-network projections kept as extra negatives (MoCo's memory); 0: none"})
-    frozen_patch_projection: bool = field(default=False, metadata={
-        "help": "moco_v3 with a ViT: keep the patch projection at its random initialisation (MoCo v3's trick)"})
-    knn_k: int = field(default=200, metadata={"help": "k-NN monitor: neighbours that vote"})
-    knn_temperature: float = field(default=0.1, metadata={"help": "k-NN monitor: vote weight exp(cos/T)"})
-    # --- SwAV: swav
-    num_prototypes: int = field(default=3000, metadata={"help": "swav: prototypes K"})
-    local_views: int = field(default=6, metadata={"help": "swav: small multi-crop views per image (0: only the "
-                                                          "two global views)"})
-    local_size: int = field(default=0, metadata={"help": "swav: local views' side in pixels; 0: 96/224 of the "
-                                                         "data's side, SwAV's ImageNet proportion"})
-    swav_queue_size: int = field(default=0, metadata={"help": "swav: past global projections per crop kept to "
-                                                              "give Sinkhorn more rows (small batches), all ranks "
-                                                              "together (each keeps its share); 0: none"})
-    swav_queue_start_epoch: int = field(default=15, metadata={"help": "swav: first epoch that uses the queue"})
-    freeze_prototypes_epochs: int = field(default=1, metadata={"help": "swav: epochs without prototype updates"})
-    # --- Deep InfoMax: dim
-    mi_estimator: str = field(default="infonce", metadata={"help": "dim: infonce or jsd"})
-    dim_local_stage: int = field(default=-2, metadata={
-        "help": "dim: the stage whose feature map is M (negative: from the last; -2 is 8×8 on CIFAR ResNets)"})
-    dim_global_weight: float = field(default=0.5, metadata={"help": "dim: α, the global objective's weight"})
-    dim_local_weight: float = field(default=1.0, metadata={"help": "dim: β, the local objective's weight"})
-
-# --help lists the settings in these groups, in this order (every field in exactly one: tests/test_config.py).
-HELP_GROUPS: dict[str, tuple[str, ...]] = {
+# --help lists the settings in these groups, in this order (every field in exactly one: tests/test_config.py): the
+# core ones here, then each family's from its options class.
+CORE_HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("preset", "config_file", "out_dir", "run_name", "seed", "device", "resume", "overwrite",
-            "stop_after_epochs", "dist_timeout_s",),
-    "data and loaders": ("dataset", "data_root", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "strict_images", "data_in_memory", "primary_labels", "loader", "loader_workers", "dali_views", "beton_dir", "crop_padding",),
-    "method": ("method", "transforms", "auto_trial_fraction", "auto_families", "kernels",),
-    "model and precision": ("model", "channels_last", "precision", "compile", "cudnn_benchmark",),
-    "optimisation": ("batch_size", "epochs", "iterations", "lr", "optimizer", "lars_eta", "momentum", "nesterov", "weight_decay", "decay_norm_and_bias", "schedule", "lr_milestones", "lr_gamma", "warmup_iterations", "grad_clip_norm", "ema_decay", "optimizer_impl",),
-    "logging and checkpoints": ("profile", "log_every", "eval_every", "checkpoint_every", "eval_batch_size",),
-    "SLA: sla, sla_sd": ("temperature", "sd_weight", "sum_over_transforms",),
-    "HSAKD: hsakd_teacher, hsakd_student, hsakd_online": ("kd_temperature", "teacher", "teacher_model", "frozen_backbone", "peer_model",),
-    "MAXL: maxl, maxl_human": ("aux_per_class", "generator_model", "focal_gamma", "entropy_weight", "maxl_order", "maxl_meta_gradient", "maxl_interleave", "generator_lr", "generator_weight_decay", "log_grad_similarity",),
-    "pretrained backbones: linear_eval, --init-from": ("pretrained", "init_from",),
-    "contrastive: simclr, simclr_v2, moco_v2, moco_v3, byol": ("views", "projector_hidden", "projector_dim", "contrastive_temperature", "target_momentum", "queue_size", "shuffle_bn", "memory_size", "frozen_patch_projection", "knn_k", "knn_temperature",),
-    "SwAV: swav": ("num_prototypes", "local_views", "local_size", "swav_queue_size", "swav_queue_start_epoch", "freeze_prototypes_epochs",),
-    "Deep InfoMax: dim": ("mi_estimator", "dim_local_stage", "dim_global_weight", "dim_local_weight",),
+            "stop_after_epochs", "dist_timeout_s"),
+    "data and loaders": ("dataset", "data_root", "image_size", "val_split", "samples_per_class", "imbalance_ratio",
+                         "strict_images", "data_in_memory", "primary_labels", "loader", "loader_workers", "dali_views",
+                         "beton_dir", "crop_padding"),
+    "method": ("method", "transforms", "auto_trial_fraction", "auto_families", "kernels"),
+    "model and precision": ("model", "channels_last", "precision", "compile", "cudnn_benchmark"),
+    "optimisation": ("batch_size", "epochs", "iterations", "lr", "optimizer", "lars_eta", "momentum", "nesterov",
+                     "weight_decay", "decay_norm_and_bias", "schedule", "lr_milestones", "lr_gamma",
+                     "warmup_iterations", "grad_clip_norm", "ema_decay", "optimizer_impl"),
+    "logging and checkpoints": ("profile", "log_every", "eval_every", "checkpoint_every", "eval_batch_size"),
 }
+FAMILY_OPTIONS = (SlaOptions, HsakdOptions, MaxlOptions, PretrainedOptions, ContrastiveOptions, SwavOptions,
+                  DimOptions)
+HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    **CORE_HELP_GROUPS,
+    **{family.HELP_GROUP: tuple(spec.name for spec in dataclasses.fields(family)) for family in FAMILY_OPTIONS}}
 
 
-# The range of every numeric setting, checked before any work (`check_settings`): (lowest, highest, what the bound
-# means); an end is None where open, and `open_low` marks a strict lower bound. Enumerated settings are checked
-# where their names are resolved (methods, models, loaders, datasets), each in one line that lists the valid ones.
-@dataclass(frozen=True)
-class Limit:
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False  # low itself is refused
-    open_high: bool = False
-
-    def admits(self, value: float) -> bool:
-        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
-            return False
-        return self.high is None or (value < self.high or (not self.open_high and value == self.high))
-
-    def describe(self) -> str:
-        low = None if self.low is None else f"{'>' if self.open_low else '≥'} {self.low:g}"
-        high = None if self.high is None else f"{'<' if self.open_high else '≤'} {self.high:g}"
-        return " and ".join(part for part in (low, high) if part)
-
-
-AT_LEAST_0, AT_LEAST_1, POSITIVE = Limit(0), Limit(1), Limit(0, open_low=True)
-FRACTION = Limit(0, 1, open_low=True)  # (0, 1]
-DECAY = Limit(0, 1, open_high=True)  # [0, 1)
-SETTING_LIMITS: dict[str, Limit] = {
+# The range of every numeric setting, checked before any work (`check_settings`; train/options.py:Limit).
+# Enumerated settings are checked while parsing (`enumerated_settings`) and where their names are resolved.
+CORE_LIMITS: dict[str, Limit] = {
     "seed": AT_LEAST_0, "dist_timeout_s": AT_LEAST_1, "stop_after_epochs": AT_LEAST_0,
     "image_size": Limit(4), "samples_per_class": AT_LEAST_0, "imbalance_ratio": AT_LEAST_1,
     "loader_workers": AT_LEAST_0, "crop_padding": AT_LEAST_0, "auto_trial_fraction": FRACTION,
@@ -238,14 +151,10 @@ SETTING_LIMITS: dict[str, Limit] = {
     "lars_eta": POSITIVE, "momentum": DECAY, "weight_decay": AT_LEAST_0, "lr_milestones": Limit(0, 1, True, True),
     "lr_gamma": POSITIVE, "warmup_iterations": AT_LEAST_0, "grad_clip_norm": AT_LEAST_0, "ema_decay": DECAY,
     "log_every": AT_LEAST_1, "eval_every": AT_LEAST_1, "checkpoint_every": AT_LEAST_1, "eval_batch_size": AT_LEAST_1,
-    "temperature": POSITIVE, "sd_weight": AT_LEAST_0, "kd_temperature": POSITIVE, "focal_gamma": AT_LEAST_0,
-    "entropy_weight": AT_LEAST_0, "generator_lr": AT_LEAST_0, "generator_weight_decay": AT_LEAST_0,
-    "projector_hidden": AT_LEAST_1, "projector_dim": AT_LEAST_1, "contrastive_temperature": AT_LEAST_0,
-    "target_momentum": Limit(0, 1), "queue_size": AT_LEAST_1, "memory_size": AT_LEAST_0, "knn_k": AT_LEAST_1,
-    "knn_temperature": POSITIVE, "num_prototypes": AT_LEAST_1, "local_views": AT_LEAST_0, "local_size": AT_LEAST_0,
-    "swav_queue_size": AT_LEAST_0, "swav_queue_start_epoch": AT_LEAST_0, "freeze_prototypes_epochs": AT_LEAST_0,
-    "dim_global_weight": AT_LEAST_0, "dim_local_weight": AT_LEAST_0,
 }
+SETTING_LIMITS: dict[str, Limit] = {  # the core ones, then each family's declared with its options
+    **CORE_LIMITS, **{spec.name: spec.metadata["limit"] for family in FAMILY_OPTIONS
+                      for spec in dataclasses.fields(family) if spec.metadata.get("limit")}}
 
 
 def check_settings(config: TrainConfig) -> None:
@@ -266,14 +175,14 @@ def check_settings(config: TrainConfig) -> None:
         raise ValueError(f"--lr-milestones {','.join(f'{m:g}' for m in config.lr_milestones)} must increase")
 
 
-# Settings that change what a checkpoint means; a resume must match them.
+# Settings that change what a checkpoint means; a resume must match them: the core ones, then each family's
+# (declared with `"resume": True` beside its options).
 RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "method",
-                     "transforms", "model", "batch_size", "seed", "peer_model", "kd_temperature",
+                     "transforms", "model", "batch_size", "seed",
                      "decay_norm_and_bias",  # the optimizer's parameter groups
-                     "primary_labels", "aux_per_class", "generator_model", "maxl_interleave",
-                     "views", "projector_hidden", "projector_dim", "queue_size", "memory_size", "dim_local_stage",
-                     "num_prototypes", "local_views", "local_size", "swav_queue_size", "pretrained", "init_from",
-                     "optimizer")
+                     "primary_labels", "optimizer",
+                     *(spec.name for family in FAMILY_OPTIONS for spec in dataclasses.fields(family)
+                       if spec.metadata.get("resume")))
 
 PRESETS: dict[str, dict[str, typing.Any]] = {
     # SLA paper recipe (Lee et al. 2020): batch 128, lr 0.1, wd 1e-4 on every parameter, 80k iterations, ×0.1 at

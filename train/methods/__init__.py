@@ -1,11 +1,13 @@
 """Every training method by name (`--method`): one module per family, one line each here.
 
 A new method is a subclass of `Method` (train/methods/base.py) in its family's module plus its line
-in METHODS; its options are fields of train/config.py:TrainConfig.
+in METHODS; its options are a dataclass beside it (e.g. sla.py's SlaOptions) that train/config.py:TrainConfig
+composes.
 """
 from __future__ import annotations
 
-from train.config import TrainConfig
+from typing import TYPE_CHECKING
+
 from train.methods.base import Method
 from train.methods.baselines import Baseline, MultiTask, TransformsAsAugmentation
 from train.methods.contrastive import BYOL, MocoV2, MocoV3, SimCLR, SimclrV2
@@ -15,6 +17,9 @@ from train.methods.maxl import Maxl, MaxlHuman
 from train.methods.pretrained import LinearEval
 from train.methods.sla import SLA, SLASelfDistillation
 from train.methods.swav import Swav
+
+if TYPE_CHECKING:
+    from train.config import TrainConfig
 
 METHODS: dict[str, type[Method]] = {method.name: method for method in (
     Baseline,

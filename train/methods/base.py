@@ -9,13 +9,17 @@ identity, and a joint label is y·M + j.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
 import kernels
 from kernels import identity_rows
-from train.config import TrainConfig
 from train.methods.run_checkpoints import load_backbone
+
+if TYPE_CHECKING:  # the config composes every family's options, declared in these modules
+    from train.config import TrainConfig
 
 
 def per_view_labels(labels: torch.Tensor, num_transforms: int) -> torch.Tensor:

@@ -8,6 +8,9 @@ The reported score (SI) is the backbone head on the identity view.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +21,21 @@ from models.hsakd import HsakdNetwork, MutualPair
 from pipeline.phases import phase
 from train.methods.base import Method, place
 from train.methods.run_checkpoints import load_frozen_backbone, load_teacher
+from train.options import POSITIVE, field
+
+
+@dataclass
+class HsakdOptions:
+    """--help's "HSAKD: hsakd_teacher, hsakd_student, hsakd_online" settings (train/config.py:TrainConfig composes every family's)."""
+    HELP_GROUP: ClassVar[str] = "HSAKD: hsakd_teacher, hsakd_student, hsakd_online"
+    kd_temperature: float = field(default=3.0, metadata={"limit": POSITIVE, "resume": True, "help": "HSAKD distillation temperature τ"})
+    teacher: str = field(default="", metadata={"help": "hsakd_student: the teacher checkpoint (best.pt or last.pt "
+                                                       "of a --method hsakd_teacher run)"})
+    teacher_model: str = field(default="", metadata={"help": "hsakd_student: the architecture the teacher must be "
+                                                             "(presets set it; empty accepts any)"})
+    frozen_backbone: str = field(default="", metadata={"help": "hsakd_teacher: a run checkpoint whose backbone and "
+                                                               "class head are frozen; only the branches learn"})
+    peer_model: str = field(default="", metadata={"resume": True, "help": "hsakd_online: the second network (default: --model)"})
 
 
 # ---------------------------------------------------------------------------- losses

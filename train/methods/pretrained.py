@@ -2,10 +2,24 @@
 SimCLR then SLA) and `linear_eval` (a linear classifier on a frozen pretrained backbone)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 
 from models import HeadSpec, IDENTITY_VIEW, MultiHeadNetwork, build_backbone
 from train.methods.baselines import Baseline
 from train.methods.run_checkpoints import load_backbone
+from train.options import field
+
+
+@dataclass
+class PretrainedOptions:
+    """--help's "pretrained backbones: linear_eval, --init-from" settings (train/config.py:TrainConfig composes every family's)."""
+    HELP_GROUP: ClassVar[str] = "pretrained backbones: linear_eval, --init-from"
+    pretrained: str = field(default="", metadata={"resume": True, "help": "linear_eval: the run checkpoint whose frozen backbone "
+                                                          "the linear classifier reads (e.g. a simclr best.pt)"})
+    init_from: str = field(default="", metadata={"resume": True, "help": "start the backbone from this run checkpoint (same --model; "
+                                                         "e.g. simclr pretraining, then sla)"})
 
 
 class FrozenBackboneNetwork(MultiHeadNetwork):

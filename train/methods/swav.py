@@ -18,6 +18,9 @@ the renormalisation before each step undoes). Math: docs/methods.md.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,6 +31,24 @@ from pipeline.random_views import MultiCropViews
 from train.distributed import all_reduce_sum
 from train.methods.contrastive import ContrastiveMethod, ContrastiveNetwork, mlp
 from train.methods.contrastive_losses import ONE_PROCESS, Ranks
+from train.options import AT_LEAST_0, AT_LEAST_1, field
+
+
+@dataclass
+class SwavOptions:
+    """--help's "SwAV: swav" settings (train/config.py:TrainConfig composes every family's)."""
+    HELP_GROUP: ClassVar[str] = "SwAV: swav"
+    num_prototypes: int = field(default=3000, metadata={"limit": AT_LEAST_1, "resume": True, "help": "swav: prototypes K"})
+    local_views: int = field(default=6, metadata={"limit": AT_LEAST_0, "resume": True, "help": "swav: small multi-crop views per image (0: only the "
+                                                          "two global views)"})
+    local_size: int = field(default=0, metadata={"limit": AT_LEAST_0, "resume": True, "help": "swav: local views' side in pixels; 0: 96/224 of the "
+                                                         "data's side, SwAV's ImageNet proportion"})
+    swav_queue_size: int = field(default=0, metadata={"limit": AT_LEAST_0, "resume": True, "help": "swav: past global projections per crop kept to "
+                                                              "give Sinkhorn more rows (small batches), all ranks "
+                                                              "together (each keeps its share); 0: none"})
+    swav_queue_start_epoch: int = field(default=15, metadata={"limit": AT_LEAST_0, "help": "swav: first epoch that uses the queue"})
+    freeze_prototypes_epochs: int = field(default=1, metadata={"limit": AT_LEAST_0, "help": "swav: epochs without prototype updates"})
+
 
 SINKHORN_ITERATIONS, SINKHORN_EPSILON, SWAV_TEMPERATURE = 3, 0.05, 0.1
 
