@@ -141,7 +141,8 @@ def test_every_numeric_setting_out_of_range_is_one_line_naming_the_flag(name, tm
     (["--val-split", "2.5"], "--val-split 2.5 is neither a fraction"),
     (["--lr-milestones", "0.75,0.5"], "--lr-milestones 0.75,0.5 must increase"),
     (["--lr", "nan"], "--lr nan is out of range"),
-    (["--model", "vgg16", "--image-size", "8"], "--image-size 8 is too small for --model vgg16: its forward pass fails"),
+    (["--model", "vgg16", "--image-size", "8"],
+     "--image-size 8 is too small for --model vgg16: its forward pass fails"),
 ])
 def test_impossible_settings_named_in_the_issue_are_refused(argv, message, tmp_path, capsys):
     assert main([*argv, "--out-dir", str(tmp_path)]) == 2

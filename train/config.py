@@ -322,7 +322,8 @@ def enumerated_settings() -> dict[str, tuple[str, tuple[str, ...]]]:
             "kernels": ("kernel backend", ("auto", "cuda", "cpu", "torch")),
             "data_in_memory": ("--data-in-memory", ("auto", "yes", "no")),
             "dali_views": ("--dali-views", ("batched", "operators")), "maxl_order": ("--maxl-order", ORDERS),
-            "maxl_meta_gradient": ("--maxl-meta-gradient", META_GRADIENTS), "mi_estimator": ("--mi-estimator", ESTIMATORS)}
+            "maxl_meta_gradient": ("--maxl-meta-gradient", META_GRADIENTS),
+            "mi_estimator": ("--mi-estimator", ESTIMATORS)}
 
 
 def one_of(noun: str, names: tuple[str, ...]):

@@ -28,8 +28,8 @@ from train.config import TrainConfig
 from train.distributed import DistributedContext, broadcast_from_main
 from train.methods import Method, build_method
 from train.mfu import flops_per_view, peak_flops, tf32_enabled
-from train.optim import (PRECISION_DTYPES, autocast, autocast_context, build_ema, build_optimizer, build_scaler, build_scheduler,
-                         resolve_precision)
+from train.optim import (PRECISION_DTYPES, autocast, autocast_context, build_ema, build_optimizer, build_scaler,
+                         build_scheduler, resolve_precision)
 from train.profiling import StepProfiler
 from train.run_dir import ELASTIC_ID, RunStart, plan_run, restart_count
 from train.run_log import RunLog
@@ -199,8 +199,8 @@ def build(config: TrainConfig, context: DistributedContext, start: RunStart, sig
                                                     split_name=f"{config.dataset}-{part}")
                                        for part, split in (("val", data.val), ("test", data.test)))
     if method.needs_training_features:  # k-NN evaluation: the whole training split on every rank
-        run.bank_loader = build_loader(config.loader, data.train, replace(
-            evaluation, global_batch=config.eval_batch_size, rank=0, world_size=1), split_name=f"{config.dataset}-train")
+        whole_split = replace(evaluation, global_batch=config.eval_batch_size, rank=0, world_size=1)
+        run.bank_loader = build_loader(config.loader, data.train, whole_split, split_name=f"{config.dataset}-train")
     torch.manual_seed(config.seed + context.rank)  # per-rank streams for anything random in the step
     np.random.seed((config.seed + context.rank) % 2**32)
     if start.resume_from:

@@ -31,28 +31,35 @@ from train.options import AT_LEAST_0, AT_LEAST_1, Limit, POSITIVE, field
 
 @dataclass
 class ContrastiveOptions:
-    """--help's "contrastive: simclr, simclr_v2, moco_v2, moco_v3, byol" settings (train/config.py:TrainConfig composes every family's)."""
+    """The "contrastive: simclr, simclr_v2, moco_v2, moco_v3, byol" settings (TrainConfig composes every family's)."""
     HELP_GROUP: ClassVar[str] = "contrastive: simclr, simclr_v2, moco_v2, moco_v3, byol"
-    views: str = field(default="", metadata={"resume": True, "help": "contrastive methods: the random-view recipe (simclr, byol, "
-                                                    "moco_v2, dim; default: the method's own)"})
-    projector_hidden: int = field(default=2048, metadata={"limit": AT_LEAST_1, "resume": True, "help": "contrastive: projector (and BYOL predictor) "
-                                                                  "hidden width"})
-    projector_dim: int = field(default=256, metadata={"limit": AT_LEAST_1, "resume": True, "help": "contrastive: projection dimension"})
-    contrastive_temperature: float = field(default=0.0, metadata={"limit": AT_LEAST_0, 
-        "help": "contrastive τ of NT-Xent / InfoNCE; 0 takes the method's (SimCLR 0.5, MoCo v2 0.2)"})
-    target_momentum: float = field(default=0.99, metadata={"limit": Limit(0, 1), 
-        "help": "moco_v2: key encoder EMA m; byol, moco_v3: the base of its cosine schedule to 1; simclr_v2: "
-                "its memory's momentum network"})
-    queue_size: int = field(default=4096, metadata={"limit": AT_LEAST_1, "resume": True, "help": "moco_v2: negatives kept in the queue"})
+    views: str = field(default="", metadata={
+        "resume": True, "help": "contrastive methods: the random-view recipe (simclr, byol, moco_v2, dim; default: "
+                "the method's own)"})
+    projector_hidden: int = field(default=2048, metadata={
+        "limit": AT_LEAST_1, "resume": True, "help": "contrastive: projector (and BYOL predictor) hidden width"})
+    projector_dim: int = field(default=256, metadata={
+        "limit": AT_LEAST_1, "resume": True, "help": "contrastive: projection dimension"})
+    contrastive_temperature: float = field(default=0.0, metadata={
+        "limit": AT_LEAST_0, "help": "contrastive τ of NT-Xent / InfoNCE; 0 takes the method's (SimCLR 0.5, MoCo v2 "
+                "0.2)"})
+    target_momentum: float = field(default=0.99, metadata={
+        "limit": Limit(0, 1), "help": "moco_v2: key encoder EMA m; byol, moco_v3: the base of its cosine schedule to "
+                "1; simclr_v2: its memory's momentum network"})
+    queue_size: int = field(default=4096, metadata={
+        "limit": AT_LEAST_1, "resume": True, "help": "moco_v2: negatives kept in the queue"})
     shuffle_bn: bool = field(default=True, metadata={
         "help": "moco_v2 under torchrun: the key encoder sees the global batch shuffled across ranks (MoCo's "
                 "shuffling BN), so no query shares BatchNorm statistics with its own key's batch"})
-    memory_size: int = field(default=0, metadata={"limit": AT_LEAST_0, "resume": True, 
-        "help": "simclr_v2: past momentum-network projections kept as extra negatives (MoCo's memory); 0: none"})
+    memory_size: int = field(default=0, metadata={
+        "limit": AT_LEAST_0, "resume": True, "help": "simclr_v2: past momentum-network projections kept as extra "
+                "negatives (MoCo's memory); 0: none"})
     frozen_patch_projection: bool = field(default=False, metadata={
         "help": "moco_v3 with a ViT: keep the patch projection at its random initialisation (MoCo v3's trick)"})
-    knn_k: int = field(default=200, metadata={"limit": AT_LEAST_1, "help": "k-NN monitor: neighbours that vote"})
-    knn_temperature: float = field(default=0.1, metadata={"limit": POSITIVE, "help": "k-NN monitor: vote weight exp(cos/T)"})
+    knn_k: int = field(default=200, metadata={
+        "limit": AT_LEAST_1, "help": "k-NN monitor: neighbours that vote"})
+    knn_temperature: float = field(default=0.1, metadata={
+        "limit": POSITIVE, "help": "k-NN monitor: vote weight exp(cos/T)"})
 
 
 SHUFFLE_STREAM = 3  # derived_seed's stream of MoCo's batch shuffle (the loaders' crops use 1, the workers 2)
@@ -366,8 +373,10 @@ class SimclrV2(EmaTarget):
 
     def build_model(self, model_name, num_classes, family, device, channels_last):
         model = super().build_model(model_name, num_classes, family, device, channels_last)
-        self.memory = (KeyQueue(self.config.memory_size, self.config.projector_dim, self.config.seed, device, self.ranks)
-                       if self.uses_target else None)
+        self.memory = None
+        if self.uses_target:
+            self.memory = KeyQueue(self.config.memory_size, self.config.projector_dim, self.config.seed, device,
+                                   self.ranks)
         return model
 
     def losses(self, outputs, labels):

@@ -26,16 +26,18 @@ from train.options import POSITIVE, field
 
 @dataclass
 class HsakdOptions:
-    """--help's "HSAKD: hsakd_teacher, hsakd_student, hsakd_online" settings (train/config.py:TrainConfig composes every family's)."""
+    """The "HSAKD: hsakd_teacher, hsakd_student, hsakd_online" settings (TrainConfig composes every family's)."""
     HELP_GROUP: ClassVar[str] = "HSAKD: hsakd_teacher, hsakd_student, hsakd_online"
-    kd_temperature: float = field(default=3.0, metadata={"limit": POSITIVE, "resume": True, "help": "HSAKD distillation temperature τ"})
-    teacher: str = field(default="", metadata={"help": "hsakd_student: the teacher checkpoint (best.pt or last.pt "
-                                                       "of a --method hsakd_teacher run)"})
-    teacher_model: str = field(default="", metadata={"help": "hsakd_student: the architecture the teacher must be "
-                                                             "(presets set it; empty accepts any)"})
-    frozen_backbone: str = field(default="", metadata={"help": "hsakd_teacher: a run checkpoint whose backbone and "
-                                                               "class head are frozen; only the branches learn"})
-    peer_model: str = field(default="", metadata={"resume": True, "help": "hsakd_online: the second network (default: --model)"})
+    kd_temperature: float = field(default=3.0, metadata={
+        "limit": POSITIVE, "resume": True, "help": "HSAKD distillation temperature τ"})
+    teacher: str = field(default="", metadata={
+        "help": "hsakd_student: the teacher checkpoint (best.pt or last.pt of a --method hsakd_teacher run)"})
+    teacher_model: str = field(default="", metadata={
+        "help": "hsakd_student: the architecture the teacher must be (presets set it; empty accepts any)"})
+    frozen_backbone: str = field(default="", metadata={
+        "help": "hsakd_teacher: a run checkpoint whose backbone and class head are frozen; only the branches learn"})
+    peer_model: str = field(default="", metadata={
+        "resume": True, "help": "hsakd_online: the second network (default: --model)"})
 
 
 # ---------------------------------------------------------------------------- losses

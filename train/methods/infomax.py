@@ -34,13 +34,17 @@ from train.options import AT_LEAST_0, field
 
 @dataclass
 class DimOptions:
-    """--help's "Deep InfoMax: dim" settings (train/config.py:TrainConfig composes every family's)."""
+    """The "Deep InfoMax: dim" settings (TrainConfig composes every family's)."""
     HELP_GROUP: ClassVar[str] = "Deep InfoMax: dim"
-    mi_estimator: str = field(default="infonce", metadata={"help": "dim: infonce or jsd"})
-    dim_local_stage: int = field(default=-2, metadata={"resume": True, 
-        "help": "dim: the stage whose feature map is M (negative: from the last; -2 is 8×8 on CIFAR ResNets)"})
-    dim_global_weight: float = field(default=0.5, metadata={"limit": AT_LEAST_0, "help": "dim: α, the global objective's weight"})
-    dim_local_weight: float = field(default=1.0, metadata={"limit": AT_LEAST_0, "help": "dim: β, the local objective's weight"})
+    mi_estimator: str = field(default="infonce", metadata={
+        "help": "dim: infonce or jsd"})
+    dim_local_stage: int = field(default=-2, metadata={
+        "resume": True, "help": "dim: the stage whose feature map is M (negative: from the last; -2 is 8×8 on CIFAR "
+                "ResNets)"})
+    dim_global_weight: float = field(default=0.5, metadata={
+        "limit": AT_LEAST_0, "help": "dim: α, the global objective's weight"})
+    dim_local_weight: float = field(default=1.0, metadata={
+        "limit": AT_LEAST_0, "help": "dim: β, the local objective's weight"})
 
 
 ESTIMATORS = ("infonce", "jsd")

@@ -29,26 +29,32 @@ from train.options import AT_LEAST_0, field
 
 @dataclass
 class MaxlOptions:
-    """--help's "MAXL: maxl, maxl_human" settings (train/config.py:TrainConfig composes every family's)."""
+    """The "MAXL: maxl, maxl_human" settings (TrainConfig composes every family's)."""
     HELP_GROUP: ClassVar[str] = "MAXL: maxl, maxl_human"
-    aux_per_class: str = field(default="5", metadata={"resume": True, "help": "maxl: auxiliary labels ψ per primary class, one "
-                                                                  "number for all or a comma-separated list"})
-    generator_model: str = field(default="", metadata={"resume": True, "help": "maxl: the label generator's backbone (default: "
-                                                                   "--model)"})
-    focal_gamma: float = field(default=2.0, metadata={"limit": AT_LEAST_0, "help": "maxl, maxl_human: focal loss γ on the primary and "
-                                                              "auxiliary targets; 0 is cross-entropy"})
-    entropy_weight: float = field(default=0.2, metadata={"limit": AT_LEAST_0, "help": "maxl: weight λ of the generated labels' "
-                                                                 "negative batch entropy in θ2's objective"})
-    maxl_order: str = field(default="second", metadata={"help": "maxl: meta-gradient through the look-ahead step, "
-                                                                "second (exact) or first (finite differences)"})
+    aux_per_class: str = field(default="5", metadata={
+        "resume": True, "help": "maxl: auxiliary labels ψ per primary class, one number for all or a comma-separated "
+                "list"})
+    generator_model: str = field(default="", metadata={
+        "resume": True, "help": "maxl: the label generator's backbone (default: --model)"})
+    focal_gamma: float = field(default=2.0, metadata={
+        "limit": AT_LEAST_0, "help": "maxl, maxl_human: focal loss γ on the primary and auxiliary targets; 0 is "
+                "cross-entropy"})
+    entropy_weight: float = field(default=0.2, metadata={
+        "limit": AT_LEAST_0, "help": "maxl: weight λ of the generated labels' negative batch entropy in θ2's "
+                "objective"})
+    maxl_order: str = field(default="second", metadata={
+        "help": "maxl: meta-gradient through the look-ahead step, second (exact) or first (finite differences)"})
     maxl_meta_gradient: str = field(default="forward", metadata={
         "help": "maxl, --maxl-order second: forward (a forward-mode Jacobian-vector product, no double backward) or "
                 "graph (create_graph through the look-ahead step, the official code's way); the same exact gradient"})
-    maxl_interleave: bool = field(default=False, metadata={"resume": True, "help": "maxl: update θ1 and θ2 on every batch instead "
-                                                                   "of the paper's pass of θ1, then pass of θ2"})
-    generator_lr: float = field(default=1e-3, metadata={"limit": AT_LEAST_0, "help": "maxl: the generator's peak SGD learning rate "
-                                                                "(no momentum, as the paper; same schedule as --lr)"})
-    generator_weight_decay: float = field(default=5e-4, metadata={"limit": AT_LEAST_0, "help": "maxl: the generator's L2 coefficient"})
+    maxl_interleave: bool = field(default=False, metadata={
+        "resume": True, "help": "maxl: update θ1 and θ2 on every batch instead of the paper's pass of θ1, then pass "
+                "of θ2"})
+    generator_lr: float = field(default=0.001, metadata={
+        "limit": AT_LEAST_0, "help": "maxl: the generator's peak SGD learning rate (no momentum, as the paper; same "
+                "schedule as --lr)"})
+    generator_weight_decay: float = field(default=0.0005, metadata={
+        "limit": AT_LEAST_0, "help": "maxl: the generator's L2 coefficient"})
     log_grad_similarity: bool = field(default=False, metadata={
         "help": "maxl, maxl_human: log cos(∇L_pri, ∇L_aux) over the shared backbone, averaged over each logging "
                 "interval (an extra backward pass per step)"})

@@ -14,12 +14,14 @@ from train.options import field
 
 @dataclass
 class PretrainedOptions:
-    """--help's "pretrained backbones: linear_eval, --init-from" settings (train/config.py:TrainConfig composes every family's)."""
+    """The "pretrained backbones: linear_eval, --init-from" settings (TrainConfig composes every family's)."""
     HELP_GROUP: ClassVar[str] = "pretrained backbones: linear_eval, --init-from"
-    pretrained: str = field(default="", metadata={"resume": True, "help": "linear_eval: the run checkpoint whose frozen backbone "
-                                                          "the linear classifier reads (e.g. a simclr best.pt)"})
-    init_from: str = field(default="", metadata={"resume": True, "help": "start the backbone from this run checkpoint (same --model; "
-                                                         "e.g. simclr pretraining, then sla)"})
+    pretrained: str = field(default="", metadata={
+        "resume": True, "help": "linear_eval: the run checkpoint whose frozen backbone the linear classifier reads "
+                "(e.g. a simclr best.pt)"})
+    init_from: str = field(default="", metadata={
+        "resume": True, "help": "start the backbone from this run checkpoint (same --model; e.g. simclr pretraining, "
+                "then sla)"})
 
 
 class FrozenBackboneNetwork(MultiHeadNetwork):

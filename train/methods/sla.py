@@ -16,11 +16,14 @@ from train.options import AT_LEAST_0, POSITIVE, field
 
 @dataclass
 class SlaOptions:
-    """--help's "SLA: sla, sla_sd" settings (train/config.py:TrainConfig composes every family's)."""
+    """The "SLA: sla, sla_sd" settings (TrainConfig composes every family's)."""
     HELP_GROUP: ClassVar[str] = "SLA: sla, sla_sd"
-    temperature: float = field(default=1.0, metadata={"limit": POSITIVE, "help": "SLA+SD distillation temperature T"})
-    sd_weight: float = field(default=1.0, metadata={"limit": AT_LEAST_0, "help": "SLA+SD weight β of CE(c, y)"})
-    sum_over_transforms: bool = field(default=False, metadata={"help": "multiply L_SLA by M (paper's large loss)"})
+    temperature: float = field(default=1.0, metadata={
+        "limit": POSITIVE, "help": "SLA+SD distillation temperature T"})
+    sd_weight: float = field(default=1.0, metadata={
+        "limit": AT_LEAST_0, "help": "SLA+SD weight β of CE(c, y)"})
+    sum_over_transforms: bool = field(default=False, metadata={
+        "help": "multiply L_SLA by M (paper's large loss)"})
 
 
 class SLA(HeadsMethod):

@@ -36,18 +36,23 @@ from train.options import AT_LEAST_0, AT_LEAST_1, field
 
 @dataclass
 class SwavOptions:
-    """--help's "SwAV: swav" settings (train/config.py:TrainConfig composes every family's)."""
+    """The "SwAV: swav" settings (TrainConfig composes every family's)."""
     HELP_GROUP: ClassVar[str] = "SwAV: swav"
-    num_prototypes: int = field(default=3000, metadata={"limit": AT_LEAST_1, "resume": True, "help": "swav: prototypes K"})
-    local_views: int = field(default=6, metadata={"limit": AT_LEAST_0, "resume": True, "help": "swav: small multi-crop views per image (0: only the "
-                                                          "two global views)"})
-    local_size: int = field(default=0, metadata={"limit": AT_LEAST_0, "resume": True, "help": "swav: local views' side in pixels; 0: 96/224 of the "
-                                                         "data's side, SwAV's ImageNet proportion"})
-    swav_queue_size: int = field(default=0, metadata={"limit": AT_LEAST_0, "resume": True, "help": "swav: past global projections per crop kept to "
-                                                              "give Sinkhorn more rows (small batches), all ranks "
-                                                              "together (each keeps its share); 0: none"})
-    swav_queue_start_epoch: int = field(default=15, metadata={"limit": AT_LEAST_0, "help": "swav: first epoch that uses the queue"})
-    freeze_prototypes_epochs: int = field(default=1, metadata={"limit": AT_LEAST_0, "help": "swav: epochs without prototype updates"})
+    num_prototypes: int = field(default=3000, metadata={
+        "limit": AT_LEAST_1, "resume": True, "help": "swav: prototypes K"})
+    local_views: int = field(default=6, metadata={
+        "limit": AT_LEAST_0, "resume": True, "help": "swav: small multi-crop views per image (0: only the two global "
+                "views)"})
+    local_size: int = field(default=0, metadata={
+        "limit": AT_LEAST_0, "resume": True, "help": "swav: local views' side in pixels; 0: 96/224 of the data's "
+                "side, SwAV's ImageNet proportion"})
+    swav_queue_size: int = field(default=0, metadata={
+        "limit": AT_LEAST_0, "resume": True, "help": "swav: past global projections per crop kept to give Sinkhorn "
+                "more rows (small batches), all ranks together (each keeps its share); 0: none"})
+    swav_queue_start_epoch: int = field(default=15, metadata={
+        "limit": AT_LEAST_0, "help": "swav: first epoch that uses the queue"})
+    freeze_prototypes_epochs: int = field(default=1, metadata={
+        "limit": AT_LEAST_0, "help": "swav: epochs without prototype updates"})
 
 
 SINKHORN_ITERATIONS, SINKHORN_EPSILON, SWAV_TEMPERATURE = 3, 0.05, 0.1
