@@ -56,3 +56,29 @@ def test_the_install_check_refuses_a_build_the_driver_cannot_run(monkeypatch, ca
     monkeypatch.setattr(torch.version, "cuda", "12.6")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert gpu_check.main(["--install"]) == 0
+
+
+def test_checks_can_be_picked_and_share_one_time_budget(monkeypatch, capsys, tmp_path):
+    assert gpu_check.main(["--dry-run", "--only", "profile,nccl"]) == 0
+    out = capsys.readouterr().out
+    assert "profile: --profile window" in out and "nccl: torchrun" in out and "bench step" not in out
+    assert gpu_check.main(["--dry-run", "--only", "profil"]) == 2
+    assert "unknown check(s) profil; valid: gpu-tests" in capsys.readouterr().err
+    assert sum(check.timeout_s for check in gpu_check.checks()) > gpu_check.DEFAULT_BUDGET_S  # why a budget
+
+    given = []  # each check gets its own limit or what is left of the budget, whichever is less
+    monkeypatch.setattr(gpu_check, "has_cuda", lambda: True)
+    monkeypatch.setattr(gpu_check, "OUT", tmp_path)
+    monkeypatch.setattr(gpu_check.subprocess, "run", lambda command, **kwargs: (
+        given.append(kwargs.get("timeout")) or subprocess.CompletedProcess(command, 0, "1 passed", "")))
+    monkeypatch.setattr(gpu_check, "driver_cuda_version", lambda: "12.8")
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Test GPU")
+    assert gpu_check.main(["--only", "gpu-tests,cuda-kernels", "--budget-s", "200"]) == 0
+    assert 199 <= given[0] <= 200 and given[1] == 120  # 300 s capped at the 200 s budget; then its own 120 s
+    import json
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["budget_s"] == 200 and report["driver"] == "12.8"
+    assert report["packages"]["torch"] == torch.__version__ and report["packages"]["numba"]

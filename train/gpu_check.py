@@ -26,10 +26,15 @@ SMALL_RUN = ["--dataset", "digits", "--image-size", "32", "--model", "resnet20",
 
 @dataclass
 class Check:
+    key: str  # what --only names
     name: str
     command: list[str]
     timeout_s: int
     figure: callable = field(default=lambda output: "")  # output text → the figure the table shows
+
+
+DEFAULT_BUDGET_S = 450  # all checks together: the command ends within 8 minutes on one H100/H200
+PACKAGES = ("torch", "numpy", "numba", "numba-cuda", "pytest", "nvidia-dali-cuda120", "ffcv", "scikit-learn")
 
 
 def last_json_lines(path: Path) -> list[dict]:
@@ -95,24 +100,24 @@ def checks() -> list[Check]:
     runs = OUT / "runs"
     torchrun = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     return [
-        Check("pytest -m gpu (loaders, families, precisions, resume, syncs)",
+        Check("gpu-tests", "pytest -m gpu (loaders, families, precisions, resume, syncs)",
               [PYTHON, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-s", "-p", "no:cacheprovider", "tests"], 300,
               pytest_counts),
-        Check("CUDA kernels vs float64 on the device",
+        Check("cuda-kernels", "CUDA kernels vs float64 on the device",
               [PYTHON, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "tests/test_kernels.py", "-k", "cuda"], 120,
               pytest_counts),
-        Check("torchrun, NCCL, one GPU", [*torchrun, "train/main.py", *SMALL_RUN, "--out-dir", str(runs),
+        Check("nccl", "torchrun, NCCL, one GPU", [*torchrun, "train/main.py", *SMALL_RUN, "--out-dir", str(runs),
                                           "--run-name", "nccl"], 120,
               lambda _: (lambda s: f"{s.get('images_per_s', 0):,.0f} img/s, test SD {s.get('test', {}).get('SD')}")(
                   run_summary(runs / "nccl"))),
-        Check("--profile window", [PYTHON, "train/main.py", *SMALL_RUN, "--epochs", "1", "--profile", "5:5",
+        Check("profile", "--profile window", [PYTHON, "train/main.py", *SMALL_RUN, "--epochs", "1", "--profile", "5:5",
                                    "--out-dir", str(runs), "--run-name", "profile"], 90, profile_figure),
-        Check("bench step (trainer vs papers' path)",
+        Check("bench-step", "bench step (trainer vs papers' path)",
               [PYTHON, "-m", "train.bench", "step", "--num-transforms", "4", "--steps", "10", "--warmup", "3",
                "--output", str(OUT / "bench-step.jsonl")], 120, step_bench_figure),
-        Check("bench loader", [PYTHON, "-m", "train.bench", "loader", "--folder-images", "0", "--epochs", "1",
+        Check("bench-loader", "bench loader", [PYTHON, "-m", "train.bench", "loader", "--folder-images", "0", "--epochs", "1",
                                "--output", str(OUT / "bench-loader.jsonl")], 120, loader_bench_figure),
-        Check("bench kernels (GB/s vs the device's copy rate)",
+        Check("bench-kernels", "bench kernels (GB/s vs the device's copy rate)",
               [PYTHON, "-m", "train.bench", "kernels", "--batches", "256,1024", "--classes", "100,1000",
                "--repeats", "20", "--output", str(OUT / "bench-kernels.jsonl")], 120, kernel_bench_figure),
     ]
@@ -126,7 +131,40 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def run_check(check: Check) -> dict:
+def package_versions() -> dict[str, str | None]:
+    """Every package the checks import, as installed (None: missing), for the report."""
+    from importlib import metadata
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def planned(checks_to_run: list[Check], only: str, budget_s: float) -> list[Check]:
+    """The checks --only names (comma-separated keys; all when empty), in order. Each may run for its own limit
+    or what is left of the shared budget, whichever is less (`run_check` applies it)."""
+    wanted = [key for key in only.split(",") if key]
+    unknown = sorted(set(wanted) - {check.key for check in checks_to_run})
+    if unknown:
+        raise ValueError(f"--only: unknown check(s) {', '.join(unknown)}; valid: "
+                         f"{', '.join(check.key for check in checks_to_run)}")
+    if budget_s <= 0:
+        raise ValueError(f"--budget-s must be > 0, got {budget_s:g}")
+    return [check for check in checks_to_run if not wanted or check.key in wanted]
+
+
+def run_check(check: Check, budget_left_s: float | None = None) -> dict:
+    """Runs one check within its limit, or within what is left of the budget where that is less (a check with no
+    time left is SKIP, not run)."""
+    if budget_left_s is not None and budget_left_s < 1:
+        return {"check": check.name, "status": "SKIP", "figure": "no time left in --budget-s", "seconds": 0.0,
+                "command": " ".join(check.command), "exit_code": None, "output_tail": ""}
+    if budget_left_s is not None and budget_left_s < check.timeout_s:
+        check = Check(check.key, check.name, check.command, int(budget_left_s), check.figure)
     start = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     try:
@@ -189,12 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the checks and their commands, run nothing")
     parser.add_argument("--install", action="store_true", help="only check that torch's CUDA build suits the "
                                                                "driver and sees the GPU (make setup runs it)")
+    parser.add_argument("--only", default="", help="comma-separated check keys (default: every check; --dry-run "
+                                                    "lists them)")
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                        help=f"seconds for all checks together (default: {DEFAULT_BUDGET_S})")
     args = parser.parse_args(argv)
     if args.install:
         return install_check()
+    try:
+        to_run = planned(checks(), args.only, args.budget_s)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.dry_run:
-        for check in checks():
-            print(f"{check.name}  (limit {check.timeout_s} s)\n    {' '.join(check.command)}")
+        for check in to_run:
+            print(f"{check.key}: {check.name}  (limit {check.timeout_s} s)\n    {' '.join(check.command)}")
+        print(f"budget: {args.budget_s:g} s for all of them; limits add to {sum(c.timeout_s for c in to_run)} s")
         return 0
     if not has_cuda():
         print("no CUDA device: nothing checked")
@@ -208,11 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("DALI is not installed: the DALI GPU checks are skipped")
     report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "date": time.strftime("%Y-%m-%d"), "checks": []}
+              "driver": driver_cuda_version(), "packages": package_versions(), "date": time.strftime("%Y-%m-%d"),
+              "budget_s": args.budget_s, "checks": []}
     results = report["checks"]
-    for check in checks():
+    deadline = time.perf_counter() + args.budget_s
+    for check in to_run:
         print(f"... {check.name}", flush=True)
-        results.append(run_check(check))
+        results.append(run_check(check, deadline - time.perf_counter()))
         print(f"    {results[-1]['status']} in {results[-1]['seconds']:.0f} s  {results[-1]['figure']}", flush=True)
         (OUT / "report.json").write_text(json.dumps(report, indent=1))  # after each check: a cut-off run keeps its part
     width = max(len(r["check"]) for r in results)
