@@ -44,9 +44,6 @@ def follow_torch_threads() -> None:
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), config.NUMBA_NUM_THREADS)))
 
-
-follow_torch_threads()
-
 SUMS = {"reassoc", "contract"}
 EXACT = {"contract"}
 

@@ -137,6 +137,13 @@ def kl_backward(student, teacher, inverse_temperature, stats_student, stats_teac
         grad[r, k] = (q - p) * (row_grad[r] * inverse_temperature)
 
 
+@cuda.jit(device=True)
+def element_position(index, height, width, channels):
+    """(row, h, w, c) of flat element `index` of a [rows, H, W, C] array: the view kernels' one thread each."""
+    return (index // (channels * width * height), (index // (channels * width)) % height, (index // channels) % width,
+            index % channels)
+
+
 @cuda.jit
 def expand_views(images, quarter_turns, channel_orders, scale, shift, out_hwc):
     """One thread per output element of the [B·M, H, W, C] view."""
@@ -144,10 +151,7 @@ def expand_views(images, quarter_turns, channel_orders, scale, shift, out_hwc):
     rows, height, width, channels = out_hwc.shape
     if index >= rows * height * width * channels:
         return
-    c = index % channels
-    w = (index // channels) % width
-    h = (index // (channels * width)) % height
-    row = index // (channels * width * height)
+    row, h, w, c = element_position(index, height, width, channels)
     num_views = quarter_turns.shape[0]
     b, j = row // num_views, row % num_views
     sh, sw = rotated_source(quarter_turns[j], h, w, height, width)
@@ -165,10 +169,7 @@ def gather_views(dataset, indices, offsets, flips, padding, quarter_turns, chann
     rows, height, width, channels = out_hwc.shape
     if index >= rows * height * width * channels:
         return
-    c = index % channels
-    w = (index // channels) % width
-    h = (index // (channels * width)) % height
-    row = index // (channels * width * height)
+    row, h, w, c = element_position(index, height, width, channels)
     num_views = quarter_turns.shape[0]
     b, j = row // num_views, row % num_views
     sh, sw = rotated_source(quarter_turns[j], h, w, height, width)

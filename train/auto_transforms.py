@@ -48,8 +48,6 @@ def choose_transforms(config: TrainConfig, run_dir: Path, run_trial, log, share,
     if method is not None and not method.uses_transforms:
         raise ValueError(f"--transforms auto chooses among transformation families, which {config.method} does "
                          "not use")
-    if not 0 < config.auto_trial_fraction <= 1:
-        raise ValueError(f"--auto-trial-fraction must be in (0, 1], got {config.auto_trial_fraction:g}")
     decision_path = run_dir / DECISION_FILE
     decision = share(json.loads(decision_path.read_text()) if is_main and decision_path.exists() else None)
     if decision is not None:  # a resumed run keeps the family it started with

@@ -169,8 +169,8 @@ def validate(run: Run, epoch: int) -> None:
             atomic_save({"model": progress.best_state, "epoch": epoch + 1, "score": progress.best_score,
                          "config": dataclasses.asdict(run.config), "backbone": method.backbone_name,
                          "provenance": method.provenance()}, run.run_log.run_dir / "best.pt")
-    skipped = len(set(run.data.train.skipped_files) | set(run.data.test.skipped_files))
-    run.run_log.record("epoch", epoch=epoch + 1, step=progress.step, split="val", skipped_images=skipped, **scores)
+    run.run_log.record("epoch", epoch=epoch + 1, step=progress.step, split="val",
+                       skipped_images=len(run.skipped_images), **scores)
     run.run_log.print(f"epoch {epoch + 1}/{run.epochs} val {accuracy_line(scores)}{'  (best)' if improved else ''}")
     run.last_val = scores
 
@@ -195,7 +195,7 @@ def test_and_summarise(run: Run, clock: TrainingClock, unreadable: int) -> dict:
     test = evaluate(eval_model, method, run.test_loader, data.num_classes, run.context, run.autocast)
     run.run_log.record("test", split="test", **test)
     images_per_second, throughput_note = clock.images_per_second(config.batch_size)
-    skipped = sorted(set(data.train.skipped_files) | set(data.test.skipped_files))
+    skipped = run.skipped_images
     summary = {"completed": True, "method": config.method, "dataset": config.dataset, "model": config.model,
                "transforms": run.family.name, "num_transforms": run.family.num_transforms, "steps": run.progress.step,
                "wall_time_s": round(clock.wall_seconds, 2), "training_time_s": round(clock.all_seconds, 2),

@@ -89,6 +89,11 @@ class Run:
         return math.ceil(self.total_steps / self.steps_per_epoch)
 
     @property
+    def skipped_images(self) -> list[str]:
+        """The unreadable image files left out of the training and test splits."""
+        return sorted(set(self.data.train.skipped_files) | set(self.data.test.skipped_files))
+
+    @property
     def eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
@@ -113,10 +118,7 @@ def build_training(config: TrainConfig, context: DistributedContext, data: Datas
         raise ValueError(f"unknown loader {config.loader!r}; valid: {', '.join(LOADERS)}")
     view_dtype = PRECISION_DTYPES[precision] if device.type == "cuda" else torch.float32
     expander = ViewExpander(family, data.mean, data.std, view_dtype, config.channels_last, config.kernels)
-    settings = LoaderSettings(expander=expander, device=device, global_batch=config.batch_size, train=True,
-                              rank=context.rank, world_size=context.world_size, seed=config.seed,
-                              crop_padding=config.crop_padding, workers=config.loader_workers,
-                              cache_dir=cache_dir(config), strict_images=config.strict_images)
+    settings = loader_settings(config, context, expander, config.batch_size, train=True)
     views_per_image, flop_views_per_image = family.num_transforms, float(family.num_transforms)
     recipe = method.training_view_recipe()  # contrastive methods: random views instead of the family's
     if recipe is not None:
@@ -163,6 +165,15 @@ def cache_dir(config: TrainConfig) -> str:
     return config.beton_dir or str(Path(config.data_root) / "ffcv")
 
 
+def loader_settings(config: TrainConfig, context: DistributedContext, expander, global_batch: int,
+                    train: bool) -> LoaderSettings:
+    """What every loader of the run is built from: the training loader's and the evaluation loaders'."""
+    return LoaderSettings(expander=expander, device=context.device, global_batch=global_batch, train=train,
+                          rank=context.rank, world_size=context.world_size, seed=config.seed,
+                          crop_padding=config.crop_padding, workers=config.loader_workers,
+                          cache_dir=cache_dir(config), strict_images=config.strict_images)
+
+
 def plan_on_main(config: TrainConfig, context: DistributedContext) -> RunStart:
     """Rank 0 decides where the run writes and whether it continues (train/run_dir.py); every rank gets that
     decision, or the same refusal."""
@@ -178,7 +189,7 @@ def plan_on_main(config: TrainConfig, context: DistributedContext) -> RunStart:
     return decision
 
 
-def build(config: TrainConfig, context: DistributedContext, start: RunStart, signals=None,
+def build(config: TrainConfig, context: DistributedContext, start: RunStart, signals,
           transform_trials: dict | None = None) -> Run:
     """A whole run, ready for `fit`: data, the training parts, evaluation loaders, the resumed state, the log."""
     run_log = RunLog(start.run_dir, enabled=context.is_main)
@@ -190,11 +201,8 @@ def build(config: TrainConfig, context: DistributedContext, start: RunStart, sig
                         config.data_in_memory, cache_dir(config))
     run = build_training(config, context, data, method=method)
     run.run_log, run.signals, run.transform_trials = run_log, signals, transform_trials
-    evaluation = LoaderSettings(expander=run.expander, device=context.device,
-                                global_batch=config.eval_batch_size * context.world_size, train=False,
-                                rank=context.rank, world_size=context.world_size, seed=config.seed,
-                                crop_padding=config.crop_padding, workers=config.loader_workers,
-                                cache_dir=cache_dir(config), strict_images=config.strict_images)
+    evaluation = loader_settings(config, context, run.expander, config.eval_batch_size * context.world_size,
+                                 train=False)
     run.val_loader, run.test_loader = (build_loader(config.loader, split, evaluation,
                                                     split_name=f"{config.dataset}-{part}")
                                        for part, split in (("val", data.val), ("test", data.test)))
@@ -238,8 +246,8 @@ def resume(run: Run, checkpoint_path: str) -> None:
 def count_flops(run: Run) -> None:
     """MFU's two figures: FLOPs of one view (counted once for the model and a frozen teacher) and the peak."""
     height, width, channels = run.data.train.image_shape
-    dtype = PRECISION_DTYPES[run.precision] if run.device.type == "cuda" else torch.float32
-    sample = torch.zeros(run.family.num_transforms, channels, height, width, device=run.device, dtype=dtype)
+    sample = torch.zeros(run.family.num_transforms, channels, height, width, device=run.device,
+                         dtype=run.expander.out_dtype)
     if run.config.channels_last:
         sample = sample.contiguous(memory_format=torch.channels_last)
     try:  # the model's first forward pass: where an image too small for its downsampling shows
@@ -257,7 +265,6 @@ def count_flops(run: Run) -> None:
 def write_manifest(run: Run) -> None:
     config, context, data, device = run.config, run.context, run.data, run.device
     recipe = run.method.training_view_recipe()
-    skipped = sorted(set(data.train.skipped_files) | set(data.test.skipped_files))
     run.run_log.write_manifest(config, {
         "world_size": context.world_size, "device": str(device), "precision": run.precision,
         "num_classes": data.num_classes, "num_transforms": run.family.num_transforms,
@@ -265,7 +272,7 @@ def write_manifest(run: Run) -> None:
         "val_images": len(data.val), "test_images": len(data.test), "total_steps": run.total_steps,
         "flops_per_view": run.view_flops, "peak_flops": run.device_peak, "peak_source": run.peak_source,
         "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
-        "tf32": tf32_enabled() if device.type == "cuda" else None, "skipped_images": skipped,
+        "tf32": tf32_enabled() if device.type == "cuda" else None, "skipped_images": run.skipped_images,
         "streamed": data.train.streaming, "elastic_run_id": os.environ.get(ELASTIC_ID), "restarts": restart_count(),
         **run.method.provenance()})
     run.run_log.print(f"{config.method} on {config.dataset} ({len(data.train)} train / {len(data.val)} val / "

@@ -89,8 +89,6 @@ class MaxlHuman(Method):
         if config.transforms not in ("none", "rotation"):  # rotation: the trainer's default, unused here
             raise ValueError(f"{self.name} trains on the identity view; --transforms {config.transforms} "
                              "is not combined with MAXL (use --transforms none)")
-        if config.focal_gamma < 0:
-            raise ValueError(f"--focal-gamma must be ≥ 0, got {config.focal_gamma}")
         self.blocks: ClassBlocks | None = None
         self.fine_labels: torch.Tensor | None = None  # per training image, in block order
 

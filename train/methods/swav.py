@@ -129,8 +129,6 @@ class Swav(ContrastiveMethod):
 
     def __init__(self, config):
         super().__init__(config)
-        if config.local_views < 0 or config.local_size < 0:
-            raise ValueError("swav: --local-views and --local-size must be ≥ 0")
         self.epoch, self.image_size = 0, 32
         self.queue: torch.Tensor | None = None
 
