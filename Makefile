@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 STAMP := $(VENV)/.setup-done
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test gpu-check clean
+.PHONY: setup demo test gpu-check wheelhouse clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,7 @@ $(STAMP): requirements.txt requirements-ffcv.txt Makefile
 	$(PIP) install -q --no-deps --no-build-isolation -r requirements-ffcv.txt
 	@# Where an NVIDIA driver answers, the torch build must use the GPU: one line says which build it took, and a
 	@# CPU build or a CUDA major the driver cannot run stops here rather than train on the CPU unnoticed.
-	if nvidia-smi -L >/dev/null 2>&1; then $(PYTHON) -m train.gpu_check --install; fi
+	if nvidia-smi -L >/dev/null 2>&1; then $(PYTHON) -m train.commands.gpu_check --install; fi
 	touch $(STAMP)
 
 demo: setup
@@ -44,7 +44,15 @@ test: setup
 # The GPU path on one device, in minutes; installs nothing (a GPU machine may have no network): it runs with
 # .venv's Python where `make setup` made one, else with the machine's python3 and what it has installed.
 gpu-check:
-	$$( [ -x $(PYTHON) ] && echo $(PYTHON) || echo python3 ) -m train.gpu_check
+	$$( [ -x $(PYTHON) ] && echo $(PYTHON) || echo python3 ) -m train.commands.gpu_check
+
+# The wheels gpu-check needs beside a CUDA image's own torch (train/commands/gpu_check.py: WHEELS), for a GPU node
+# without network: run it where the package index answers, for the node's Python, and copy wheelhouse/ there.
+PYTHON_VERSION ?= 3.12
+WHEELHOUSE_DIR ?= wheelhouse
+wheelhouse:
+	$$( [ -x $(PYTHON) ] && echo $(PYTHON) || echo python3 ) -m train.commands.gpu_check \
+	  --download-wheels $(WHEELHOUSE_DIR) --python-version $(PYTHON_VERSION) $(if $(FIND_LINKS),--find-links $(FIND_LINKS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

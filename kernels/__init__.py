@@ -31,7 +31,7 @@ AUTO_ON_CUDA = "torch"
 
 def _resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     """auto → the eager composite for CUDA tensors, else the Numba CPU kernels (each the faster one measured:
-    `python -m train.bench kernels`, BENCHMARKS.md); cuda also takes CPU tensors under Numba's simulator."""
+    `python -m train.commands.bench kernels`, BENCHMARKS.md); cuda also takes CPU tensors under Numba's simulator."""
     resolved = backend_for_device(backend, tensor.device)  # auto → the device's; an unknown name is refused there
     if resolved == "cpu" and tensor.is_cuda:
         raise ValueError("kernel backend 'cpu' needs CPU tensors; got a CUDA tensor (use 'cuda' or 'auto')")
@@ -48,6 +48,36 @@ def backend_for_device(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return AUTO_ON_CUDA if device.type == "cuda" else "cpu"
     return backend
+
+
+class CompositeKernels:
+    """The eager torch composite (kernels/reference.py) behind the calls ops.FusedKernels takes."""
+    backend = "torch"
+
+    @staticmethod
+    def check_labels(joint_logits, labels, num_transforms) -> None:
+        if not labels.is_cuda and not torch.compiler.is_compiling():  # CUDA labels are not synced for a check
+            ops.check_label_range(labels, joint_logits.shape[1] // num_transforms)
+
+    def joint_cross_entropy(self, joint_logits, labels, num_transforms, sum_over_transforms=False):
+        self.check_labels(joint_logits, labels, num_transforms)
+        return reference.joint_cross_entropy(joint_logits, labels, num_transforms, "mean", sum_over_transforms)
+
+    def aggregate_logits(self, joint_logits, num_transforms):
+        return reference.aggregate_logits(joint_logits, num_transforms)
+
+    def distillation_kl(self, student_logits, teacher_logits, temperature):
+        return reference.distillation_kl(student_logits, teacher_logits, temperature)
+
+
+_KERNELS = {"torch": CompositeKernels(), "cpu": ops.FusedKernels("cpu"), "cuda": ops.FusedKernels("cuda")}
+
+
+def for_device(backend: str, device: torch.device):
+    """The loss kernels a run calls on `device` (`backend_for_device` resolves `backend`), bound once so that a
+    training step makes no dispatch of its own: `.joint_cross_entropy`, `.aggregate_logits`, `.distillation_kl`
+    and `.backend`, the resolved name. The shapes are the model's heads', so a step does not check them again."""
+    return _KERNELS[backend_for_device(backend, device)]
 
 
 def identity_rows(rows: torch.Tensor, num_transforms: int) -> torch.Tensor:
@@ -85,13 +115,11 @@ def joint_cross_entropy(joint_logits, labels, num_transforms, *, reduction="mean
     check_joint_shapes(joint_logits, num_transforms, labels)
     backend = _resolve_backend(backend, joint_logits)
     _check_precision(backend, joint_logits)
-    if backend == "torch":  # (the CPU op checks its labels inside itself; CUDA labels are not synced for it)
-        if not labels.is_cuda and not torch.compiler.is_compiling():
-            ops.check_label_range(labels, joint_logits.shape[1] // num_transforms)
-        return reference.joint_cross_entropy(joint_logits, labels, num_transforms, reduction, sum_over_transforms)
     if reduction == "mean":
-        return ops.joint_ce_mean(joint_logits, labels, num_transforms, num_transforms if sum_over_transforms else 1,
-                                 backend)
+        return _KERNELS[backend].joint_cross_entropy(joint_logits, labels, num_transforms, sum_over_transforms)
+    if backend == "torch":
+        CompositeKernels.check_labels(joint_logits, labels, num_transforms)
+        return reference.joint_cross_entropy(joint_logits, labels, num_transforms, reduction, sum_over_transforms)
     per_row, _ = ops.call(ops.joint_ce_forward, joint_logits, labels, num_transforms, backend)
     if sum_over_transforms:
         per_row = per_row * num_transforms
@@ -103,9 +131,7 @@ def aggregate_logits(joint_logits, num_transforms, *, backend="auto"):
     check_joint_shapes(joint_logits, num_transforms)
     backend = _resolve_backend(backend, joint_logits)
     _check_precision(backend, joint_logits)
-    if backend == "torch":
-        return reference.aggregate_logits(joint_logits, num_transforms)
-    return ops.call(ops.aggregate_forward, joint_logits, num_transforms, backend)
+    return _KERNELS[backend].aggregate_logits(joint_logits, num_transforms)
 
 
 def single_view_logits(joint_logits, num_transforms):
@@ -125,10 +151,7 @@ def distillation_kl(student_logits, teacher_logits, *, temperature=1.0, backend=
         raise ValueError(f"temperature must be positive; got {temperature}")
     backend = _resolve_backend(backend, student_logits)
     _check_precision(backend, student_logits)
-    if backend == "torch":
-        return reference.distillation_kl(student_logits, teacher_logits, temperature)
-    row_kl, _, _ = ops.call(ops.kl_forward, student_logits, teacher_logits.detach(), float(temperature), backend)
-    return row_kl.mean() * temperature**2
+    return _KERNELS[backend].distillation_kl(student_logits, teacher_logits, temperature)
 
 
 def check_family_fits(family: TransformFamily, height: int, width: int, channels: int) -> None:
@@ -163,19 +186,30 @@ def gather_expand_views(dataset, indices, offsets, flips, padding: int, family, 
     """A training batch's views made straight from the resident uint8 dataset [N, H, W, C] in one pass: images
     `indices` [B], cropped at `offsets` [B, 2] (top, left in the image zero-padded by `padding`), mirrored where
     `flips` [B], then expanded as `expand_views` does. The torch backend composes the two steps (the reference)."""
+    gather = bind_view_gather(dataset, padding, family, mean=mean, std=std, out_dtype=out_dtype,
+                              channels_last=channels_last, backend=backend)
+    return gather(indices, offsets, flips)
+
+
+def bind_view_gather(dataset, padding: int, family, *, mean, std, out_dtype=torch.float32, channels_last=True,
+                     backend="auto"):
+    """`gather_expand_views` with the dataset, padding, family and layout checked and fixed once: the result maps
+    a batch's (indices, offsets, flips) to its views, with nothing left to resolve per call."""
     family = get_family(family) if isinstance(family, str) else family
     if dataset.dtype != torch.uint8 or dataset.dim() != 4:
         raise ValueError(f"images must be uint8 [N, H, W, C]; got {dataset.dtype} of shape {tuple(dataset.shape)}")
     check_family_fits(family, dataset.shape[1], dataset.shape[2], dataset.shape[3])
     backend = _resolve_backend(backend, dataset)
     if backend == "torch":
-        cropped = reference.crop_and_flip(dataset[indices], offsets, flips, padding)
-        return expand_views(cropped, family, mean=mean, std=std, out_dtype=out_dtype, channels_last=channels_last,
-                            backend="torch")
-    turns, orders, scale, shift = _family_tensors(family, tuple(mean), tuple(std), dataset.device)
-    views = ops.call(ops.gather_views, dataset, indices, offsets, flips, padding, turns, orders, scale, shift,
-                     channels_last, backend)
-    return views if out_dtype == torch.float32 else views.to(out_dtype)
+        return functools.partial(_composite_gather, dataset, padding, family, mean, std, out_dtype, channels_last)
+    tables = _family_tensors(family, tuple(mean), tuple(std), dataset.device)
+    return ops.FusedViewGather(dataset, padding, tables, out_dtype, channels_last, backend)
+
+
+def _composite_gather(dataset, padding, family, mean, std, out_dtype, channels_last, indices, offsets, flips):
+    cropped = reference.crop_and_flip(dataset[indices], offsets, flips, padding)
+    return expand_views(cropped, family, mean=mean, std=std, out_dtype=out_dtype, channels_last=channels_last,
+                        backend="torch")
 
 
 @functools.lru_cache(maxsize=64)
@@ -188,7 +222,7 @@ def _family_tensors(family: TransformFamily, mean: tuple, std: tuple, device: to
 
 
 __all__ = [
-    "follow_torch_threads", "gather_expand_views",
+    "bind_view_gather", "follow_torch_threads", "for_device", "gather_expand_views",
     "BACKENDS", "FAMILIES", "TransformFamily", "aggregate_logits", "backend_for_device",
     "check_family_fits", "distillation_kl", "expand_views", "get_family", "identity_rows", "joint_cross_entropy",
     "raise_pending_label_error", "single_view_logits", "upcast",

@@ -27,7 +27,7 @@ from numba.extending import intrinsic, overload, register_jitable
 from .indexing import rotated_source
 
 # OpenMP before TBB: TBB's second thread joins late for kernels this short (compare with
-# `NUMBA_THREADING_LAYER=tbb python -m train.bench kernels --batches 256 --classes 100`). Both are thread-safe.
+# `NUMBA_THREADING_LAYER=tbb python -m train.commands.bench kernels --batches 256 --classes 100`). Both are thread-safe.
 # GNU OpenMP is not fork-safe, which only matters to a forked child that itself runs Numba
 # parallel code; none here does. The environment's NUMBA_THREADING_LAYER(_PRIORITY) wins.
 if not {"NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY"} & set(os.environ):

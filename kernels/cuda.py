@@ -4,14 +4,33 @@ same kernels run in Numba's simulator on host arrays (small sizes only: it is sl
 
 Out-of-range labels never touch memory out of bounds: the kernel writes NaN for that row and
 raises a device flag that `raise_pending_label_error` checks without a sync in the hot path.
+
+Each kernel declares its one signature (`SIGNATURES`, the types kernels/ops.py passes): `compiled()` compiles
+them all on first use with `cache=True`, so a process loads them from Numba's cache instead of compiling at its
+first step, and a launch never infers types. tests/test_kernels.py compiles every signature to PTX on a CPU.
 """
 from __future__ import annotations
 
+import functools
 import math
+from types import SimpleNamespace
 
 from numba import config, cuda, float32
 
 from .indexing import rotated_source
+
+LOGITS = "float32[:, ::1]"  # [rows, columns], C-contiguous (kernels/ops.py's _kernel_input)
+ROWS = "float32[::1]"
+STATS = "float32[:, ::1]"  # per-row (max, log-sum)
+SIGNATURES: dict[str, str] = {}  # kernel name → its signature
+
+
+def kernel(signature: str):
+    """Records a kernel's signature; the function stays plain Python until `compiled()`."""
+    def record(function):
+        SIGNATURES[function.__name__] = signature
+        return function
+    return record
 
 # Threads per row-reduction block (a power of two) and per element-wise block. The simulator runs
 # every thread as a Python thread, so it gets small blocks: the same code paths, far fewer threads.
@@ -37,7 +56,7 @@ def _block_reduce(shared, take_max, value):
     return result
 
 
-@cuda.jit
+@kernel(f"void({LOGITS}, int64[::1], int64, {ROWS}, {STATS}, int32[::1])")
 def joint_ce_forward(logits, labels, num_transforms, row_loss, row_stats, error_flag):
     r = cuda.blockIdx.x
     tid = cuda.threadIdx.x
@@ -63,7 +82,7 @@ def joint_ce_forward(logits, labels, num_transforms, row_loss, row_stats, error_
             error_flag[0] = 1
 
 
-@cuda.jit
+@kernel(f"void({LOGITS}, int64[::1], int64, {STATS}, {ROWS}, {LOGITS})")
 def joint_ce_backward(logits, labels, num_transforms, row_stats, row_grad, grad):
     index = cuda.grid(1)  # one thread per gradient element, row-major: any row count fits a 1-D grid
     columns = logits.shape[1]
@@ -76,7 +95,7 @@ def joint_ce_backward(logits, labels, num_transforms, row_stats, row_grad, grad)
         grad[r, k] = value * row_grad[r]
 
 
-@cuda.jit
+@kernel(f"void({LOGITS}, int64, {LOGITS})")
 def aggregate_forward(logits, num_transforms, scores):
     b, i = cuda.grid(2)
     if b < scores.shape[0] and i < scores.shape[1]:
@@ -86,7 +105,7 @@ def aggregate_forward(logits, num_transforms, scores):
         scores[b, i] = total / num_transforms
 
 
-@cuda.jit
+@kernel(f"void({LOGITS}, int64, {LOGITS})")
 def aggregate_backward(grad_scores, num_transforms, grad):
     index = cuda.grid(1)
     r, k = index // grad.shape[1], index % grad.shape[1]
@@ -97,7 +116,7 @@ def aggregate_backward(grad_scores, num_transforms, grad):
             grad[r, k] = 0.0
 
 
-@cuda.jit
+@kernel(f"void({LOGITS}, {LOGITS}, float32, {ROWS}, {STATS}, {STATS})")
 def kl_forward(student, teacher, inverse_temperature, row_kl, stats_student, stats_teacher):
     r = cuda.blockIdx.x
     tid = cuda.threadIdx.x
@@ -127,7 +146,7 @@ def kl_forward(student, teacher, inverse_temperature, row_kl, stats_student, sta
         stats_teacher[r, 0], stats_teacher[r, 1] = peak_t, log_total_t
 
 
-@cuda.jit
+@kernel(f"void({LOGITS}, {LOGITS}, float32, {STATS}, {STATS}, {ROWS}, {LOGITS})")
 def kl_backward(student, teacher, inverse_temperature, stats_student, stats_teacher, row_grad, grad):
     index = cuda.grid(1)
     r, k = index // student.shape[1], index % student.shape[1]
@@ -144,7 +163,7 @@ def element_position(index, height, width, channels):
             index % channels)
 
 
-@cuda.jit
+@kernel("void(uint8[:, :, :, ::1], int32[::1], int32[:, ::1], float32[::1], float32[::1], float32[:, :, :, :])")
 def expand_views(images, quarter_turns, channel_orders, scale, shift, out_hwc):
     """One thread per output element of the [B·M, H, W, C] view."""
     index = cuda.grid(1)
@@ -159,7 +178,8 @@ def expand_views(images, quarter_turns, channel_orders, scale, shift, out_hwc):
     out_hwc[row, h, w, c] = float32(images[b, sh, sw, source]) * scale[source] + shift[source]
 
 
-@cuda.jit
+@kernel(("void(uint8[:, :, :, ::1], int64[::1], int64[:, ::1], uint8[::1], int64, int32[::1], int32[:, ::1], "
+        "float32[::1], float32[::1], float32[:, :, :, :])"))
 def gather_views(dataset, indices, offsets, flips, padding, quarter_turns, channel_orders, scale, shift, out_hwc):
     """One thread per output element of the [B·M, H, W, C] views of a training batch, made straight from the
     resident dataset: image indices[b], cropped at offsets[b] (top, left) in its zero-padded copy, mirrored where
@@ -181,3 +201,10 @@ def gather_views(dataset, indices, offsets, flips, padding, quarter_turns, chann
     if 0 <= y < height and 0 <= x < width:
         value = float32(dataset[indices[b], y, x, source])
     out_hwc[row, h, w, c] = value * scale[source] + shift[source]
+
+
+@functools.cache
+def compiled() -> SimpleNamespace:
+    """Every kernel compiled for its signature (cached on disk), with the block sizes its launches use."""
+    launchable = {name: cuda.jit(signature, cache=True)(globals()[name]) for name, signature in SIGNATURES.items()}
+    return SimpleNamespace(THREADS=THREADS, ELEMENT_THREADS=ELEMENT_THREADS, **launchable)

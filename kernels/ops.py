@@ -19,7 +19,6 @@ import torch
 from torch import Tensor
 
 from . import cpu as cpu_kernels
-from .reference import upcast
 
 _label_error_flags: dict[int, object] = {}  # CUDA device index → device int32 flag
 
@@ -31,9 +30,11 @@ def simulator_enabled() -> bool:
 
 
 def _cuda_kernels():
-    from . import cuda as cuda_kernels  # imported on first use: numba.cuda costs a second to load
+    """The CUDA kernels, compiled (or loaded from Numba's cache) on first use: numba.cuda costs a second to
+    load, and a CPU run never needs it."""
+    from . import cuda as cuda_kernels
 
-    return cuda_kernels
+    return cuda_kernels.compiled()
 
 
 def _compute_dtype(tensor: Tensor) -> torch.dtype:
@@ -42,7 +43,7 @@ def _compute_dtype(tensor: Tensor) -> torch.dtype:
 
 def _kernel_input(tensor: Tensor) -> Tensor:
     """Float32/float64 contiguous tensors go through as they are; halves are upcast."""
-    return upcast(tensor.detach()).contiguous()
+    return tensor.detach().to(_compute_dtype(tensor)).contiguous()
 
 
 def _array(tensor: Tensor):
@@ -450,3 +451,40 @@ def _(images, quarter_turns, channel_orders, scale, shift, channels_last, backen
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty(batch * quarter_turns.shape[0], channels, height, width, dtype=torch.float32,
                        device=images.device, memory_format=memory_format)
+
+
+# ------------------------------------------------------------------ a run's kernels, resolved once
+class FusedKernels:
+    """The loss kernels of one backend ("cpu" or "cuda") as a run calls them: no backend resolution or checks per
+    call (kernels.for_device resolves and kernels' public functions check; the CPU op checks its labels)."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def joint_cross_entropy(self, joint_logits: Tensor, labels: Tensor, num_transforms: int,
+                            sum_over_transforms: bool = False) -> Tensor:
+        """L_SLA, the mean over rows (× M with `sum_over_transforms`)."""
+        weight = num_transforms if sum_over_transforms else 1
+        return joint_ce_mean(joint_logits, labels, num_transforms, weight, self.backend)
+
+    def aggregate_logits(self, joint_logits: Tensor, num_transforms: int) -> Tensor:
+        return call(aggregate_forward, joint_logits, num_transforms, self.backend)
+
+    def distillation_kl(self, student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+        row_kl, _, _ = call(kl_forward, student_logits, teacher_logits.detach(), float(temperature), self.backend)
+        return row_kl.mean() * temperature**2
+
+
+class FusedViewGather:
+    """A resident dataset's batch → its views in one kernel, with the dataset, padding, family tables and layout
+    fixed once (kernels.bind_view_gather)."""
+
+    def __init__(self, dataset: Tensor, padding: int, tables: tuple, out_dtype: torch.dtype, channels_last: bool,
+                 backend: str):
+        self.dataset, self.padding, self.tables = dataset.contiguous(), padding, tables
+        self.out_dtype, self.channels_last, self.backend = out_dtype, channels_last, backend
+
+    def __call__(self, indices: Tensor, offsets: Tensor, flips: Tensor) -> Tensor:
+        views = call(gather_views, self.dataset, indices, offsets, flips, self.padding, *self.tables,
+                     self.channels_last, self.backend)
+        return views if self.out_dtype == torch.float32 else views.to(self.out_dtype)

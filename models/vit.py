@@ -6,7 +6,7 @@ which does not install beside this torch build (the same reason as train/lars.py
 Other image sizes (divisible by the patch) use the position embeddings resized bicubically.
 On a CPU attention is written out (`explicit_attention`): the flash kernel's bf16 backward dominated a ViT-Tiny
 step there, and PyTorch's math kernel also copies q, k and v and checks every row for a full −inf mask, which
-unmasked attention never needs (`python -m train.bench step --method moco_v3 --models vit_tiny`).
+unmasked attention never needs (`python -m train.commands.bench step --method moco_v3 --models vit_tiny`).
 `frozen_patch_projection=True` is MoCo v3's stability trick: the patch embedding keeps its random
 initialisation and takes no gradient.
 """

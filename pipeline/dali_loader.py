@@ -20,7 +20,7 @@ import torch
 from .batch import Batch, LoaderSettings, rows_to_device
 from .datasets import DataError, ImageSet
 from .imagenet_crops import RATIO, SCALE, eval_resize_size, load_rgb, read_encoded
-from .phases import phase
+from . import phases
 from .sharding import shard_indices, steps_in_epoch
 
 
@@ -308,13 +308,13 @@ class DaliLoader:
 
     def _batch(self, out: dict) -> Batch:
         device = self.settings.device
-        with phase("copy"):
+        with phases.phase("copy"):
             images = [out[name].to(device, non_blocking=True) for name in self.image_outputs]
             # labels (streamed files: the reader's) and indices are host tensors: one pinned, non-blocking copy
             host = [out["labels"].reshape(-1)] if "labels" in out else []
             *labels, indices = rows_to_device(torch.stack([*host, out["indices"].reshape(-1)]).to(torch.int64), device)
             labels = labels[0] if labels else self.labels[indices]
-        with phase("expand"):
+        with phases.phase("expand"):
             views = self._operator_batch(images) if self.operator_views else self.settings.expander(images[0])
         return Batch(views, labels, indices)
 

@@ -16,7 +16,7 @@ from .batch import Batch, LoaderSettings, rows_to_device
 from .beton import UNREADABLE, beton_for
 from .datasets import DataError, ImageSet
 from .imagenet_crops import RATIO, SCALE, eval_resize_size
-from .phases import phase
+from . import phases
 from .streaming import available_memory_bytes
 from .sharding import evaluation_shard, steps_in_epoch
 
@@ -119,7 +119,7 @@ class FfcvLoader:
                 kept = torch.from_numpy(np.flatnonzero(readable)).to(images.device, non_blocking=True)
                 images, labels, indices = images.index_select(0, kept), labels[readable], indices[readable]
             labels, indices = rows_to_device(torch.from_numpy(np.stack([labels, indices]).astype(np.int64)), device)
-            with phase("expand"):
+            with phases.phase("expand"):
                 views = self.settings.expander(images)
             yield Batch(views, labels, indices)
 

@@ -1,17 +1,14 @@
 """Named phases of a training step, for the profiler: loaders mark `copy` and `expand`, the
-train loop marks the rest. A no-op unless a phase clock is active (train/profiling.py)."""
+train loop marks the rest, each as `with phases.phase(name):`, looked up at each use. Outside a
+profile window `phase` is `contextlib.nullcontext` itself, so a mark runs no project code; the
+profiler (train/profiling.py) points it at its clock for the window."""
 from __future__ import annotations
 
 from contextlib import nullcontext
 
-_active_clock = None
+phase = nullcontext
 
 
 def set_clock(clock) -> None:
-    global _active_clock
-    _active_clock = clock
-
-
-def phase(name: str):
-    return _active_clock.phase(name) if _active_clock is not None else nullcontext()
-
+    global phase
+    phase = nullcontext if clock is None else clock.phase

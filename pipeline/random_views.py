@@ -30,6 +30,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .sharding import VIEW_STREAM, derived_seed
+
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 JITTER_OPERATIONS = ("brightness", "contrast", "saturation", "hue")
 
@@ -315,7 +317,7 @@ def view_generator(seed: int, rank: int, epoch: int, step: int, device: torch.de
     """The generator for one step's views, on the training device: a function of (seed, rank, epoch, step) and
     the device kind only, so ranks draw different views and a resumed run draws the same ones."""
     generator = torch.Generator(device=device)
-    generator.manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + epoch) * 1_000_003 + step)
+    generator.manual_seed(derived_seed(seed, epoch, rank, VIEW_STREAM, step))
     return generator
 
 

@@ -14,8 +14,8 @@ from kernels.reference import crop_and_flip
 
 from .batch import Batch, LoaderSettings
 from .datasets import ImageSet
-from .phases import phase
-from .sharding import derived_seed, shard_indices, steps_in_epoch
+from . import phases
+from .sharding import CROP_STREAM, derived_seed, shard_indices, steps_in_epoch
 
 
 def draw_crop_and_flip(batch: int, padding: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +56,8 @@ class ResidentLoader:
         self.labels = torch.from_numpy(split.labels).to(settings.device)
         self.num_steps = steps_in_epoch(len(split), settings)
         self.epoch = 0
+        bind_gather = getattr(settings.expander, "bind_gather", None)  # the family's views: one fused kernel
+        self.gather_views = bind_gather(self.images, settings.crop_padding) if bind_gather else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -70,12 +72,12 @@ class ResidentLoader:
         indices = shard_indices(len(self.labels), settings, self.epoch).to(self.images.device)
         batches = indices.split(settings.per_rank_batch)
         if augment:
-            augment_rng = torch.Generator().manual_seed(derived_seed(settings.seed, self.epoch, settings.rank, 1))
+            augment_rng = torch.Generator().manual_seed(derived_seed(settings.seed, self.epoch, settings.rank, CROP_STREAM))
             crops = draw_epoch_crops([len(b) for b in batches], settings.crop_padding, augment_rng, self.images.device)
         for step, step_indices in enumerate(batches):
-            with phase("expand"):  # gather, crop, flip and views: one pass over the batch on the device
-                if augment and hasattr(settings.expander, "gather"):  # the family's views: one fused kernel
-                    views = settings.expander.gather(self.images, step_indices, *crops[step], settings.crop_padding)
+            with phases.phase("expand"):  # gather, crop, flip and views: one pass over the batch on the device
+                if augment and self.gather_views is not None:
+                    views = self.gather_views(step_indices, *crops[step])
                 elif augment:
                     views = settings.expander(crop_and_flip(self.images[step_indices], *crops[step],
                                                             settings.crop_padding))

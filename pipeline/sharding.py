@@ -9,8 +9,18 @@ if TYPE_CHECKING:
     from .batch import LoaderSettings
 
 
+# The random streams of a run, each drawn from its own derived_seed(..., STREAM, ...) so that none shifts another.
+CROP_STREAM = 1  # the resident loader's crop offsets and flips, per (seed, epoch, rank)
+WORKER_STREAM = 2  # the torch DataLoader's worker seeds, per (seed, rank)
+SHUFFLE_STREAM = 3  # MoCo's batch shuffle across ranks, per (seed, step)
+VIEW_STREAM = 4  # the contrastive loaders' random views, per (seed, epoch, rank, step)
+QUEUE_STREAM = 5  # the random keys a MoCo queue or SimCLR v2 memory starts with, per seed
+STEP_STREAM = 6  # torch's and numpy's global generators during training, per (seed, rank)
+
+
 def derived_seed(*parts: int) -> int:
-    """A 63-bit seed from several integers, so (seed, epoch, rank) streams never collide."""
+    """A 63-bit seed from several integers, so (seed, epoch, rank) streams never collide: the one way this
+    project derives a seed."""
     generator = torch.Generator().manual_seed(0x5EED)
     value = 0
     for part in parts:

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .batch import Batch, LoaderSettings
 from .datasets import DataError, ImageSet
 from .imagenet_crops import crop_with_pil, load_rgb, sample_rng
-from .phases import phase
-from .sharding import derived_seed, shard_indices, steps_in_epoch
+from . import phases
+from .sharding import WORKER_STREAM, derived_seed, shard_indices, steps_in_epoch
 
 
 class AugmentedImages(Dataset):
@@ -106,7 +106,7 @@ class TorchLoader:
             multiprocessing_context=WORKER_CONTEXT, persistent_workers=True,  # module docstring
             pin_memory=settings.device.type == "cuda", prefetch_factor=4, drop_last=False,
             # its own generator: the DataLoader draws its workers' base seed from it, not from the run's stream
-            generator=torch.Generator().manual_seed(derived_seed(settings.seed, settings.rank, 2)))
+            generator=torch.Generator().manual_seed(derived_seed(settings.seed, settings.rank, WORKER_STREAM)))
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -130,9 +130,9 @@ class TorchLoader:
             if not readable.numpy().all():  # host tensors from the workers, read on the host
                 self.skipped_this_epoch += indices.numpy()[~readable.numpy()].tolist()
                 images, labels, indices = images[readable], labels[readable], indices[readable]
-            with phase("copy"):
+            with phases.phase("copy"):
                 images = images.to(device, non_blocking=True)
                 labels, indices = labels.to(device, non_blocking=True), indices.to(device, non_blocking=True)
-            with phase("expand"):
+            with phases.phase("expand"):
                 views = self.settings.expander(images)
             yield Batch(views, labels, indices)

@@ -24,10 +24,10 @@ class ViewExpander:
         return kernels.expand_views(images, self.family, mean=self.mean, std=self.std, out_dtype=self.out_dtype,
                                     channels_last=self.channels_last, backend=self.backend)
 
-    def gather(self, dataset: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
-               padding: int) -> torch.Tensor:
-        """A training batch's views straight from the resident uint8 dataset: the images at `indices`, cropped
-        and mirrored, then the family's views, in one pass (kernels.gather_expand_views)."""
-        return kernels.gather_expand_views(dataset, indices, offsets, flips, padding, self.family, mean=self.mean,
-                                           std=self.std, out_dtype=self.out_dtype, channels_last=self.channels_last,
-                                           backend=self.backend)
+    def bind_gather(self, dataset: torch.Tensor, padding: int):
+        """The training batches' views straight from a resident uint8 dataset, bound once: a callable taking a
+        batch's (indices, crop offsets, flips) that crops, mirrors and makes the family's views in one pass
+        (kernels.bind_view_gather)."""
+        return kernels.bind_view_gather(dataset, padding, self.family, mean=self.mean, std=self.std,
+                                        out_dtype=self.out_dtype, channels_last=self.channels_last,
+                                        backend=self.backend)

@@ -7,8 +7,8 @@ import torch.nn as nn
 from torchrun_check import all_ranks, run_check  # also puts the repository on sys.path
 
 from train.config import TrainConfig  # noqa: E402
-from pipeline.sharding import derived_seed  # noqa: E402
-from train.methods.contrastive import SHUFFLE_STREAM, ContrastiveNetwork, MocoV2, mlp  # noqa: E402
+from pipeline.sharding import SHUFFLE_STREAM, derived_seed  # noqa: E402
+from train.methods.contrastive import ContrastiveNetwork, MocoV2, mlp  # noqa: E402
 
 PER_RANK = 5  # odd on purpose
 

@@ -1,7 +1,7 @@
 """The benchmark commands run at tiny sizes and write one valid JSON line per measurement (no timing asserted)."""
 import json
 
-from train.bench import main
+from train.commands.bench import main
 from train.optim import cpu_has_native_bf16
 
 
@@ -12,7 +12,7 @@ def read_lines(path):
 def fixed_step_times(monkeypatch, seconds_per_step: dict, wait_share: float = 0.25):
     """Every timed round of path p takes `seconds_per_step[p]` per step, a `wait_share` of it in the loader:
     the figures a bench reports can then be checked against known times instead of against each other."""
-    from train.bench import common
+    from train.commands.bench import common
 
     def time_round(self, steps):
         self.start_round()
@@ -110,7 +110,7 @@ def test_step_bench_reports_the_teacher_share_of_a_student_step(tmp_path):
 def test_step_bench_alternates_rounds_under_a_background_load(tmp_path, monkeypatch):
     import subprocess
 
-    from train.bench import common
+    from train.commands.bench import common
 
     spawned = []
     real_popen = subprocess.Popen
@@ -141,7 +141,7 @@ def test_step_bench_alternates_rounds_under_a_background_load(tmp_path, monkeypa
 
 
 def test_a_round_stream_forks_its_workers_afresh_and_stops_them_at_the_round_s_end():
-    from train.bench.common import RoundStream
+    from train.commands.bench.common import RoundStream
 
     events = []
 
@@ -164,7 +164,7 @@ def test_a_round_stream_forks_its_workers_afresh_and_stops_them_at_the_round_s_e
 
 
 def test_step_bench_times_maxls_two_updates_against_the_official_way(tmp_path, monkeypatch):
-    from train.bench import common
+    from train.commands.bench import common
 
     opened = []
     real_open = common.RoundStream.open

@@ -88,7 +88,7 @@ def test_report_figures_and_beton_files_that_cannot_be_written_are_one_line(tmp_
     run_child(argv, timeout=120)
     import matplotlib.font_manager  # noqa: F401  (builds matplotlib's font cache, which a fresh machine lacks,
     # before the child runs under the file size limit: its own warning about that cache is not the report's line)
-    result = run_child([sys.executable, str(REPO / "train" / "report.py"), str(tmp_path / "r")], expect=2,
+    result = run_child([sys.executable, "-m", "train.commands.report", str(tmp_path / "r")], expect=2,
                        timeout=120, preexec_fn=limited_file_size(4_000))
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: could not write {tmp_path / 'r' / 'figures'}"), lines

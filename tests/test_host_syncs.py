@@ -12,8 +12,8 @@ FIRST, LAST = 2, 4  # the counted steps (0-based within the run): past the first
 SMALL_HEADS = dict(projector_hidden=64, projector_dim=32)
 
 
-def counted_steps(monkeypatch, tmp_path, **settings) -> HostSyncCounter:
-    """Train a tiny run and count steps FIRST..LAST: from the fetch of each batch to the end of its update."""
+def counted_steps(monkeypatch, tmp_path, first=FIRST, last=LAST, **settings) -> HostSyncCounter:
+    """Train a tiny run and count steps first..last: from the fetch of each batch to the end of its update."""
     from train.main import train
 
     counter = HostSyncCounter()
@@ -21,11 +21,11 @@ def counted_steps(monkeypatch, tmp_path, **settings) -> HostSyncCounter:
 
     def begin(self, index):
         begin_step(self, index)
-        if index == FIRST:
+        if index == first:
             counter.__enter__()
 
     def end(self, index):
-        if index == LAST:
+        if index == last:
             counter.__exit__(None, None, None)
         return end_step(self, index)
 
@@ -36,7 +36,7 @@ def counted_steps(monkeypatch, tmp_path, **settings) -> HostSyncCounter:
                   run_name="count", beton_dir=str(tmp_path / "betons"))
     values.update(settings)
     summary = train(TrainConfig(**values))
-    assert summary["steps"] > LAST  # the window was inside the run
+    assert summary["steps"] > last  # the window was inside the run
     return counter
 
 
@@ -66,9 +66,21 @@ def test_a_steady_step_makes_no_host_sync(case, monkeypatch, tmp_path):
     assert counter.fresh <= (0 if CASES[case].get("loader", "resident") == "resident" else steps), dict(counter.counts)
 
 
+def test_a_replayed_graph_step_makes_no_host_sync(monkeypatch, tmp_path):
+    """--cuda-graph on, driven as a replay on the CPU (tests/test_graph_step.py): past the capture, a step copies
+    the batch into the static buffers, replays and fills the learning rate, and nothing else."""
+    from test_graph_step import graphed_as_a_replay
+    from train.graph_step import WARMUP_STEPS
+
+    graphed_as_a_replay(monkeypatch)
+    counter = counted_steps(monkeypatch, tmp_path, first=WARMUP_STEPS + 1, last=WARMUP_STEPS + 3, method="sla_sd",
+                            cuda_graph="on", samples_per_class=20)
+    assert counter.syncs == 0 and counter.fresh == 0, dict(counter.counts)
+
+
 def test_a_distilled_student_step_makes_no_host_sync(monkeypatch, tmp_path):
     import kernels
-    from train.bench.step import write_untrained_teacher
+    from train.commands.bench.step import write_untrained_teacher
 
     teacher = write_untrained_teacher(tmp_path / "teacher.pt", "resnet8", 10, kernels.get_family("rotation"))
     counter = counted_steps(monkeypatch, tmp_path, method="hsakd_student", teacher=teacher, teacher_model="resnet8")

@@ -423,3 +423,68 @@ def test_the_fused_gather_equals_crop_flip_and_views_in_float64(backend, family,
         unfused = kernels.expand_views(crop_and_flip(dataset[indices], offsets, flips, padding).to(device), family,
                                        mean=mean, std=std, channels_last=channels_last, backend=backend)
         assert torch.equal(views.cpu(), unfused.cpu())
+
+
+@pytest.mark.skipif(SIMULATOR, reason="compiles the real kernels (the simulator replaces numba.cuda)")
+def test_every_cuda_kernel_compiles_to_ptx_for_its_declared_signature(monkeypatch):
+    """NVVM compiles each kernel for its eager signature with no GPU (the PTX for compute capability 8.0): a type
+    or signature mistake fails here, not at a GPU's first step. Device functions ask the current device for its
+    compute capability, which a CPU machine has none of: the test names one."""
+    from types import SimpleNamespace
+
+    import numba.cuda.dispatcher
+    from numba import cuda
+
+    import kernels.cuda as cuda_kernels
+
+    monkeypatch.setattr(numba.cuda.dispatcher, "get_current_device",
+                        lambda: SimpleNamespace(compute_capability=(8, 0)))
+    assert set(cuda_kernels.SIGNATURES) == {"joint_ce_forward", "joint_ce_backward", "aggregate_forward",
+                                            "aggregate_backward", "kl_forward", "kl_backward", "expand_views",
+                                            "gather_views"}
+    for name, signature in cuda_kernels.SIGNATURES.items():
+        ptx, _ = cuda.compile_ptx(getattr(cuda_kernels, name), signature, cc=(8, 0))
+        assert ".entry" in ptx and name in ptx, name
+
+
+@pytest.mark.skipif("cuda" not in BACKENDS, reason="the cuda backend runs on a GPU or in the simulator")
+def test_every_cuda_launch_passes_the_types_its_kernel_declares(monkeypatch):
+    """Each op's arguments, as kernels/ops.py launches them, against kernels/cuda.py's SIGNATURES: dtype, rank and
+    layout (a C-contiguous signature takes only C-contiguous arrays)."""
+    import numba
+    from numba.core import sigutils, types
+
+    from kernels import cuda as cuda_kernels, ops
+
+    names = {id(value): name for name, value in vars(ops._cuda_kernels()).items()}
+    launches = []
+    launch = ops._launch
+
+    def record(kernel, grid, block, tensor, *args):
+        launches.append((names[id(kernel)], args))
+        return launch(kernel, grid, block, tensor, *args)
+
+    monkeypatch.setattr(ops, "_launch", record)
+    device = device_for("cuda")
+    logits = random_logits(6, 9).float().to(device).requires_grad_()
+    labels = torch.tensor([0, 2], device=device)
+    kernels.joint_cross_entropy(logits, labels, 3, backend="cuda").backward()
+    kernels.aggregate_logits(logits, 3, backend="cuda").sum().backward()
+    kernels.distillation_kl(logits, logits.detach() * 2, temperature=2.0, backend="cuda").backward()
+    dataset = torch.randint(0, 256, (4, 5, 5, 3), dtype=torch.uint8, device=device)
+    stats = dict(mean=(0.5,) * 3, std=(0.25,) * 3, backend="cuda")
+    kernels.expand_views(dataset, "rotation", **stats)
+    kernels.gather_expand_views(dataset, torch.tensor([3, 1], device=device), torch.tensor([[0, 1], [2, 2]],
+                                device=device), torch.tensor([True, False], device=device), 1, "rotation", **stats)
+    assert {name for name, _ in launches} == set(cuda_kernels.SIGNATURES)
+    for name, args in launches:
+        declared, _ = sigutils.normalize_signature(cuda_kernels.SIGNATURES[name])
+        assert len(args) == len(declared), name
+        for position, (expected, value) in enumerate(zip(declared, args)):
+            actual = numba.typeof(value)
+            if isinstance(expected, types.Array):
+                assert isinstance(actual, types.Array) and (actual.dtype, actual.ndim) == (expected.dtype,
+                                                                                       expected.ndim), (name, position)
+                assert expected.layout in ("A", actual.layout), (name, position, actual.layout)
+            else:
+                assert actual == expected, (name, position, actual)

@@ -240,7 +240,7 @@ def test_maxl_trains_logs_checkpoints_and_resumes_exactly(tiny_config, tmp_path,
         assert all(0 < r["label_entropy"] <= np.log(30) + 1e-6 for r in steps if "label_entropy" in r)
     if extra.get("log_grad_similarity"):
         assert all(-1 <= r["grad_cosine"] <= 1 for r in steps if "grad_cosine" in r)
-        from train import report
+        from train.commands import report
 
         figures = {path.name for path in report.render(tmp_path / "runs" / "straight")}
         assert {"loss.png", "grad_similarity.png"} <= figures

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from train import report
+from train.commands import report
 from train.main import main, train
 from train.profiling import PHASES, parse_window, verdict
 

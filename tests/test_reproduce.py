@@ -1,11 +1,11 @@
-"""`python -m train.reproduce`: a grid of ordinary runs, its tables, its resume; `--transforms auto`."""
+"""`python -m train.commands.reproduce`: a grid of ordinary runs, its tables, its resume; `--transforms auto`."""
 import dataclasses
 import json
 
 import pytest
 
-from train import reproduce
-from train.reproduce_grids import Claim, Row, Table, build_table
+from train.commands import reproduce
+from train.commands.reproduce_grids import Claim, Row, Table, build_table
 
 
 def test_a_two_cell_grid_writes_its_tables_and_a_second_call_runs_nothing(tmp_path, capsys):

@@ -10,7 +10,7 @@ import torch
 from conftest import REPO, run_child
 from pipeline import datasets
 from pipeline.datasets import DataError
-from train import convert_checkpoint
+from train.commands import convert_checkpoint
 from train.checkpoint import read_checkpoint_file, restore_rng_states, rng_states
 
 
@@ -40,7 +40,7 @@ def test_a_crafted_checkpoint_runs_nothing_and_is_one_line(tmp_path, flags):
     assert not marker.exists()
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "safe load refuses" in lines[0], lines
-    assert "python -m train.convert_checkpoint" in lines[0] and "posix.system" in lines[0]
+    assert "python -m train.commands.convert_checkpoint" in lines[0] and "posix.system" in lines[0]
 
 
 def test_a_crafted_cifar_batch_runs_nothing(tmp_path):
@@ -92,7 +92,7 @@ def test_an_old_checkpoint_is_refused_then_converted(tmp_path, capsys):
     old_states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     old = tmp_path / "old.pt"
     torch.save({"model": {"w": torch.ones(2)}, "config": {"method": "sla"}, "rng": old_states}, old)
-    with pytest.raises(ValueError, match="convert it once: python -m train.convert_checkpoint"):
+    with pytest.raises(ValueError, match="convert it once: python -m train.commands.convert_checkpoint"):
         read_checkpoint_file(str(old), "--resume")
     assert convert_checkpoint.main([str(old), str(tmp_path / "new.pt")]) == 0
     new = read_checkpoint_file(str(tmp_path / "new.pt"), "--resume")

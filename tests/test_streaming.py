@@ -27,7 +27,7 @@ from pipeline.imagenet_crops import (crop_with_pil, decode_rgb, incomplete_reaso
 from pipeline.loaders import build_loader
 from pipeline.streaming import StreamingImageSet, decode_in_memory, list_folder, listing_cache_path
 from pipeline.views import ViewExpander
-from train.bench.jpeg_folder import make_jpeg_folder, synthetic_photo, write_odd_files
+from train.commands.bench.jpeg_folder import make_jpeg_folder, synthetic_photo, write_odd_files
 
 from conftest import REPO, run_child, torchrun_verdict
 
@@ -284,7 +284,7 @@ def test_streaming_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
     # the 848-file set must show (the measurement sees a decoded set). Batches of 2 images: whether one batch of
     # views more is alive at the peak depends on timing, and a batch of views (4.8 MB) stays well under the
     # bound (8 images' 19 MB made the test flaky). The source is the loaders' common part; each loader's own
-    # peak over thousands of files is in `python -m train.bench loader --data jpeg-folder` (BENCHMARKS.md).
+    # peak over thousands of files is in `python -m train.commands.bench loader --data jpeg-folder` (BENCHMARKS.md).
     decoded = 800 * 224 * 224 * 3
     assert growth["yes"] > 0.7 * 848 * 224 * 224 * 3, growth
     assert growth["no"] < 0.25 * decoded, growth

@@ -122,7 +122,7 @@ def read_checkpoint_file(path: str, flag: str) -> dict:
         raise ValueError(
             f"{flag} checkpoint {file} holds Python objects that a safe load refuses ({refused}); "
             f"it was written by an older version of this trainer or is not one of its checkpoints. If you trust "
-            f"the file, convert it once: python -m train.convert_checkpoint {file} NEW.pt") from None
+            f"the file, convert it once: python -m train.commands.convert_checkpoint {file} NEW.pt") from None
     except Exception as error:  # torch raises many types for a damaged file
         raise ValueError(f"{flag} checkpoint {file} cannot be read ({type(error).__name__}: {error})") from None
 

@@ -82,6 +82,9 @@ class TrainConfig(SlaOptions, HsakdOptions, MaxlOptions, PretrainedOptions, Cont
     precision: str = field(default="auto", metadata={"help": "auto (bf16 autocast where the GPU or CPU computes "
                                                              "bf16 natively, else fp32), fp32, bf16, fp16"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    cuda_graph: str = field(default="auto", metadata={
+        "help": "capture the whole training step once as a CUDA graph and replay it per batch: on, off, or auto "
+                "(on where the device, method and settings allow; the run's header says why not)"})
     cudnn_benchmark: bool = field(default=True, metadata={
         "help": "CUDA: let cuDNN time its convolution algorithms for the run's fixed shapes (faster; the choice, "
                 "and so the last bits of a result, can differ between runs: --no-cudnn-benchmark for bitwise "
@@ -128,7 +131,7 @@ CORE_HELP_GROUPS: dict[str, tuple[str, ...]] = {
                          "strict_images", "data_in_memory", "primary_labels", "loader", "loader_workers", "dali_views",
                          "beton_dir", "crop_padding"),
     "method": ("method", "transforms", "auto_trial_fraction", "auto_families", "kernels"),
-    "model and precision": ("model", "channels_last", "precision", "compile", "cudnn_benchmark"),
+    "model and precision": ("model", "channels_last", "precision", "compile", "cuda_graph", "cudnn_benchmark"),
     "optimisation": ("batch_size", "epochs", "iterations", "lr", "optimizer", "lars_eta", "momentum", "nesterov",
                      "weight_decay", "decay_norm_and_bias", "schedule", "lr_milestones", "lr_gamma",
                      "warmup_iterations", "grad_clip_norm", "ema_decay", "optimizer_impl"),
@@ -320,6 +323,7 @@ def enumerated_settings() -> dict[str, tuple[str, tuple[str, ...]]]:
             "optimizer": ("optimizer", ("sgd", "lars", "adamw", "adam")),
             "optimizer_impl": ("optimizer implementation", ("torch", "apex")),
             "kernels": ("kernel backend", ("auto", "cuda", "cpu", "torch")),
+            "cuda_graph": ("--cuda-graph", ("auto", "on", "off")),
             "data_in_memory": ("--data-in-memory", ("auto", "yes", "no")),
             "dali_views": ("--dali-views", ("batched", "operators")), "maxl_order": ("--maxl-order", ORDERS),
             "maxl_meta_gradient": ("--maxl-meta-gradient", META_GRADIENTS),

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from pipeline.phases import phase
+from pipeline import phases
 from train.checkpoint import atomic_save, checkpoint_payload, every_rank_rng_states
 from train.distributed import all_reduce_sum, barrier
 from train.evaluate import evaluate
@@ -37,7 +37,7 @@ def fit(run: Run) -> dict:
             if run.profiler:
                 run.profiler.begin_step(clock.steps)
             fetch_start = time.perf_counter()
-            with phase("data"):  # the host's wait for the loader (no loader waits for the device)
+            with phases.phase("data"):  # the host's wait for the loader (no loader waits for the device)
                 batch = next(batches, None)
             if batch is None:
                 break
@@ -92,7 +92,7 @@ def log_progress(run: Run, epoch: int, clock: TrainingClock, losses: LossMeter, 
     images_per_second = interval_steps * run.config.batch_size / elapsed
     mfu = mfu_of(run, images_per_second)
     eta = clock.all_seconds / max(clock.steps, 1) * (run.total_steps - run.progress.step)
-    lr = run.scheduler.get_last_lr()[0]
+    lr = float(run.scheduler.get_last_lr()[0])  # a device tensor under --cuda-graph: read where the loop syncs
     run.run_log.record("step", epoch=epoch, step=run.progress.step, lr=lr, images_per_s=round(images_per_second, 2),
                        views_per_s=round(images_per_second * run.views_per_image, 2), mfu=round(mfu, 5),
                        data_time_s=round(data_seconds, 4), compute_time_s=round(elapsed - data_seconds, 4), **means)
@@ -129,7 +129,7 @@ def stop_early(run: Run, reason: str, epoch: int, recent_losses: dict) -> dict:
     log, step = run.run_log, run.progress.step
     summary = {"completed": False, "stopped_by": reason, "step": step, "epoch": epoch, "run_dir": str(log.run_dir)}
     if reason.startswith("non-finite"):
-        lr = run.scheduler.get_last_lr()[0]
+        lr = float(run.scheduler.get_last_lr()[0])  # a device tensor under --cuda-graph: read where the loop syncs
         shown = ", ".join(f"{name} {value:.4g}" for name, value in recent_losses.items())
         log.record("summary", **summary, lr=lr, recent_losses=recent_losses, exit_status=EXIT_DIVERGED)
         log.print(f"stopped: {reason} (epoch {epoch + 1}, lr {lr:.4g}; mean losses over the last logged steps: "

@@ -81,7 +81,7 @@ class FactorTable(dict):
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: oneDNN then runs bf16 convolutions and matmuls faster than fp32 (`python -m
-    train.bench step` prints the measured rates of both)."""
+    train.commands.bench step` prints the measured rates of both)."""
     return bool(cpu_bf16_units())
 
 
@@ -104,9 +104,10 @@ PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch
 
 def autocast_context(precision: str, device: torch.device):
     """What makes the step's autocast context, each call a fresh one (the one way a run makes it): torch.autocast
-    itself, disabled in fp32, so that entering it runs no code of this project."""
+    itself, disabled in fp32, so that entering it runs no code of this project. No cast cache: a CUDA graph's
+    capture needs it off, and a step casts each weight once anyway."""
     return functools.partial(torch.autocast, device.type, dtype=PRECISION_DTYPES[precision],
-                             enabled=precision != "fp32")
+                             enabled=precision != "fp32", cache_enabled=False)
 
 
 def autocast(precision: str, device: torch.device):

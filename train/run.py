@@ -22,10 +22,12 @@ from pipeline.datasets import build_splits
 from pipeline.image_set import DatasetSplits
 from pipeline.loaders import LOADERS, build_loader
 from pipeline.random_views import RandomViewExpander, get_recipe
+from pipeline.sharding import STEP_STREAM, derived_seed
 from pipeline.views import ViewExpander
 from train.checkpoint import load_checkpoint, own_rng_states, read_checkpoint_file, restore_rng_states
 from train.config import TrainConfig
 from train.distributed import DistributedContext, broadcast_from_main
+from train.graph_step import GraphedStep, graph_refusal, resolve_cuda_graph
 from train.methods import Method, build_method
 from train.mfu import flops_per_view, peak_flops, tf32_enabled
 from train.optim import (PRECISION_DTYPES, autocast, autocast_context, build_ema, build_optimizer, build_scaler,
@@ -61,7 +63,7 @@ class Run:
     scheduler: object
     scaler: torch.amp.GradScaler | None
     ema: torch.nn.Module | None
-    step: object  # train.step.TrainStep, or the method's own step around it (MAXL)
+    step: object  # train.step.TrainStep, the method's own step around it (MAXL), or its CUDA-graph replay
     steps_per_epoch: int
     total_steps: int
     views_per_image: int  # views a training image becomes (M, or a random-view recipe's count)
@@ -79,6 +81,8 @@ class Run:
     peak_source: str = ""
     transform_trials: dict | None = None  # --transforms auto's decision
     last_val: dict = field(default_factory=dict)  # the last validation's scores
+    cuda_graph: bool = False  # the step is a captured CUDA graph's replay (train/graph_step.py)
+    graph_note: str = ""  # the header's line on it: on, or why not
 
     @property
     def device(self) -> torch.device:
@@ -145,8 +149,14 @@ def build_training(config: TrainConfig, context: DistributedContext, data: Datas
         train_model = torch.compile(train_model)
     step = method.make_step(TrainStep(train_model, model, method, optimizer, scheduler, scaler, ema,
                                       autocast_context(precision, device), config.grad_clip_norm), total_steps)
-    return Run(config, context, method, family, data, precision, expander, train_loader, model, train_model, optimizer,
-               scheduler, scaler, ema, step, steps_per_epoch, total_steps, views_per_image, flop_views_per_image)
+    refusal = graph_refusal(config, method, step, device, context.world_size, scaler)
+    graphed, graph_note = resolve_cuda_graph(config.cuda_graph, refusal)
+    if graphed:
+        step = GraphedStep(step, device)
+    run = Run(config, context, method, family, data, precision, expander, train_loader, model, train_model, optimizer,
+              scheduler, scaler, ema, step, steps_per_epoch, total_steps, views_per_image, flop_views_per_image)
+    run.cuda_graph, run.graph_note = graphed, graph_note
+    return run
 
 
 def bench_data(split) -> DatasetSplits:
@@ -209,13 +219,14 @@ def build(config: TrainConfig, context: DistributedContext, start: RunStart, sig
     if method.needs_training_features:  # k-NN evaluation: the whole training split on every rank
         whole_split = replace(evaluation, global_batch=config.eval_batch_size, rank=0, world_size=1)
         run.bank_loader = build_loader(config.loader, data.train, whole_split, split_name=f"{config.dataset}-train")
-    torch.manual_seed(config.seed + context.rank)  # per-rank streams for anything random in the step
-    np.random.seed((config.seed + context.rank) % 2**32)
+    step_seed = derived_seed(config.seed, context.rank, STEP_STREAM)  # per-rank streams for anything random in a step
+    torch.manual_seed(step_seed)
+    np.random.seed(step_seed % 2**32)
     if start.resume_from:
         resume(run, start.resume_from)
     if context.device.type == "cpu" and os.environ.get("OMP_WAIT_POLICY", "").lower() == "passive":
         run_log.print("warning: OMP_WAIT_POLICY=passive makes every parallel region wait for the scheduler; "
-                      "on a loaded CPU that can slow a step many times over (measure it: python -m train.bench step "
+                      "on a loaded CPU that can slow a step many times over (measure it: python -m train.commands.bench step "
                       "--background-load 1)")
     count_flops(run)
     if config.profile:  # otherwise no step calls into the profiler
@@ -272,6 +283,7 @@ def write_manifest(run: Run) -> None:
         "val_images": len(data.val), "test_images": len(data.test), "total_steps": run.total_steps,
         "flops_per_view": run.view_flops, "peak_flops": run.device_peak, "peak_source": run.peak_source,
         "cudnn_benchmark": torch.backends.cudnn.benchmark if device.type == "cuda" else None,
+        "cuda_graph": run.cuda_graph,
         "tf32": tf32_enabled() if device.type == "cuda" else None, "skipped_images": run.skipped_images,
         "streamed": data.train.streaming, "elastic_run_id": os.environ.get(ELASTIC_ID), "restarts": restart_count(),
         **run.method.provenance()})
@@ -281,4 +293,5 @@ def write_manifest(run: Run) -> None:
                       f"×{context.world_size}, {run.total_steps} steps, run dir {run.run_log.run_dir}")
     run.run_log.print(f"MFU is measured against {run.device_peak / 1e12:.2f} TFLOP/s per device ({run.peak_source}); "
                       f"{run.view_flops / 1e6:,.1f} MFLOP per view, forward and backward")
+    run.run_log.print(run.graph_note)
 

@@ -23,7 +23,7 @@ from train.config import TrainConfig
 
 RUN_FILES = ("metrics.jsonl", "last.pt", "best.pt", "config.json", "command.txt", "git_revision.txt",
              "auto_transforms.json")
-RUN_FOLDERS = ("figures", "auto")  # train/report.py's plots, --transforms auto's trials
+RUN_FOLDERS = ("figures", "auto")  # train/commands/report.py's plots, --transforms auto's trials
 ELASTIC_ID = "TORCHELASTIC_RUN_ID"
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.batch import Batch
-from pipeline.phases import phase
+from pipeline import phases
 
 
 @dataclass
@@ -24,23 +24,30 @@ class TrainStep:
     grad_clip_norm: float = 0.0
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with phase("forward"), self.autocast():
-            outputs = self.method.forward(self.train_model, batch.views)
-        with phase("loss"), self.autocast():
-            losses = self.method.losses(outputs, batch.labels)
-        self.update(losses["loss"])
+        losses, outputs = self.learn(batch.views, batch.labels)
+        self.scheduler.step()
         self.method.after_update(self.model, outputs)  # momentum encoders, queues
         return losses
 
+    def learn(self, views: torch.Tensor, labels: torch.Tensor) -> tuple[dict, dict]:
+        """Forward, losses, backward, optimizer and EMA on one batch: (losses, outputs). The part of a step that
+        --cuda-graph captures (train/graph_step.py)."""
+        with phases.phase("forward"), self.autocast():
+            outputs = self.method.forward(self.train_model, views)
+        with phases.phase("loss"), self.autocast():
+            losses = self.method.losses(outputs, labels)
+        self.update(losses["loss"])
+        return losses, outputs
+
     def update(self, loss: torch.Tensor) -> None:
-        """Backward, optimizer, schedule and EMA for the trained model's `loss`."""
-        with phase("backward"):  # DDP's gradient all-reduce overlaps this phase
+        """Backward, optimizer and EMA for the trained model's `loss` (the caller steps the schedule)."""
+        with phases.phase("backward"):  # DDP's gradient all-reduce overlaps this phase
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
             else:
                 loss.backward()
-        with phase("optimizer"):
+        with phases.phase("optimizer"):
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             if self.grad_clip_norm > 0:
@@ -50,7 +57,6 @@ class TrainStep:
                 self.scaler.update()
             else:
                 self.optimizer.step()
-            self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
 

@@ -52,6 +52,7 @@ class Method:
         self.config = config
         self.family: kernels.TransformFamily | None = None
         self.backend = ""
+        self.loss_kernels = None  # kernels.for_device's, once bound
         self.context = None  # the run's train.distributed.DistributedContext, once attached
 
     def attach(self, context, even_rows: bool = True) -> None:
@@ -83,7 +84,8 @@ class Method:
         """Fix M and the kernel backend (auto → by device, once; cf. nanoGPT's `self.flash`)."""
         self.family = family
         self.num_transforms = family.num_transforms  # M
-        self.backend = kernels.backend_for_device(self.config.kernels, device)
+        self.loss_kernels = kernels.for_device(self.config.kernels, device)
+        self.backend = self.loss_kernels.backend
 
     def build_model(self, model_name: str, num_classes: int, family: kernels.TransformFamily, device: torch.device,
                     channels_last: bool) -> nn.Module:

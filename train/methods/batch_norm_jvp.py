@@ -1,7 +1,7 @@
 """BatchNorm on batch statistics with a short forward-mode rule, for MAXL's Jacobian-vector product.
 
 PyTorch's forward-mode rule for batch norm is a composite of about fifteen elementwise passes; in the
-meta step's JVP (python -m train.bench step --method maxl) it took more time than the convolutions. Written here
+meta step's JVP (python -m train.commands.bench step --method maxl) it took more time than the convolutions. Written here
 because no library ships a cheaper one. With x̂ = (x − μ)/σ over every dimension but the channel:
 
     ẏ = γ̇ x̂ + β̇ + (γ/σ) (ẋ − mean(ẋ) − x̂ mean(ẋ x̂))

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from models import build_backbone
 from pipeline.random_views import get_recipe
-from pipeline.sharding import derived_seed
+from pipeline.sharding import QUEUE_STREAM, SHUFFLE_STREAM, derived_seed
 from train.methods.base import Method
 from train.methods.contrastive_losses import (ONE_PROCESS, Ranks, gather_with_gradient, info_nce, knn_scores,
                                               normalised_mse, nt_xent, symmetric_key_loss)
@@ -62,7 +62,6 @@ class ContrastiveOptions:
         "limit": POSITIVE, "help": "k-NN monitor: vote weight exp(cos/T)"})
 
 
-SHUFFLE_STREAM = 3  # derived_seed's stream of MoCo's batch shuffle (the loaders' crops use 1, the workers 2)
 
 
 def mlp(widths: list[int], norm: bool = True, bias: bool = True, last: nn.Module | None = None) -> nn.Sequential:
@@ -254,7 +253,7 @@ class KeyQueue:
     """A ring buffer of unit keys from past steps (every rank's, in rank order): MoCo's queue, SimCLR v2's memory."""
 
     def __init__(self, size: int, dim: int, seed: int, device: torch.device, ranks: Ranks = ONE_PROCESS):
-        keys = torch.randn(size, dim, generator=torch.Generator().manual_seed(seed))
+        keys = torch.randn(size, dim, generator=torch.Generator().manual_seed(derived_seed(seed, QUEUE_STREAM)))
         self.keys = torch.nn.functional.normalize(keys, dim=1).to(device)
         self.pointer = 0
         self.ranks = ranks

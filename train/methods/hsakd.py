@@ -18,7 +18,7 @@ import kernels
 from kernels import identity_rows, upcast
 from models import build_backbone
 from models.hsakd import HsakdNetwork, MutualPair
-from pipeline.phases import phase
+from pipeline import phases
 from train.methods.base import Method, place
 from train.methods.run_checkpoints import load_frozen_backbone, load_teacher
 from train.options import POSITIVE, field
@@ -42,9 +42,9 @@ class HsakdOptions:
 
 # ---------------------------------------------------------------------------- losses
 def teacher_losses(outputs: dict, labels: torch.Tensor, num_transforms: int, *, backbone_frozen: bool = False,
-                   backend: str) -> dict[str, torch.Tensor]:
-    branch_terms = [kernels.joint_cross_entropy(q, labels, num_transforms, backend=backend)
-                    for q in outputs["branches"]]
+                   loss_kernels) -> dict[str, torch.Tensor]:
+    """`loss_kernels`: the run's bound kernels (kernels.for_device)."""
+    branch_terms = [loss_kernels.joint_cross_entropy(q, labels, num_transforms) for q in outputs["branches"]]
     losses = {f"branch{l + 1}_ce": term for l, term in enumerate(branch_terms)}
     total = torch.stack(branch_terms).sum()
     if not backbone_frozen:  # a frozen backbone's head has nothing to learn
@@ -53,32 +53,30 @@ def teacher_losses(outputs: dict, labels: torch.Tensor, num_transforms: int, *, 
     return {"loss": total, **losses}
 
 
-def distillation_terms(student: dict, teacher: dict, *, temperature: float, backend: str) -> dict:
+def distillation_terms(student: dict, teacher: dict, *, temperature: float, loss_kernels) -> dict:
     """τ²·KL of the head and of every branch, the teacher's side detached."""
-    terms = {"head_kl": kernels.distillation_kl(student["logits"], teacher["logits"].detach(),
-                                                temperature=temperature, backend=backend)}
+    terms = {"head_kl": loss_kernels.distillation_kl(student["logits"], teacher["logits"].detach(), temperature)}
     for l, (q_student, q_teacher) in enumerate(zip(student["branches"], teacher["branches"])):
-        terms[f"branch{l + 1}_kl"] = kernels.distillation_kl(q_student, q_teacher.detach(), temperature=temperature,
-                                                            backend=backend)
+        terms[f"branch{l + 1}_kl"] = loss_kernels.distillation_kl(q_student, q_teacher.detach(), temperature)
     return terms
 
 
 def student_losses(student: dict, teacher: dict, labels: torch.Tensor, num_transforms: int, *, temperature: float,
-                   backend: str) -> dict[str, torch.Tensor]:
+                   loss_kernels) -> dict[str, torch.Tensor]:
     if len(student["branches"]) != len(teacher["branches"]):
         raise ValueError(f"the student has {len(student['branches'])} branches, the teacher "
                          f"{len(teacher['branches'])}; HSAKD pairs need the same number of stages")
     head_ce = F.cross_entropy(upcast(identity_rows(student["logits"], num_transforms)), labels)
-    terms = distillation_terms(student, teacher, temperature=temperature, backend=backend)
+    terms = distillation_terms(student, teacher, temperature=temperature, loss_kernels=loss_kernels)
     return {"loss": head_ce + torch.stack(list(terms.values())).sum(), "head_ce": head_ce, **terms}
 
 
 def mutual_losses(outputs: dict, labels: torch.Tensor, num_transforms: int, *, temperature: float,
-                  backend: str) -> dict[str, torch.Tensor]:
+                  loss_kernels) -> dict[str, torch.Tensor]:
     losses, total = {}, 0.0
     for me, other in (("a", "b"), ("b", "a")):
-        own = teacher_losses(outputs[me], labels, num_transforms, backend=backend)
-        terms = distillation_terms(outputs[me], outputs[other], temperature=temperature, backend=backend)
+        own = teacher_losses(outputs[me], labels, num_transforms, loss_kernels=loss_kernels)
+        terms = distillation_terms(outputs[me], outputs[other], temperature=temperature, loss_kernels=loss_kernels)
         part = own["loss"] + torch.stack(list(terms.values())).sum()
         losses[f"{me}_loss"] = part
         total = total + part
@@ -129,7 +127,7 @@ class HsakdTeacher(HsakdMethod):
 
     def losses(self, outputs, labels):
         return teacher_losses(outputs, labels, self.num_transforms, backbone_frozen=bool(self.config.frozen_backbone),
-                              backend=self.backend)
+                              loss_kernels=self.loss_kernels)
 
 
 class HsakdStudent(HsakdMethod):
@@ -158,13 +156,13 @@ class HsakdStudent(HsakdMethod):
         return self.hsakd_network(model_name, num_classes)
 
     def forward(self, model, views):
-        with phase("teacher"), torch.no_grad():
+        with phases.phase("teacher"), torch.no_grad():
             teacher_outputs = self.teacher(views)
         return {"student": model(views), "teacher": teacher_outputs}
 
     def losses(self, outputs, labels):
         return student_losses(outputs["student"], outputs["teacher"], labels, self.num_transforms,
-                              temperature=self.config.kd_temperature, backend=self.backend)
+                              temperature=self.config.kd_temperature, loss_kernels=self.loss_kernels)
 
 
 class HsakdOnline(HsakdMethod):
@@ -182,7 +180,7 @@ class HsakdOnline(HsakdMethod):
 
     def losses(self, outputs, labels):
         return mutual_losses(outputs, labels, self.num_transforms, temperature=self.config.kd_temperature,
-                             backend=self.backend)
+                             loss_kernels=self.loss_kernels)
 
     def class_scores(self, outputs):
         """The first network's scores, and the peer's head as "peer"."""

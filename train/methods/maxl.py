@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from models import build_backbone
 from models.maxl import LabelGenerator, MaxlLearner
 from pipeline.batch import Batch
-from pipeline.phases import phase
+from pipeline import phases
 from train.methods.base import Method, place
 from train.methods.maxl_losses import ClassBlocks, focal_loss, mask_softmax, negative_entropy
 from train.methods.maxl_meta import META_GRADIENTS, ORDERS, MetaSettings, objective_for
@@ -266,22 +266,23 @@ class MaxlStep:
 
     def update_learner(self, batch) -> dict[str, torch.Tensor]:
         base = self.base
-        with phase("forward"), base.autocast():
+        with phases.phase("forward"), base.autocast():
             outputs = base.train_model(batch.views)
             with torch.no_grad():
                 aux_targets = self.method.auxiliary_targets(batch)  # θ2's labels are fixed for θ1's update
-        with phase("loss"), base.autocast():
+        with phases.phase("loss"), base.autocast():
             losses = self.method.learner_losses(outputs, batch.labels, aux_targets)
         if self.method.config.log_grad_similarity:
             shared = [p for p in base.model.backbone.parameters() if p.requires_grad]
             losses["grad_cosine"] = gradient_cosine(losses["primary"], losses["auxiliary"], shared).detach()
         base.update(losses["loss"])
+        base.scheduler.step()
         return losses
 
     def update_generator(self, batch) -> dict[str, torch.Tensor]:
         method, base = self.method, self.base
         lr = base.optimizer.param_groups[0]["lr"]  # α: θ1's current learning rate
-        with phase("meta"):
+        with phases.phase("meta"):
             with base.autocast():
                 objective, parts = method.meta_objective(base.model, batch.views, batch.labels, lr)
             method.generator_optimizer.zero_grad(set_to_none=True)

@@ -39,7 +39,7 @@ class MetaSettings:
     entropy_weight: float  # λ
     blocks: ClassBlocks
     # Run the learner in NCHW whatever its parameters' layout (set for the double backward on a CPU, where
-    # BatchNorm's double backward is slower on channels_last tensors: `python -m train.bench step --method maxl`).
+    # BatchNorm's double backward is slower on channels_last tensors: `python -m train.commands.bench step --method maxl`).
     contiguous: bool = False
 
 

@@ -8,7 +8,6 @@ from typing import ClassVar
 import torch.nn.functional as F
 
 import kernels
-from kernels import upcast
 from models import ALL_VIEWS, IDENTITY_VIEW, HeadSpec
 from train.methods.baselines import HeadsMethod
 from train.options import AT_LEAST_0, POSITIVE, field
@@ -34,8 +33,8 @@ class SLA(HeadsMethod):
         return [HeadSpec("joint", num_classes * self.num_transforms, ALL_VIEWS)]
 
     def sla_loss(self, outputs, labels):
-        return kernels.joint_cross_entropy(outputs["joint"], labels, self.num_transforms,
-                                           sum_over_transforms=self.config.sum_over_transforms, backend=self.backend)
+        return self.loss_kernels.joint_cross_entropy(outputs["joint"], labels, self.num_transforms,
+                                                     self.config.sum_over_transforms)
 
     def losses(self, outputs, labels):
         return {"loss": self.sla_loss(outputs, labels)}
@@ -43,7 +42,7 @@ class SLA(HeadsMethod):
     def class_scores(self, outputs):
         joint = outputs["joint"]
         return {"SI": kernels.single_view_logits(joint, self.num_transforms),
-                "AG": kernels.aggregate_logits(joint, self.num_transforms, backend=self.backend)}
+                "AG": self.loss_kernels.aggregate_logits(joint, self.num_transforms)}
 
     def score_names(self):
         return ("SI", "AG")
@@ -58,10 +57,9 @@ class SLASelfDistillation(SLA):
 
     def losses(self, outputs, labels):
         sla = self.sla_loss(outputs, labels)
-        aggregated = kernels.aggregate_logits(outputs["joint"].detach(), self.num_transforms, backend=self.backend)
-        distill = kernels.distillation_kl(outputs["sd"], aggregated, temperature=self.config.temperature,
-                                          backend=self.backend)
-        sd_ce = F.cross_entropy(upcast(outputs["sd"]), labels)
+        aggregated = self.loss_kernels.aggregate_logits(outputs["joint"].detach(), self.num_transforms)
+        distill = self.loss_kernels.distillation_kl(outputs["sd"], aggregated, self.config.temperature)
+        sd_ce = F.cross_entropy(outputs["sd"], labels)  # in float32 under the step's autocast
         return {"loss": sla + distill + self.config.sd_weight * sd_ce, "sla": sla, "distill": distill,
                 "sd_ce": sd_ce}
 

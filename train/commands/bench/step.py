@@ -1,4 +1,4 @@
-"""`python -m train.bench step`: whole training steps (loader, views, forward, joint-label loss,
+"""`python -m train.commands.bench step`: whole training steps (loader, views, forward, joint-label loss,
 backward, optimizer; all-reduce under torchrun), this trainer's path against the papers' path
 (torch DataLoader, fp32, NCHW, torch.rot90 stacking, eager torch losses) in the same run, the paths taking
 turns over rounds; the papers' DataLoader workers run in its own rounds only (common.RoundStream)."""
@@ -17,8 +17,8 @@ from models import build_backbone
 from models.hsakd import HsakdNetwork
 from pipeline import phases
 from pipeline.datasets import build_splits
-from train.bench.loaders import cifar_shaped
-from train.bench.common import (append_json_lines, available_cores, bench_device, busy_processes, device_name,
+from train.commands.bench.loaders import cifar_shaped
+from train.commands.bench.common import (append_json_lines, available_cores, bench_device, busy_processes, device_name,
                                 print_header, TimedRounds)
 from train.config import TrainConfig
 from train.mfu import flops_per_view, peak_flops
@@ -235,7 +235,7 @@ def ratio_text(record: dict) -> str:
 
 def _run_maxl(models, data, batch, steps, warmup, num_images, workers, paths, output, settings, rounds,
               device) -> list[dict]:
-    from train.bench import maxl_step
+    from train.commands.bench import maxl_step
 
     return _run_table(
         f"{'model':<16}{'data':<10}{'update':<9}{'order':<8}{'path':<9}{'precision':<10}{'img/s':>9}"
@@ -248,7 +248,7 @@ def _run_maxl(models, data, batch, steps, warmup, num_images, workers, paths, ou
 
 def _run_contrastive(method, models, data, batch, steps, warmup, num_images, workers, paths, output, rounds, device,
                      trainer_precision) -> list[dict]:
-    from train.bench import contrastive_step
+    from train.commands.bench import contrastive_step
 
     return _run_table(
         f"{'model':<16}{'data':<10}{'method':<11}{'path':<22}{'precision':<10}{'img/s':>9}{'ms/step':>10}"

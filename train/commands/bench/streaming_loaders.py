@@ -1,4 +1,4 @@
-"""`python -m train.bench loader --data jpeg-folder --images 20000 --image-size 224`: the streaming loaders
+"""`python -m train.commands.bench loader --data jpeg-folder --images 20000 --image-size 224`: the streaming loaders
 over a generated ImageNet-like folder (made once and cached: ~400×350 px JPEGs at quality 90), each in its
 own process so that its peak memory is its own, against the torch DataLoader reference (PIL per sample)
 measured in the same run. Every loader makes random-resized crops and M views per image (rotation, M = 4)
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from pipeline.processes import descendants
-from train.bench.common import append_json_lines, available_cores, bench_device, device_name, print_header
+from train.commands.bench.common import append_json_lines, available_cores, bench_device, device_name, print_header
 
 STREAMING_LOADERS = ("torch", "dali", "ffcv")
 
@@ -77,9 +77,9 @@ def write_beton_once(root: str, image_size: int, max_resolution: int, cache_dir:
 def in_subprocess(function: str, *arguments) -> dict:
     """`function(*arguments)` of this module in a fresh process (its own peak memory); its result, or an error."""
     command = [sys.executable, "-c", "import json, sys; sys.path.insert(0, sys.argv[1]); "
-               "import train.bench.streaming_loaders as bench; "
+               "import train.commands.bench.streaming_loaders as bench; "
                "print('RESULT ' + json.dumps(getattr(bench, sys.argv[2])(*json.loads(sys.argv[3]))))",
-               str(Path(__file__).resolve().parents[2]), function, json.dumps(arguments)]
+               str(Path(__file__).resolve().parents[3]), function, json.dumps(arguments)]
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -97,7 +97,7 @@ def time_one(name: str, root: str, image_size: int, batch: int, steps: int, warm
     from pipeline.datasets import build_splits
     from pipeline.loaders import build_loader
     from pipeline.views import ViewExpander
-    from train.bench.common import endless_batches
+    from train.commands.bench.common import endless_batches
 
     device = bench_device()
     with PeakMemory() as memory:
@@ -124,7 +124,7 @@ def time_one(name: str, root: str, image_size: int, batch: int, steps: int, warm
 def run(num_images: int = 4_000, image_size: int = 224, batch: int = 256, steps: int = 20, warmup: int = 3,
         loaders: tuple[str, ...] = STREAMING_LOADERS, transforms: str = "rotation", cache: str = "data/bench",
         output: str | None = None, max_resolution: int = 256) -> list[dict]:
-    from train.bench.jpeg_folder import make_jpeg_folder
+    from train.commands.bench.jpeg_folder import make_jpeg_folder
 
     import kernels
 

@@ -1,12 +1,12 @@
 """Benchmarks, printed as tables with ratios against baselines measured in the same run.
 
-    python -m train.bench kernels [--batches 128,256,512] [--classes 10,100,1000] [--output bench.jsonl]
-    python -m train.bench step [--models resnet32,resnet18_cifar] [--data synthetic,digits] [--num-transforms 1,4] [--output bench.jsonl]
-    python -m train.bench step --models resnet32 --num-transforms 4 --data synthetic --rounds 5 --background-load 2
-    python -m train.bench step --method hsakd_student --models resnet8x4 --teacher-model resnet32x4 --num-transforms 4
-    python -m train.bench loader [--images 8192] [--folder-images 2048] [--batch 256] [--output bench.jsonl]
-    python -m train.bench loader --views simclr      (the contrastive methods' random views, 2 per image)
-    python -m train.bench loader --data jpeg-folder --images 20000 --image-size 224   (streamed JPEG folder,
+    python -m train.commands.bench kernels [--batches 128,256,512] [--classes 10,100,1000] [--output bench.jsonl]
+    python -m train.commands.bench step [--models resnet32,resnet18_cifar] [--data synthetic,digits] [--num-transforms 1,4] [--output bench.jsonl]
+    python -m train.commands.bench step --models resnet32 --num-transforms 4 --data synthetic --rounds 5 --background-load 2
+    python -m train.commands.bench step --method hsakd_student --models resnet8x4 --teacher-model resnet32x4 --num-transforms 4
+    python -m train.commands.bench loader [--images 8192] [--folder-images 2048] [--batch 256] [--output bench.jsonl]
+    python -m train.commands.bench loader --views simclr      (the contrastive methods' random views, 2 per image)
+    python -m train.commands.bench loader --data jpeg-folder --images 20000 --image-size 224   (streamed JPEG folder,
                                                      ImageNet crops, peak memory per loader)
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def integers(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m train.commands.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     kernel_parser = commands.add_parser("kernels", help="loss and view kernels against the torch composite")
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     step_parser.add_argument("--output", default=None, help="append one JSON line per configuration here")
     args = parser.parse_args(argv)
     if args.command == "step":
-        from train.bench.step import run
+        from train.commands.bench.step import run
 
         names = lambda text: tuple(part for part in text.split(",") if part)  # noqa: E731
         run(names(args.models), args.num_transforms, names(args.data), args.batch, args.steps, args.warmup,
@@ -84,18 +84,18 @@ def main(argv: list[str] | None = None) -> int:
             args.trainer_precision, args.rounds, args.background_load)
     if args.command == "loader":
         if args.data == "jpeg-folder":
-            from train.bench.streaming_loaders import STREAMING_LOADERS, run
+            from train.commands.bench.streaming_loaders import STREAMING_LOADERS, run
 
             chosen = tuple(n for n in args.loaders.split(",") if n in STREAMING_LOADERS) or STREAMING_LOADERS
             run(args.images or 4_000, args.image_size, args.batch, args.steps, 3, chosen, args.transforms,
                 args.cache, args.output, args.max_resolution)
             return 0
-        from train.bench.loaders import run
+        from train.commands.bench.loaders import run
 
         run(args.images or 8192, args.folder_images, args.batch, args.epochs, args.transforms,
             tuple(name for name in args.loaders.split(",") if name), args.output, args.views)
     if args.command == "kernels":
-        from train.bench.kernels import run
+        from train.commands.bench.kernels import run
 
         run(args.batches, args.classes, args.num_transforms, args.repeats, args.output)
     return 0

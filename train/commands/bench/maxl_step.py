@@ -1,4 +1,4 @@
-"""`python -m train.bench step --method maxl`: MAXL's two updates timed apart, θ1's step and θ2's meta step
+"""`python -m train.commands.bench step --method maxl`: MAXL's two updates timed apart, θ1's step and θ2's meta step
 (look-ahead, second-order gradient, optimizer), this trainer's path against the official code's way in
 the same run: fp32, NCHW, a per-sample torch DataLoader, and the look-ahead as fast weights (an
 OrderedDict of θ1 − α∇θ1) through a functional forward, differentiated twice. The trainer computes the
@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from train.bench.common import RoundStreams
+from train.commands.bench.common import RoundStreams
 from train.config import TrainConfig
 from train.run import bench_data, build_training, one_process
 

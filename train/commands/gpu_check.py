@@ -1,9 +1,15 @@
-"""`make gpu-check` (`python -m train.gpu_check [--dry-run]`): the GPU path checked on one device in minutes.
+"""`make gpu-check` (`python -m train.commands.gpu_check [--dry-run]`): the GPU path checked on one device in minutes.
 
-It installs nothing. Each check runs as a child process with a time limit; the table at the end has one line
-per check (PASS, FAIL or SKIP, and its figure) and gpu-check/report.json holds the same with each check's
-output tail. On a machine without a CUDA device it says so and checks nothing; `--dry-run` prints what it
-would run.
+Each check runs as a child process with a time limit; the table at the end has one line per check (PASS, FAIL
+or SKIP, and its figure) and gpu-check/report.json holds the same with each check's output tail and every
+package's version. On a machine without a CUDA device it says so and checks nothing; `--dry-run` prints what
+it would run.
+
+A GPU node may have no network and an image whose packages break the checks (numpy 2.5 removed np.row_stack,
+which numba-cuda 0.30 registers, so nothing CUDA imports). `make wheelhouse PYTHON_VERSION=3.12`, run where
+the package index answers, downloads the few wheels the checks need beside the image's own torch (WHEELS)
+into wheelhouse/; when the checks' imports fail, gpu-check installs those wheels into gpu-check/site-packages,
+a folder of its own that only its children see, and reports what it installed.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "gpu-check"
 PYTHON = sys.executable
 SMALL_RUN = ["--dataset", "digits", "--image-size", "32", "--model", "resnet20", "--epochs", "15",
@@ -35,6 +41,12 @@ class Check:
 
 DEFAULT_BUDGET_S = 450  # all checks together: the command ends within 8 minutes on one H100/H200
 PACKAGES = ("torch", "numpy", "numba", "numba-cuda", "pytest", "nvidia-dali-cuda120", "ffcv", "scikit-learn")
+CHECK_IMPORTS = ("torch", "numpy", "numba.cuda", "pytest", "sklearn")  # what every check's child imports
+# The wheels beside the image's torch, numba and scikit-learn (about 19 MiB for CPython 3.12 on x86-64): numpy
+# below 2.5, the numba-cuda requirements.txt takes, and pytest with its own requirements.
+WHEELS = ("numpy>=2.0,<2.5", "numba-cuda==0.30.4", "pytest>=8", "pluggy", "iniconfig", "packaging")
+WHEELHOUSE = REPO / "wheelhouse"
+WHEEL_PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64", "any")
 
 
 def last_json_lines(path: Path) -> list[dict]:
@@ -113,12 +125,12 @@ def checks() -> list[Check]:
         Check("profile", "--profile window", [PYTHON, "train/main.py", *SMALL_RUN, "--epochs", "1", "--profile", "5:5",
                                    "--out-dir", str(runs), "--run-name", "profile"], 90, profile_figure),
         Check("bench-step", "bench step (trainer vs papers' path)",
-              [PYTHON, "-m", "train.bench", "step", "--num-transforms", "4", "--steps", "10", "--warmup", "3",
+              [PYTHON, "-m", "train.commands.bench", "step", "--num-transforms", "4", "--steps", "10", "--warmup", "3",
                "--output", str(OUT / "bench-step.jsonl")], 120, step_bench_figure),
-        Check("bench-loader", "bench loader", [PYTHON, "-m", "train.bench", "loader", "--folder-images", "0", "--epochs", "1",
+        Check("bench-loader", "bench loader", [PYTHON, "-m", "train.commands.bench", "loader", "--folder-images", "0", "--epochs", "1",
                                "--output", str(OUT / "bench-loader.jsonl")], 120, loader_bench_figure),
         Check("bench-kernels", "bench kernels (GB/s vs the device's copy rate)",
-              [PYTHON, "-m", "train.bench", "kernels", "--batches", "256,1024", "--classes", "100,1000",
+              [PYTHON, "-m", "train.commands.bench", "kernels", "--batches", "256,1024", "--classes", "100,1000",
                "--repeats", "20", "--output", str(OUT / "bench-kernels.jsonl")], 120, kernel_bench_figure),
     ]
 
@@ -131,17 +143,72 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def package_versions() -> dict[str, str | None]:
-    """Every package the checks import, as installed (None: missing), for the report."""
+def package_versions(site: Path | None = None) -> dict[str, str | None]:
+    """Every package the checks import, as their children see it (`site` first where wheels were installed
+    there; None: missing), for the report."""
     from importlib import metadata
 
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    search = ([str(site)] if site else []) + sys.path
+    found = {name: next(metadata.distributions(name=name, path=search), None) for name in PACKAGES}
+    return {name: dist.version if dist else None for name, dist in found.items()}
+
+
+def child_environment(site: Path | None) -> dict[str, str]:
+    """The checks' environment: the repository, and the private site-packages first where one was filled."""
+    paths = [str(site)] if site else []
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [*paths, str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def import_problem(modules: tuple[str, ...], site: Path | None = None) -> str | None:
+    """The last line a child prints when importing `modules` fails (None: they import)."""
+    done = subprocess.run([PYTHON, "-c", "import " + ", ".join(modules)], env=child_environment(site),
+                          capture_output=True, text=True, timeout=120)
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return None if done.returncode == 0 else (lines[-1] if lines else f"exit {done.returncode}")
+
+
+def install_wheelhouse(wheelhouse: Path, site: Path) -> list[str]:
+    """Installs every wheel of `wheelhouse` into `site` with no index and no dependencies: the file names."""
+    wheels = sorted(wheelhouse.glob("*.whl"))
+    if not wheels:
+        raise ValueError(f"{wheelhouse} holds no wheels; run make wheelhouse where the package index answers")
+    subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--upgrade", "--target",
+                    str(site), *map(str, wheels)], check=True, capture_output=True, text=True, timeout=300)
+    return [wheel.name for wheel in wheels]
+
+
+def ensure_imports(modules: tuple[str, ...], wheelhouse: Path, site: Path) -> tuple[Path | None, list[str]]:
+    """(the site-packages the checks need, the wheels installed there): none while `modules` import as they are;
+    else the wheelhouse's wheels in `site`. Raises ValueError, naming the import that failed, where neither works."""
+    problem = import_problem(modules)
+    if problem is None:
+        return None, []
+    if not wheelhouse.is_dir():
+        raise ValueError(f"the checks cannot import their packages ({problem}) and there is no {wheelhouse}: run "
+                         f"make wheelhouse PYTHON_VERSION={sys.version_info.major}.{sys.version_info.minor} where "
+                         "the package index answers and copy the folder here")
+    installed = install_wheelhouse(wheelhouse, site)
+    still = import_problem(modules, site)
+    if still is not None:
+        raise ValueError(f"the checks cannot import their packages ({problem}), nor with {wheelhouse}'s wheels "
+                         f"installed in {site} ({still})")
+    return site, installed
+
+
+def download_wheels(folder: Path, python_version: str, find_links: str | None = None) -> list[str]:
+    """`make wheelhouse`: WHEELS for CPython `python_version` on x86-64 Linux into `folder` (from `find_links`
+    alone, with no index, where given: how the test runs it offline)."""
+    if not re.fullmatch(r"3\.\d+", python_version):
+        raise ValueError(f"PYTHON_VERSION takes a CPython version such as 3.12; got {python_version!r}")
+    source = ["--no-index", "--find-links", find_links] if find_links else []
+    platforms = [part for platform in WHEEL_PLATFORMS for part in ("--platform", platform)]
+    subprocess.run([PYTHON, "-m", "pip", "download", "--quiet", "--dest", str(folder), "--only-binary=:all:",
+                    "--no-deps", "--python-version", python_version, "--implementation", "cp", *platforms, *source,
+                    *WHEELS], check=True, timeout=600)
+    wheels = sorted(folder.glob("*.whl"))
+    size = sum(wheel.stat().st_size for wheel in wheels)
+    print(f"{folder}: {len(wheels)} wheels, {size / 2**20:.1f} MiB: {', '.join(wheel.name for wheel in wheels)}")
+    return [wheel.name for wheel in wheels]
 
 
 def planned(checks_to_run: list[Check], only: str, budget_s: float) -> list[Check]:
@@ -157,16 +224,16 @@ def planned(checks_to_run: list[Check], only: str, budget_s: float) -> list[Chec
     return [check for check in checks_to_run if not wanted or check.key in wanted]
 
 
-def run_check(check: Check, budget_left_s: float | None = None) -> dict:
+def run_check(check: Check, budget_left_s: float | None = None, site: Path | None = None) -> dict:
     """Runs one check within its limit, or within what is left of the budget where that is less (a check with no
-    time left is SKIP, not run)."""
+    time left is SKIP, not run); `site`: the private site-packages its child imports first."""
     if budget_left_s is not None and budget_left_s < 1:
         return {"check": check.name, "status": "SKIP", "figure": "no time left in --budget-s", "seconds": 0.0,
                 "command": " ".join(check.command), "exit_code": None, "output_tail": ""}
     if budget_left_s is not None and budget_left_s < check.timeout_s:
         check = Check(check.key, check.name, check.command, int(budget_left_s), check.figure)
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = child_environment(site)
     try:
         done = subprocess.run(check.command, cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=check.timeout_s)
@@ -222,7 +289,7 @@ def install_check() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.gpu_check", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m train.commands.gpu_check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="print the checks and their commands, run nothing")
     parser.add_argument("--install", action="store_true", help="only check that torch's CUDA build suits the "
@@ -231,9 +298,21 @@ def main(argv: list[str] | None = None) -> int:
                                                     "lists them)")
     parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
                         help=f"seconds for all checks together (default: {DEFAULT_BUDGET_S})")
+    parser.add_argument("--download-wheels", metavar="FOLDER", help="make wheelhouse: download the checks' wheels "
+                                                                   "into FOLDER, run nothing")
+    parser.add_argument("--python-version", default=f"{sys.version_info.major}.{sys.version_info.minor}",
+                        help="--download-wheels: the GPU node's CPython version (default: this one's)")
+    parser.add_argument("--find-links", help="--download-wheels from this folder alone, with no index")
     args = parser.parse_args(argv)
     if args.install:
         return install_check()
+    if args.download_wheels:
+        try:
+            download_wheels(Path(args.download_wheels), args.python_version, args.find_links)
+        except (ValueError, subprocess.CalledProcessError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return 0
     try:
         to_run = planned(checks(), args.only, args.budget_s)
     except ValueError as error:
@@ -252,17 +331,24 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(exist_ok=True)
     print(f"gpu-check on {torch.cuda.get_device_name(0)}, torch {torch.__version__} (CUDA {torch.version.cuda})")
     try:
+        site, installed = ensure_imports(CHECK_IMPORTS, WHEELHOUSE, OUT / "site-packages")
+    except (ValueError, subprocess.CalledProcessError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if installed:
+        print(f"installed from {WHEELHOUSE} into {site}: {', '.join(installed)}")
+    try:
         import nvidia.dali  # noqa: F401
     except ImportError:
         print("DALI is not installed: the DALI GPU checks are skipped")
     report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "driver": driver_cuda_version(), "packages": package_versions(), "date": time.strftime("%Y-%m-%d"),
-              "budget_s": args.budget_s, "checks": []}
+              "driver": driver_cuda_version(), "packages": package_versions(site), "date": time.strftime("%Y-%m-%d"),
+              "wheelhouse_installed": installed, "budget_s": args.budget_s, "checks": []}
     results = report["checks"]
     deadline = time.perf_counter() + args.budget_s
     for check in to_run:
         print(f"... {check.name}", flush=True)
-        results.append(run_check(check, deadline - time.perf_counter()))
+        results.append(run_check(check, deadline - time.perf_counter(), site))
         print(f"    {results[-1]['status']} in {results[-1]['seconds']:.0f} s  {results[-1]['figure']}", flush=True)
         (OUT / "report.json").write_text(json.dumps(report, indent=1))  # after each check: a cut-off run keeps its part
     width = max(len(r["check"]) for r in results)

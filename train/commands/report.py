@@ -1,6 +1,6 @@
 """Render a run's figures from its metrics.jsonl.
 
-    python train/report.py runs/<run>            # writes runs/<run>/figures/*.png
+    python -m train.commands.report runs/<run>            # writes runs/<run>/figures/*.png
 
 Figures: loss parts over steps, validation SD/SI/AG accuracy over epochs, images/s over time,
 and (after a run with --profile) the phase breakdown of a step.
@@ -125,7 +125,7 @@ def render(run_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train/report.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m train.commands.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)

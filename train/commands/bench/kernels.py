@@ -1,4 +1,4 @@
-"""`python -m train.bench kernels`: forward+backward medians of each kernel and backend, against the
+"""`python -m train.commands.bench kernels`: forward+backward medians of each kernel and backend, against the
 eager torch composite measured in the same run (and a torch.compile'd composite on a GPU)."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 
 import kernels
 from kernels import reference
-from train.bench.common import append_json_lines, bench_device, device_name, print_header
+from train.commands.bench.common import append_json_lines, bench_device, device_name, print_header
+from train.graph_step import capture_cuda_graph, run_on_side_stream
 
 
 def _seconds(function, device: torch.device) -> tuple[float, float]:
@@ -41,6 +42,14 @@ def interleaved_medians(functions: dict, device: torch.device, repeats: int, war
         for name, function in functions.items():
             samples[name].append(_seconds(function, device))
     return {name: tuple(statistics.median(part) for part in zip(*values)) for name, values in samples.items()}
+
+
+def captured(function, device: torch.device):
+    """`function` captured once as a CUDA graph after warm-up calls on a side stream: its replay, one launch."""
+    for _ in range(3):
+        run_on_side_stream(function, device)
+    replay, _ = capture_cuda_graph(function, device)
+    return replay
 
 
 def settle_host_allocator() -> None:
@@ -117,7 +126,7 @@ def run(batches=(128, 256, 512), classes_list=(10, 100, 1000), num_transforms=4,
         settle_host_allocator()
     print(f"device {device_name(device)}, "
           f"torch threads {torch.get_num_threads()}, M={num_transforms}, median of {repeats} forward+backward")
-    print_header(f"{'kernel':<24}{'B':>5}{'N':>6}{'backend':>10}{'host µs':>10}{'device ms':>11}{'GB/s':>9}"
+    print_header(f"{'kernel':<24}{'B':>5}{'N':>6}{'backend':>14}{'host µs':>10}{'device ms':>11}{'GB/s':>9}"
                  f"{'vs eager':>10}")
     records = []
     for classes in classes_list:
@@ -126,6 +135,11 @@ def run(batches=(128, 256, 512), classes_list=(10, 100, 1000), num_transforms=4,
                 contenders = {backend: (lambda b=backend: function(b)) for backend in backends}
                 if device.type == "cuda":
                     contenders["torch.compile"] = torch.compile(lambda: function("torch"))
+                    for backend in backends:  # each backend inside a captured graph: its launches replayed as one
+                        try:
+                            contenders[f"{backend}+graph"] = captured(contenders[backend], device)
+                        except RuntimeError as error:
+                            print(f"{name}: the {backend} backend was not captured: {str(error).splitlines()[0]}")
                 timings = interleaved_medians(contenders, device, repeats)
                 for backend, (host, seconds) in timings.items():
                     record = {"kernel": name, "batch": batch, "classes": classes, "num_transforms": num_transforms,
@@ -134,7 +148,7 @@ def run(batches=(128, 256, 512), classes_list=(10, 100, 1000), num_transforms=4,
                               "gb_per_s": round(fewest_bytes / seconds / 1e9, 2),
                               "speedup_vs_eager": round(timings["torch"][1] / seconds, 3)}
                     records.append(record)
-                    print(f"{name:<24}{batch:>5}{classes:>6}{backend:>10}{record['host_us']:>10.1f}"
+                    print(f"{name:<24}{batch:>5}{classes:>6}{backend:>14}{record['host_us']:>10.1f}"
                           f"{record['median_ms']:>11.3f}{record['gb_per_s']:>9.2f}{record['speedup_vs_eager']:>9.2f}x")
     append_json_lines(output, records)
     return records

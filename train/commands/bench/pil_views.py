@@ -1,4 +1,4 @@
-"""The reference way of making contrastive views, for `python -m train.bench step --method simclr|swav|...`: a torch
+"""The reference way of making contrastive views, for `python -m train.commands.bench step --method simclr|swav|...`: a torch
 DataLoader whose workers augment one PIL image at a time, as the papers' code and solo-learn's default
 pipeline do (torchvision's transforms are PIL operations underneath; torchvision itself does not install
 beside this torch build, so the same operations are written with PIL here). Same recipe, same

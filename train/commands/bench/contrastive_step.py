@@ -1,7 +1,7 @@
-"""`python -m train.bench step --method simclr|simclr_v2|moco_v2|byol|dim`: whole contrastive steps (random views per
+"""`python -m train.commands.bench step --method simclr|simclr_v2|moco_v2|byol|dim`: whole contrastive steps (random views per
 image, forward, loss, backward, optimizer, momentum update) on this trainer's path (resident loader, views
 made for the batch on the device, `--precision auto`, channels_last) against the reference way (a
-DataLoader whose workers augment one PIL image at a time, fp32, NCHW: train/bench/pil_views.py), the
+DataLoader whose workers augment one PIL image at a time, fp32, NCHW: train/commands/bench/pil_views.py), the
 paths alternating over rounds in one run; loader wait reported for both. The reference's workers run only
 during its own rounds: each round forks them afresh and takes one untimed step (their prefetch queue fills,
 as in a running epoch), and its end shuts them down, so their prefetching never runs in another path's round.
@@ -21,8 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.batch import Batch
 from pipeline.random_views import MultiCropViews, get_recipe
-from train.bench.common import RoundStream, TimedRounds, endless_batches
-from train.bench.pil_views import pil_view_loader
+from train.commands.bench.common import RoundStream, TimedRounds, endless_batches
+from train.commands.bench.pil_views import pil_view_loader
 from train.config import TrainConfig
 from train.methods import build_method
 from train.mfu import peak_flops

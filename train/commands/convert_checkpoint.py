@@ -2,7 +2,7 @@
 objects) into the current format, which `--resume`, `--teacher` and `--frozen-backbone` read with torch's
 safe weights_only unpickler.
 
-    python -m train.convert_checkpoint OLD.pt NEW.pt
+    python -m train.commands.convert_checkpoint OLD.pt NEW.pt
 
 This is the one place that unpickles a checkpoint with full trust: run it only on a file you trust,
 since unpickling an untrusted file can run arbitrary code.
@@ -14,7 +14,7 @@ import io
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ def convert(payload: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.convert_checkpoint", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m train.commands.convert_checkpoint", description=__doc__.split("\n\n")[0])
     parser.add_argument("old", help="a checkpoint you trust (it is unpickled with full trust)")
     parser.add_argument("new", help="where to write the converted checkpoint")
     arguments = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The grids `python -m train.reproduce` runs: for each paper, its experiment's shape as rows of ordinary
+"""The grids `python -m train.commands.reproduce` runs: for each paper, its experiment's shape as rows of ordinary
 train/main.py runs, the scores each row reports, and the claim the table checks.
 
 A row lists the runs it needs as (key, arguments); a key names one run directory per seed, so a run that

@@ -1,8 +1,8 @@
 """Each paper's claim as a table, in one command:
 
-    python -m train.reproduce TABLE [--seeds 3] [--scale digits|paper] [--out results/] [--nproc-per-node N]
+    python -m train.commands.reproduce TABLE [--seeds 3] [--scale digits|paper] [--out results/] [--nproc-per-node N]
 
-TABLE is sla, hsakd, maxl, ssl or all. A table is a declared grid (train/reproduce_grids.py) of ordinary runs of
+TABLE is sla, hsakd, maxl, ssl or all. A table is a declared grid (train/commands/reproduce_grids.py) of ordinary runs of
 train/main.py: each run's command line is printed before it runs, its run directory is under
 `<out>/runs/<table>/`, and a run that finished there before with the same arguments is read back instead of
 run again, so an interrupted table continues where it stopped (a run made with other arguments runs again).
@@ -26,12 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python train/reproduce.py` finds the packages
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `python train/commands/reproduce.py` finds the packages
 
-from train.reproduce_grids import TABLES, Row, Table, build_table  # noqa: E402
+from train.commands.reproduce_grids import TABLES, Row, Table, build_table  # noqa: E402
 from train.run_log import format_duration  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------------------------- running the runs
@@ -259,7 +259,7 @@ def write_results(table: Table, records: list[dict], seeds: int, out: Path, comm
 
 # ---------------------------------------------------------------------------------------------- the command
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m train.reproduce", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m train.commands.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("table", choices=[*TABLES, "all"])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … S−1 for every row (default 3)")
     parser.add_argument("--scale", choices=("digits", "paper"), default="digits",
@@ -275,7 +275,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
     if "RANK" in os.environ:
-        print("error: run python -m train.reproduce itself as one process; --nproc-per-node N runs each run under "
+        print("error: run python -m train.commands.reproduce itself as one process; --nproc-per-node N runs each run under "
               "torchrun", file=sys.stderr)
         return 2
     if options.seeds < 1:
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(options.out)
     names = list(TABLES) if options.table == "all" else [options.table]
-    command = shlex.join(["python", "-m", "train.reproduce", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "train.commands.reproduce", *(sys.argv[1:] if argv is None else argv)])
     for name in names:
         try:
             table = build_table(name, options.scale, options.epochs_scale,

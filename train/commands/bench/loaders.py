@@ -1,4 +1,4 @@
-"""`python -m train.bench loader`: every loader in one process, source images/s and views/s at M
+"""`python -m train.commands.bench loader`: every loader in one process, source images/s and views/s at M
 views per image, on CIFAR-shaped arrays and on a folder of JPEG files, against the `torch`
 DataLoader reference at the same core count."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pipeline.datasets import ImageSet, channel_statistics, load_image_folder
 from pipeline.loaders import LOADERS, build_loader
 from pipeline.random_views import RandomViewExpander, get_recipe
 from pipeline.views import ViewExpander
-from train.bench.common import append_json_lines, available_cores, bench_device, device_name, print_header
+from train.commands.bench.common import append_json_lines, available_cores, bench_device, device_name, print_header
 
 
 def cifar_shaped(num_images: int, seed: int = 0) -> ImageSet:

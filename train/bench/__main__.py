@@ -1,5 +1,0 @@
-import sys
-
-from train.bench import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from train.commands.bench import main
+
+sys.exit(main())

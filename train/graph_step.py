@@ -1,0 +1,133 @@
+"""`--cuda-graph`: the training step captured once as a CUDA graph and replayed for every batch.
+
+A small network's step is a few hundred short kernels, each paying the host's launch cost; a replay pays it
+once. What is captured is `TrainStep.learn`: forward, losses (the eager composite or the Numba kernels, launched
+on the capturing stream), backward, optimizer and EMA. Each batch is copied into static input buffers, and the
+losses come back in static tensors that the next replay overwrites (the loop sums copies of them before then).
+The learning rate is a device tensor that the schedule fills between replays, one small launch, so the
+captured optimizer reads each step's rate. A batch of another shape (a ragged last batch) runs eagerly.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from pipeline.batch import Batch
+from train.methods.base import Method
+from train.step import TrainStep
+
+GRAPH_SETTINGS = ("auto", "on", "off")
+WARMUP_STEPS = 3  # eager steps before the capture: the optimizer's state and cuDNN's choices exist by then
+CAPTURABLE_OPTIMIZERS = ("sgd", "adamw", "adam")  # torch's fused kernels, which take a device learning rate
+
+
+def graph_refusal(config, method: Method, step, device: torch.device, world_size: int, scaler) -> str | None:
+    """Why this run's step (what `method.make_step` made) cannot be captured, or None where it can."""
+    if device.type != "cuda":
+        return f"no CUDA device (the run is on {device.type})"
+    if not isinstance(step, TrainStep):
+        return f"{method.name} runs its own step (MAXL's second-order meta step has host-side passes)"
+    if type(method).after_update is not Method.after_update:
+        return f"{method.name}'s momentum encoder and queue update between steps on the host's schedule"
+    if world_size > 1:
+        return "DDP's gradient buckets are not captured here (one process per GPU runs eagerly)"
+    if scaler is not None:
+        return "fp16's GradScaler decides on the host whether a step is skipped (use --precision bf16)"
+    if config.optimizer not in CAPTURABLE_OPTIMIZERS or config.optimizer_impl != "torch":
+        return f"--optimizer {config.optimizer} (--optimizer-impl {config.optimizer_impl}) is not capturable"
+    if config.compile:
+        return "--compile makes its own graphs (torch.compile's mode='reduce-overhead')"
+    return None
+
+
+def resolve_cuda_graph(setting: str, refusal: str | None) -> tuple[bool, str]:
+    """(capture?, the line the run prints about it). `on` with a refusal is bad input: it raises."""
+    if setting not in GRAPH_SETTINGS:
+        raise ValueError(f"--cuda-graph takes one of {', '.join(GRAPH_SETTINGS)}; got {setting!r}")
+    if setting == "off":
+        return False, "CUDA graph: off (--cuda-graph off)"
+    if refusal is not None:
+        if setting == "on":
+            raise ValueError(f"--cuda-graph on cannot capture this run's step: {refusal}")
+        return False, f"CUDA graph: off ({refusal})"
+    return True, "CUDA graph: the whole step is captured once and replayed"
+
+
+def capture_cuda_graph(body: Callable[[], dict], device: torch.device) -> tuple[Callable[[], None], dict]:
+    """Captures `body` on a CUDA stream: (replay, the outputs a replay rewrites in place)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = body()
+    return graph.replay, outputs
+
+
+def replay_in_place(body: Callable[[], dict], device: torch.device) -> tuple[Callable[[], None], dict]:
+    """What a captured graph does, on any device: each replay runs `body` on the same input buffers and writes
+    its outputs into the same tensors (tests drive the graphed step this way on a CPU)."""
+    outputs: dict[str, torch.Tensor] = {}
+
+    def replay() -> None:
+        fresh = body()
+        for name, value in fresh.items():
+            if name not in outputs:
+                outputs[name] = torch.empty_like(value)
+            outputs[name].copy_(value)
+
+    return replay, outputs
+
+
+def run_on_side_stream(body: Callable[[], dict], device: torch.device) -> dict:
+    """Warm-up steps run on a side stream before a capture (torch.cuda.graphs' rule)."""
+    if device.type != "cuda":
+        return body()
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        outputs = body()
+    torch.cuda.current_stream(device).wait_stream(side)
+    return outputs
+
+
+def prepare_for_capture(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Each group's learning rate becomes a 0-d float32 tensor on `device`, which the schedule fills in place
+    and a captured optimizer reads at every replay (a Python float would be frozen into the graph); Adam and
+    AdamW are told they are captured. Done at the capture, after any resume has loaded the groups."""
+    for group in optimizer.param_groups:
+        if not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+        if "capturable" in group:
+            group["capturable"] = True
+
+
+class GraphedStep:
+    """The loop's step with `TrainStep.learn` captured after WARMUP_STEPS eager steps and replayed."""
+
+    def __init__(self, step: TrainStep, device: torch.device, capture=capture_cuda_graph):
+        self.step, self.device, self.capture = step, device, capture
+        self.steps_run = 0
+        self.replay: Callable[[], None] | None = None
+        self.static_views = self.static_labels = None
+        self.static_losses: dict[str, torch.Tensor] = {}
+
+    def learn_from_static_buffers(self) -> dict[str, torch.Tensor]:
+        return self.step.learn(self.static_views, self.static_labels)[0]
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.steps_run < WARMUP_STEPS:
+            losses = run_on_side_stream(lambda: self.step.learn(batch.views, batch.labels)[0], self.device)
+        elif self.replay is not None and batch.views.shape != self.static_views.shape:
+            losses = self.step.learn(batch.views, batch.labels)[0]  # a ragged batch: eager, same arithmetic
+        else:
+            if self.replay is None:  # buffers of the batch's shape and memory format, then the capture
+                self.static_views = torch.empty_like(batch.views)
+                self.static_labels = torch.empty_like(batch.labels)
+                prepare_for_capture(self.step.optimizer, self.device)
+                self.replay, self.static_losses = self.capture(self.learn_from_static_buffers, self.device)
+            self.static_views.copy_(batch.views)
+            self.static_labels.copy_(batch.labels)
+            self.replay()
+            losses = self.static_losses
+        self.steps_run += 1
+        self.step.scheduler.step()
+        return losses
