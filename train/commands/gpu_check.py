@@ -73,9 +73,10 @@ def profile_figure(_output: str) -> str:
 
 
 def step_bench_figure(_output: str) -> str:
-    trainer = [r for r in last_json_lines(OUT / "bench-step.jsonl") if r["path"] == "trainer"]
-    return ", ".join(f"M={r['num_transforms']} {r['images_per_s']:,.0f} img/s {r['vs_paper']:.2f}x vs paper "
-                     f"({r['precision']} vs fp32), MFU {100 * r['mfu']:.1f}%" for r in trainer)
+    trainer = [r for r in last_json_lines(OUT / "bench-step.jsonl") if r["path"] in ("trainer", "trainer_eager")]
+    return ", ".join(f"{'graph' if r['path'] == 'trainer' else 'eager'} {r['images_per_s']:,.0f} img/s "
+                     f"{r['vs_paper']:.2f}x vs paper ({r['precision']} vs fp32), MFU {100 * r['mfu']:.1f}%"
+                     for r in trainer)
 
 
 def loader_bench_figure(_output: str) -> str:
@@ -124,9 +125,11 @@ def checks() -> list[Check]:
                   run_summary(runs / "nccl"))),
         Check("profile", "--profile window", [PYTHON, "train/main.py", *SMALL_RUN, "--epochs", "1", "--profile", "5:5",
                                    "--out-dir", str(runs), "--run-name", "profile"], 90, profile_figure),
-        Check("bench-step", "bench step (trainer vs papers' path)",
-              [PYTHON, "-m", "train.commands.bench", "step", "--num-transforms", "4", "--steps", "10", "--warmup", "3",
-               "--output", str(OUT / "bench-step.jsonl")], 120, step_bench_figure),
+        Check("bench-step", "bench step (sla, ResNet-20, M = 4, batch 512: graph on, off, papers' path)",
+              [PYTHON, "-m", "train.commands.bench", "step", "--models", "resnet20", "--data", "synthetic",
+               "--num-transforms", "4", "--batch", "512", "--steps", "10", "--warmup", "5",
+               "--paths", "trainer,trainer_eager,paper", "--output", str(OUT / "bench-step.jsonl")], 120,
+              step_bench_figure),
         Check("bench-loader", "bench loader", [PYTHON, "-m", "train.commands.bench", "loader", "--folder-images", "0", "--epochs", "1",
                                "--output", str(OUT / "bench-loader.jsonl")], 120, loader_bench_figure),
         Check("bench-kernels", "bench kernels (GB/s vs the device's copy rate)",

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     step_parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     step_parser.add_argument("--images", type=int, default=4096, help="synthetic images")
     step_parser.add_argument("--workers", type=int, default=0, help="loader workers; 0 = the cores")
-    step_parser.add_argument("--paths", default="trainer,paper", help="trainer and/or paper (contrastive methods: also trainer_compiled)")
+    step_parser.add_argument("--paths", default="trainer,paper", help="trainer, trainer_eager (its step not captured "
+                             "in a CUDA graph) and/or paper (contrastive methods: also trainer_compiled)")
     step_parser.add_argument("--method", default="auto", help="auto (baseline at M=1, sla at M=4) or a --method, "
                                                               "e.g. hsakd_student")
     step_parser.add_argument("--teacher-model", default="", help="hsakd_student: the (untrained) teacher's "

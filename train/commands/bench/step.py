@@ -21,13 +21,18 @@ from train.commands.bench.loaders import cifar_shaped
 from train.commands.bench.common import (append_json_lines, available_cores, bench_device, busy_processes, device_name,
                                 print_header, TimedRounds)
 from train.config import TrainConfig
+from train.graph_step import WARMUP_STEPS
 from train.mfu import flops_per_view, peak_flops
 from train.profiling import PhaseClock, breakdown
 from train.run import bench_data, build_training, one_process
 
 PATHS = {  # name → the settings that differ between this trainer and the papers' code
-    "trainer": dict(loader="resident", precision="auto", channels_last=True, kernels="auto", fused_optimizer=True),
-    "paper": dict(loader="torch", precision="fp32", channels_last=False, kernels="torch", fused_optimizer=False),
+    "trainer": dict(loader="resident", precision="auto", channels_last=True, kernels="auto", fused_optimizer=True,
+                    cuda_graph="auto"),
+    "trainer_eager": dict(loader="resident", precision="auto", channels_last=True, kernels="auto",
+                          fused_optimizer=True, cuda_graph="off"),  # the trainer with its step not captured
+    "paper": dict(loader="torch", precision="fp32", channels_last=False, kernels="torch", fused_optimizer=False,
+                  cuda_graph="off"),
 }
 
 
@@ -67,7 +72,8 @@ class PreparedPath(TimedRounds):
         config = TrainConfig(method=method_name, transforms=family_name, model=model_name, batch_size=batch,
                              precision=settings["precision"], channels_last=settings["channels_last"],
                              kernels=settings["kernels"], loader=settings["loader"], loader_workers=workers,
-                             schedule="cosine", lr=0.05, teacher=teacher, iterations=warmup + total_steps + 1)
+                             schedule="cosine", lr=0.05, teacher=teacher, iterations=warmup + total_steps + 1,
+                             cuda_graph=settings["cuda_graph"])
         self.path, self.settings, self.device, self.batch = path, settings, device, batch
         torch.manual_seed(0)
         run = build_training(config, one_process(device), bench_data(split), fused_optimizer=settings["fused_optimizer"])
@@ -75,7 +81,7 @@ class PreparedPath(TimedRounds):
         self.model, self.step = run.model, run.step
         self.stream_from(self.loader, settings["loader"] == "torch", self.step)  # the papers' workers: per round
         self.start_round()
-        for _ in range(warmup):
+        for _ in range(max(warmup, WARMUP_STEPS + 1)):  # a captured step is captured here, not in a timed round
             self.step(next(self.stream))
         self.end_round()
         self.clear_rounds()
@@ -154,7 +160,8 @@ def run(models=("resnet32", "resnet18_cifar"), num_transforms=(1, 4), data=("syn
 def _run(models, num_transforms, data, batch, steps, warmup, num_images, workers, paths, output, method,
          teacher_model, trainer_precision, rounds, background_load) -> list[dict]:
     device = bench_device()
-    settings = {**PATHS, "trainer": {**PATHS["trainer"], "precision": trainer_precision}}
+    settings = {**PATHS, **{name: {**PATHS[name], "precision": trainer_precision} for name in ("trainer",
+                                                                                            "trainer_eager")}}
     print(f"device {device_name(device)}, {available_cores()} cores, torch threads {torch.get_num_threads()}, "
           f"batch {batch}, {rounds} round(s) of {steps} timed steps after {warmup}, "
           f"{background_load} busy background process(es), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')!r}, "
@@ -165,7 +172,7 @@ def _run(models, num_transforms, data, batch, steps, warmup, num_images, workers
     if method == "maxl":
         return _run_maxl(models, data, batch, steps, warmup, num_images, workers, paths, output, settings, rounds,
                          device)
-    print_header(f"{'model':<16}{'M':>3} {'data':<10}{'path':<9}{'img/s':>9}{'views/s':>10}{'ms/step':>9}"
+    print_header(f"{'model':<16}{'M':>3} {'data':<10}{'path':<14}{'img/s':>9}{'views/s':>10}{'ms/step':>9}"
                  f"{'wait':>7}{'teacher':>8}{'mem MB':>9}{'MFU':>8}{'vs paper':>10}")
     scratch = tempfile.TemporaryDirectory(prefix="bench-teacher-")
     records = []
@@ -193,7 +200,7 @@ def _run(models, num_transforms, data, batch, steps, warmup, num_images, workers
                     record["vs_paper"] = round(record["images_per_s"] / baseline, 2) if baseline else None
                     records.append(record)
                     ratio = f"{record['vs_paper']:.2f}x" if baseline else "-"
-                    print(f"{model_name:<16}{m:>3} {data_name:<10}{path:<9}{record['images_per_s']:>9,.0f}"
+                    print(f"{model_name:<16}{m:>3} {data_name:<10}{path:<14}{record['images_per_s']:>9,.0f}"
                           f"{record['views_per_s']:>10,.0f}{record['ms_per_step']:>9.1f}"
                           f"{100 * record['loader_wait_share']:>6.1f}%{100 * record['teacher_share']:>7.1f}%"
                           f"{record['peak_memory_bytes'] / 2**20:>9,.0f}"
