@@ -36,8 +36,15 @@ def test_auto_says_in_the_header_why_the_step_runs_eagerly(tiny_config, tmp_path
     assert manifest["cuda_graph"] is False
 
 
-@pytest.mark.parametrize("settings", [dict(method="sla_sd"), dict(method="hsakd_online", optimizer="adamw", lr=2e-3,
-                                                                    ema_decay=0.9, grad_clip_norm=1.0)])
+CONTRASTIVE = dict(projector_hidden=64, projector_dim=32, queue_size=48, knn_k=20, batch_size=32)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(method="sla_sd"),
+    dict(method="hsakd_online", optimizer="adamw", lr=2e-3, ema_decay=0.9, grad_clip_norm=1.0),
+    dict(method="moco_v2", **CONTRASTIVE),  # its momentum encoder and key queue, updated after each replay
+    dict(method="byol", **CONTRASTIVE),  # its cosine momentum schedule and predictor
+], ids=lambda settings: settings["method"])
 def test_a_replayed_step_trains_as_the_eager_one(settings, tiny_config, tmp_path, monkeypatch):
     """Same seed, same batches: the loss curve, the scores and every weight and optimizer state agree exactly
     (the replay runs the same kernels on copies of the same inputs). The logged learning rate is the float32
@@ -57,6 +64,12 @@ def test_a_replayed_step_trains_as_the_eager_one(settings, tiny_config, tmp_path
     straight, graphed = (torch.load(runs / name / "last.pt", weights_only=True) for name in ("eager", "replayed"))
     for name, value in straight["model"].items():
         assert torch.equal(graphed["model"][name], value), name
+    for part in ("target", "queue"):  # a momentum encoder and a queue, where the method has them
+        expected, got = straight["method_state"].get(part), graphed["method_state"].get(part)
+        if isinstance(expected, dict):
+            assert all(torch.equal(got[name], value) for name, value in expected.items()), part
+        elif expected is not None:
+            assert torch.equal(got, expected), part
     for (index, state), (_, other) in zip(straight["optimizer"]["state"].items(),
                                           graphed["optimizer"]["state"].items()):
         for key, value in state.items():

@@ -3,9 +3,11 @@
 A small network's step is a few hundred short kernels, each paying the host's launch cost; a replay pays it
 once. What is captured is `TrainStep.learn`: forward, losses (the eager composite or the Numba kernels, launched
 on the capturing stream), backward, optimizer and EMA. Each batch is copied into static input buffers, and the
-losses come back in static tensors that the next replay overwrites (the loop sums copies of them before then).
-The learning rate is a device tensor that the schedule fills between replays, one small launch, so the
-captured optimizer reads each step's rate. A batch of another shape (a ragged last batch) runs eagerly.
+losses and outputs come back in static tensors that the next replay overwrites (the loop sums copies of the
+losses before then). The learning rate is a device tensor that the schedule fills between replays, one small
+launch, so the captured optimizer reads each step's rate. A method's after-update (a momentum encoder's EMA with
+its scheduled coefficient, a queue and its pointer) runs eagerly after each replay on the static outputs, in
+place, so the next replay reads the updated encoder and queue. A batch of another shape runs eagerly.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ def graph_refusal(config, method: Method, step, device: torch.device, world_size
         return f"no CUDA device (the run is on {device.type})"
     if not isinstance(step, TrainStep):
         return f"{method.name} runs its own step (MAXL's second-order meta step has host-side passes)"
-    if type(method).after_update is not Method.after_update:
-        return f"{method.name}'s momentum encoder and queue update between steps on the host's schedule"
+    if type(method).epoch_batches is not Method.epoch_batches:
+        return f"{method.name}'s step depends on the epoch (SwAV's prototypes are frozen at first)"
     if world_size > 1:
         return "DDP's gradient buckets are not captured here (one process per GPU runs eagerly)"
     if scaler is not None:
@@ -55,7 +57,8 @@ def resolve_cuda_graph(setting: str, refusal: str | None) -> tuple[bool, str]:
 
 
 def capture_cuda_graph(body: Callable[[], dict], device: torch.device) -> tuple[Callable[[], None], dict]:
-    """Captures `body` on a CUDA stream: (replay, the outputs a replay rewrites in place)."""
+    """Captures `body` on a CUDA stream: (replay, the outputs, a dict of tensors or of dicts, lists and tuples of
+    them, that a replay rewrites in place)."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outputs = body()
@@ -65,16 +68,38 @@ def capture_cuda_graph(body: Callable[[], dict], device: torch.device) -> tuple[
 def replay_in_place(body: Callable[[], dict], device: torch.device) -> tuple[Callable[[], None], dict]:
     """What a captured graph does, on any device: each replay runs `body` on the same input buffers and writes
     its outputs into the same tensors (tests drive the graphed step this way on a CPU)."""
-    outputs: dict[str, torch.Tensor] = {}
+    outputs: dict = {}
 
     def replay() -> None:
         fresh = body()
         for name, value in fresh.items():
             if name not in outputs:
-                outputs[name] = torch.empty_like(value)
-            outputs[name].copy_(value)
+                outputs[name] = same_structure(value, torch.empty_like)
+            same_structure(value, lambda tensor, target=iter(flat_tensors(outputs[name])): next(target).copy_(tensor))
 
     return replay, outputs
+
+
+def flat_tensors(value) -> list[torch.Tensor]:
+    """The tensors of a tensor, or of dicts, lists and tuples of them (None left out), in a fixed order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for key in sorted(value) for t in flat_tensors(value[key])]
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in flat_tensors(item)]
+    return []
+
+
+def same_structure(value, make: Callable[[torch.Tensor], torch.Tensor]):
+    """`value` with `make` applied to each of its tensors, in flat_tensors' order (None stays None)."""
+    if isinstance(value, torch.Tensor):
+        return make(value)
+    if isinstance(value, dict):
+        return {key: same_structure(value[key], make) for key in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return type(value)(same_structure(item, make) for item in value)
+    return value
 
 
 def run_on_side_stream(body: Callable[[], dict], device: torch.device) -> dict:
@@ -108,26 +133,31 @@ class GraphedStep:
         self.steps_run = 0
         self.replay: Callable[[], None] | None = None
         self.static_views = self.static_labels = None
-        self.static_losses: dict[str, torch.Tensor] = {}
+        self.static_results: dict = {}  # {"losses": ..., "outputs": ...}, rewritten by each replay
 
-    def learn_from_static_buffers(self) -> dict[str, torch.Tensor]:
-        return self.step.learn(self.static_views, self.static_labels)[0]
+    def learn_from_static_buffers(self) -> dict:
+        losses, outputs = self.step.learn(self.static_views, self.static_labels)
+        return {"losses": losses, "outputs": outputs}
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        step = self.step
         if self.steps_run < WARMUP_STEPS:
-            losses = run_on_side_stream(lambda: self.step.learn(batch.views, batch.labels)[0], self.device)
+            result = run_on_side_stream(lambda: dict(zip(("losses", "outputs"), step.learn(batch.views, batch.labels))),
+                                        self.device)
         elif self.replay is not None and batch.views.shape != self.static_views.shape:
-            losses = self.step.learn(batch.views, batch.labels)[0]  # a ragged batch: eager, same arithmetic
+            losses, outputs = step.learn(batch.views, batch.labels)  # a ragged batch: eager, same arithmetic
+            result = {"losses": losses, "outputs": outputs}
         else:
             if self.replay is None:  # buffers of the batch's shape and memory format, then the capture
                 self.static_views = torch.empty_like(batch.views)
                 self.static_labels = torch.empty_like(batch.labels)
-                prepare_for_capture(self.step.optimizer, self.device)
-                self.replay, self.static_losses = self.capture(self.learn_from_static_buffers, self.device)
+                prepare_for_capture(step.optimizer, self.device)
+                self.replay, self.static_results = self.capture(self.learn_from_static_buffers, self.device)
             self.static_views.copy_(batch.views)
             self.static_labels.copy_(batch.labels)
             self.replay()
-            losses = self.static_losses
+            result = self.static_results
         self.steps_run += 1
-        self.step.scheduler.step()
-        return losses
+        step.scheduler.step()
+        step.method.after_update(step.model, result["outputs"])  # eager, in place: the next replay reads it
+        return result["losses"]
