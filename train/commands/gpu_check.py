@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "gpu-check"
 PYTHON = sys.executable
+STEP_BENCH = [PYTHON, "-m", "train.commands.bench", "step", "--models", "resnet20", "--data", "synthetic",
+              "--num-transforms", "4", "--batch", "512", "--steps", "10", "--warmup", "5"]  # sla_sd's shape, 32 px
 SMALL_RUN = ["--dataset", "digits", "--image-size", "32", "--model", "resnet20", "--epochs", "15",
              "--batch-size", "128", "--device", "cuda", "--log-every", "5"]
 
@@ -72,11 +74,17 @@ def profile_figure(_output: str) -> str:
     return f"{profile['mean_step_ms']:.1f} ms/step, GPU busy {100 * busy:.0f}%" if busy is not None else ""
 
 
-def step_bench_figure(_output: str) -> str:
-    trainer = [r for r in last_json_lines(OUT / "bench-step.jsonl") if r["path"] in ("trainer", "trainer_eager")]
-    return ", ".join(f"{'graph' if r['path'] == 'trainer' else 'eager'} {r['images_per_s']:,.0f} img/s "
-                     f"{r['vs_paper']:.2f}x vs paper ({r['precision']} vs fp32), MFU {100 * r['mfu']:.1f}%"
-                     for r in trainer)
+def step_bench_figure(name: str):
+    """The figure of a step bench check that wrote gpu-check/`name`: each trainer path's img/s against the paper
+    path's, naming both precisions."""
+    def figure(_output: str) -> str:
+        records = last_json_lines(OUT / name)
+        paper = next((r["precision"] for r in records if r["path"] == "paper"), "?")
+        labels = {"trainer": "graph", "trainer_eager": "eager"}
+        return ", ".join(f"{labels[r['path']]} {r['images_per_s']:,.0f} img/s {r['vs_paper']:.2f}x vs paper "
+                         f"({r['precision']} vs {paper}{', TF32' if r.get('tf32') else ''}), MFU {100 * r['mfu']:.1f}%"
+                         for r in records if r["path"] in labels)
+    return figure
 
 
 def loader_bench_figure(_output: str) -> str:
@@ -112,10 +120,13 @@ def kernel_bench_figure(_output: str) -> str:
 def checks() -> list[Check]:
     runs = OUT / "runs"
     torchrun = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
-    return [
+    return [  # the headline figures early: a check the shared budget cannot fit is SKIP
         Check("gpu-tests", "pytest -m gpu (loaders, families, precisions, resume, syncs)",
               [PYTHON, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-s", "-p", "no:cacheprovider", "tests"], 300,
               pytest_counts),
+        Check("bench-step", "bench step (sla, ResNet-20, M = 4, batch 512: graph on, off, papers' path)",
+              [*STEP_BENCH, "--paths", "trainer,trainer_eager,paper", "--output", str(OUT / "bench-step.jsonl")], 120,
+              step_bench_figure("bench-step.jsonl")),
         Check("cuda-kernels", "CUDA kernels vs float64 on the device",
               [PYTHON, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "tests/test_kernels.py", "-k", "cuda"], 120,
               pytest_counts),
@@ -125,16 +136,17 @@ def checks() -> list[Check]:
                   run_summary(runs / "nccl"))),
         Check("profile", "--profile window", [PYTHON, "train/main.py", *SMALL_RUN, "--epochs", "1", "--profile", "5:5",
                                    "--out-dir", str(runs), "--run-name", "profile"], 90, profile_figure),
-        Check("bench-step", "bench step (sla, ResNet-20, M = 4, batch 512: graph on, off, papers' path)",
-              [PYTHON, "-m", "train.commands.bench", "step", "--models", "resnet20", "--data", "synthetic",
-               "--num-transforms", "4", "--batch", "512", "--steps", "10", "--warmup", "5",
-               "--paths", "trainer,trainer_eager,paper", "--output", str(OUT / "bench-step.jsonl")], 120,
-              step_bench_figure),
-        Check("bench-loader", "bench loader", [PYTHON, "-m", "train.commands.bench", "loader", "--folder-images", "0", "--epochs", "1",
-                               "--output", str(OUT / "bench-loader.jsonl")], 120, loader_bench_figure),
+        Check("bench-step-tf32", "bench step, both paths fp32 with TF32",
+              [*STEP_BENCH, "--paths", "trainer,paper", "--trainer-precision", "fp32", "--tf32",
+               "--output", str(OUT / "bench-step-tf32.jsonl")], 90, step_bench_figure("bench-step-tf32.jsonl")),
+        Check("bench-step-bf16", "bench step, both paths bf16",
+              [*STEP_BENCH, "--paths", "trainer,paper", "--trainer-precision", "bf16", "--paper-precision", "bf16",
+               "--output", str(OUT / "bench-step-bf16.jsonl")], 90, step_bench_figure("bench-step-bf16.jsonl")),
         Check("bench-kernels", "bench kernels (GB/s vs the device's copy rate)",
               [PYTHON, "-m", "train.commands.bench", "kernels", "--batches", "256,1024", "--classes", "100,1000",
                "--repeats", "20", "--output", str(OUT / "bench-kernels.jsonl")], 120, kernel_bench_figure),
+        Check("bench-loader", "bench loader", [PYTHON, "-m", "train.commands.bench", "loader", "--folder-images", "0", "--epochs", "1",
+                               "--output", str(OUT / "bench-loader.jsonl")], 120, loader_bench_figure),
     ]
 
 

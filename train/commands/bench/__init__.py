@@ -67,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
                                                               "e.g. hsakd_student")
     step_parser.add_argument("--teacher-model", default="", help="hsakd_student: the (untrained) teacher's "
                                                                  "architecture; default the student's")
-    step_parser.add_argument("--trainer-precision", default="auto", help="the trainer path's --precision "
-                                                                         "(auto, fp32, bf16); the paper path is fp32")
+    step_parser.add_argument("--trainer-precision", default="auto", help="the trainer paths' --precision "
+                                                                         "(auto, fp32, bf16)")
+    step_parser.add_argument("--paper-precision", default="fp32", help="the paper path's --precision (fp32, as the "
+                                                                       "papers' code, or bf16 for an equal match)")
+    step_parser.add_argument("--tf32", action="store_true", help="GPU: fp32 matmuls and convolutions in TF32 on "
+                                                                 "both paths (torch's default: convolutions only)")
     step_parser.add_argument("--rounds", type=int, default=1,
                              help="timed rounds, the paths taking turns (median round reported, each round's ratio "
                                   "printed)")
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         names = lambda text: tuple(part for part in text.split(",") if part)  # noqa: E731
         run(names(args.models), args.num_transforms, names(args.data), args.batch, args.steps, args.warmup,
             args.images, args.workers, names(args.paths), args.output, args.method, args.teacher_model,
-            args.trainer_precision, args.rounds, args.background_load)
+            args.trainer_precision, args.rounds, args.background_load, args.paper_precision, args.tf32)
     if args.command == "loader":
         if args.data == "jpeg-folder":
             from train.commands.bench.streaming_loaders import STREAMING_LOADERS, run

@@ -22,7 +22,7 @@ from train.commands.bench.common import (append_json_lines, available_cores, ben
                                 print_header, TimedRounds)
 from train.config import TrainConfig
 from train.graph_step import WARMUP_STEPS
-from train.mfu import flops_per_view, peak_flops
+from train.mfu import flops_per_view, peak_flops, tf32_enabled
 from train.profiling import PhaseClock, breakdown
 from train.run import bench_data, build_training, one_process
 
@@ -107,6 +107,7 @@ class PreparedPath(TimedRounds):
         return {"benchmark": "step", "path": self.path, "model": self.model_name, "method": self.method.name,
                 "transforms": self.family.name, "teacher_model": self.method.provenance().get("teacher_model"),
                 "num_transforms": num_transforms, "batch": batch, "device": str(device), "precision": self.precision,
+                "tf32": tf32_enabled() if device.type == "cuda" else None,
                 "loader": settings["loader"], "channels_last": settings["channels_last"],
                 "kernels": settings["kernels"], "rounds": len(self.seconds),
                 "images_per_s": round(images_per_s, 1), "views_per_s": round(images_per_s * num_transforms, 1),
@@ -145,23 +146,29 @@ def measure_paths(paths, settings: dict, model_name: str, method_name: str, fami
 def run(models=("resnet32", "resnet18_cifar"), num_transforms=(1, 4), data=("synthetic", "digits"), batch: int = 128,
         steps: int = 20, warmup: int = 5, num_images: int = 4096, workers: int = 0, paths=("trainer", "paper"),
         output: str | None = None, method: str = "auto", teacher_model: str = "",
-        trainer_precision: str = "auto", rounds: int = 1, background_load: int = 0) -> list[dict]:
+        trainer_precision: str = "auto", rounds: int = 1, background_load: int = 0, paper_precision: str = "fp32",
+        tf32: bool = False) -> list[dict]:
     """`method` auto: baseline at M = 1, sla at M = 4; hsakd_student distils from an untrained
     `teacher_model` (default: the student's own architecture). `trainer_precision` is the trainer
-    path's --precision (the paper path is fp32, as the papers' code). `rounds` alternates the paths
-    that many times; `background_load` busy processes compete for the cores while everything runs."""
+    paths' --precision, `paper_precision` the paper path's (fp32, as the papers' code, by default); `tf32`
+    lets both sides' fp32 matmuls and convolutions run in TF32 on a GPU (torch's default: convolutions only).
+    `rounds` alternates the paths that many times; `background_load` busy processes compete for the cores
+    while everything runs."""
     if rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {rounds}")
+    if tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     with busy_processes(background_load):
         return _run(models, num_transforms, data, batch, steps, warmup, num_images, workers, paths, output, method,
-                    teacher_model, trainer_precision, rounds, background_load)
+                    teacher_model, trainer_precision, rounds, background_load, paper_precision)
 
 
 def _run(models, num_transforms, data, batch, steps, warmup, num_images, workers, paths, output, method,
-         teacher_model, trainer_precision, rounds, background_load) -> list[dict]:
+         teacher_model, trainer_precision, rounds, background_load, paper_precision="fp32") -> list[dict]:
     device = bench_device()
     settings = {**PATHS, **{name: {**PATHS[name], "precision": trainer_precision} for name in ("trainer",
-                                                                                            "trainer_eager")}}
+                                                                                            "trainer_eager")},
+                "paper": {**PATHS["paper"], "precision": paper_precision}}
     print(f"device {device_name(device)}, {available_cores()} cores, torch threads {torch.get_num_threads()}, "
           f"batch {batch}, {rounds} round(s) of {steps} timed steps after {warmup}, "
           f"{background_load} busy background process(es), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')!r}, "
