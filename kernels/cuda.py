@@ -82,7 +82,7 @@ def joint_ce_forward(logits, labels, num_transforms, row_loss, row_stats, error_
             error_flag[0] = 1
 
 
-@kernel(f"void({LOGITS}, int64[::1], int64, {STATS}, {ROWS}, {LOGITS})")
+@kernel(f"void({LOGITS}, int64[::1], int64, {STATS}, float32[:], {LOGITS})")  # row_grad: any stride
 def joint_ce_backward(logits, labels, num_transforms, row_stats, row_grad, grad):
     index = cuda.grid(1)  # one thread per gradient element, row-major: any row count fits a 1-D grid
     columns = logits.shape[1]

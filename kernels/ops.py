@@ -185,11 +185,11 @@ def joint_ce_backward(logits: Tensor, labels: Tensor, num_transforms: int, row_l
                       backend: str) -> Tensor:
     values = _kernel_input(logits)
     grad = torch.empty_like(values)
-    row_grad = row_grad.to(values.dtype).contiguous()
+    row_grad = row_grad.to(values.dtype)
     if backend == "cpu":
         cpu_kernels.joint_ce_backward(_array(values), _array(labels.contiguous()), num_transforms, _array(row_lse),
-                                      _array(row_grad), _array(grad))
-    else:
+                                      _array(row_grad.contiguous()), _array(grad))
+    else:  # a mean's gradient arrives as one scalar broadcast over the rows (stride 0): the kernel reads it so
         _launch(_cuda_kernels().joint_ce_backward, *_row_grid(*values.shape), values, _array(values),
                 _array(labels.contiguous()), num_transforms, _array(row_lse), _array(row_grad), _array(grad))
     return grad.to(logits.dtype)

@@ -82,7 +82,8 @@ def step_bench_figure(name: str):
         paper = next((r["precision"] for r in records if r["path"] == "paper"), "?")
         labels = {"trainer": "graph", "trainer_eager": "eager"}
         return ", ".join(f"{labels[r['path']]} {r['images_per_s']:,.0f} img/s {r['vs_paper']:.2f}x vs paper "
-                         f"({r['precision']} vs {paper}{', TF32' if r.get('tf32') else ''}), MFU {100 * r['mfu']:.1f}%"
+                         f"({r['precision']} vs {paper}{', TF32' if r.get('tf32') else ''}), MFU {100 * r['mfu']:.1f}%, "
+                         f"loader wait {100 * r['loader_wait_share']:.0f}% of the step"
                          for r in records if r["path"] in labels)
     return figure
 
