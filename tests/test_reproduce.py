@@ -1,6 +1,7 @@
 """`python -m train.commands.reproduce`: a grid of ordinary runs, its tables, its resume; `--transforms auto`."""
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -53,19 +54,26 @@ def test_with_several_processes_each_run_goes_through_torchrun():
     assert reproduce.command_line(["--method", "baseline"], nproc=1)[1].endswith("train/main.py")
 
 
-def test_a_table_states_mean_sample_std_and_n_and_checks_its_claims():
-    rows = (Row("a", (("a", ()),), {"acc": ("a", "SI")}), Row("b", (("b", ()),), {"acc": ("b", "SI")}),
-            Row("c", (("c", ()),), {"acc": ("c", "SI")}))
+def test_a_table_states_mean_sample_std_and_n_and_checks_its_claims_by_a_paired_interval():
+    """A claim holds when the 95% paired-t interval of its per-seed differences lies above its margin, fails when
+    below, and is inconclusive otherwise; rows outside every claim are marked exploratory."""
+    rows = tuple(Row(label, ((label, ()),), {"acc": (label, "SI")}) for label in "abcde")
     table = Table("t", "T", "setting", "digits", (), rows,
                   (Claim("a over b by 2", ("a", "acc"), ("b", "acc"), 2.0),
-                   Claim("a near the best of b and c", ("a", "acc"), ("best of: b|c", "acc"), -1.0)))
+                   Claim("a near the best of b and c", ("a", "acc"), ("best of: b|c", "acc"), -1.0),
+                   Claim("a over d by 2", ("a", "acc"), ("d", "acc"), 2.0)))
     records = [{"row": row, "seed": seed, "scores": {"acc": value}}
-               for row, values in (("a", (70.0, 74.0, 72.0)), ("b", (69.0, 71.0, 70.0)), ("c", (75.0, 75.0, 78.0)))
+               for row, values in (("a", (80.0, 81.0, 82.0)), ("b", (70.0, 71.0, 72.0)), ("c", (90.0, 91.0, 92.0)),
+                                   ("d", (71.0, 79.0, 72.0)), ("e", (50.0, 50.0, 50.0)))
                for seed, value in enumerate(values)]
     text = reproduce.markdown(table, records, 3, "cmd")
-    assert "| a | 72.00 ± 2.00 (n=3) |" in text and "| c | 76.00 ± 1.73 (n=3) |" in text
-    assert "a over b by 2: a acc 72.00 vs b acc 70.00, +2.00 points (claim: +2.0 or more): **holds**" in text
-    assert "vs c acc 76.00, -4.00 points (claim: -1.0 or more): **does not hold**" in text
+    assert "| a | 81.00 ± 1.00 (n=3) |" in text and "| e (exploratory) | 50.00 ± 0.00 (n=3) |" in text
+    assert ("a over b by 2: a acc − b acc, paired over 3 seeds: +10.00 points, 95% interval [+10.00, +10.00] "
+            "(paired t); claim: more than +2.0: **holds**") in text
+    assert "a near the best of b and c: a acc − c acc" in text and "[-10.00, -10.00]" in text and "**fails**" in text
+    # a − d = 9, 2, 10: mean 7, sample sd √19, t(0.975, 2) = 4.3027: 7 ± 10.83
+    half = 4.302652729911275 * math.sqrt(19) / math.sqrt(3)
+    assert f"+7.00 points, 95% interval [{7 - half:+.2f}, {7 + half:+.2f}]" in text and "**inconclusive**" in text
 
 
 def test_every_table_declares_runs_that_the_trainer_accepts():
@@ -114,3 +122,21 @@ def test_transforms_auto_trains_each_candidate_briefly_and_keeps_the_winner_on_r
         train(tiny_config(method="baseline", transforms="auto"))
     with pytest.raises(ValueError, match="unknown transformation family 'nope'"):
         train(tiny_config(method="sla", transforms="auto", auto_families="rotation,nope", run_name="bad"))
+
+
+def test_from_records_rebuilds_the_tables_from_their_json_lines_alone(tmp_path, capsys):
+    """--from-records trains nothing: the committed .jsonl gives back the .md (means, intervals, verdicts) and the
+    .png, naming the command that regenerates the runs; a missing file is one line."""
+    import shutil
+
+    from conftest import REPO
+
+    shutil.copy(REPO / "results" / "maxl.jsonl", tmp_path / "maxl.jsonl")
+    assert reproduce.main(["maxl", "--from-records", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "maxl.md").read_text()
+    seeds = len({json.loads(line)["seed"] for line in (REPO / "results" / "maxl.jsonl").read_text().splitlines()})
+    assert f"`python -m train.commands.reproduce maxl --seeds {seeds}`" in text
+    assert "95% interval" in text and (tmp_path / "maxl.png").stat().st_size > 0
+    assert not (tmp_path / "runs").exists()
+    assert reproduce.main(["sla", "--from-records", "--out", str(tmp_path)]) == 2
+    assert "sla.jsonl does not exist" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import shlex
 import statistics
@@ -179,6 +180,10 @@ def row_statistics(records: list[dict], row: Row, column: str) -> tuple[float, f
     return mean, std, len(values)
 
 
+def seed_scores(records: list[dict], label: str, column: str) -> dict[int, float]:
+    return {r["seed"]: r["scores"][column] for r in records if r["row"] == label and column in r["scores"]}
+
+
 def claimed(table: Table, records: list[dict], label: str, column: str) -> tuple[str, float] | None:
     """(the row's label, its mean) for a claim's side; "best of: a|b" is the row among those with the best mean."""
     labels = label[len("best of: "):].split("|") if label.startswith("best of: ") else [label]
@@ -187,17 +192,49 @@ def claimed(table: Table, records: list[dict], label: str, column: str) -> tuple
     return max(found, key=lambda pair: pair[1]) if found else None
 
 
+CONFIDENCE = 0.95
+
+
+def paired_interval(differences: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the two-sided 95% Student-t interval of the mean of paired per-seed differences."""
+    from scipy import stats
+
+    mean = statistics.fmean(differences)
+    if len(differences) < 2:
+        return mean, -math.inf, math.inf
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(differences) - 1) * statistics.stdev(differences) / math.sqrt(
+        len(differences))
+    return mean, mean - half, mean + half
+
+
+def verdict(low: float, high: float, margin: float) -> str:
+    """holds: the whole interval above the margin; fails: the whole interval below it; else inconclusive."""
+    return "holds" if low > margin else "fails" if high < margin else "inconclusive"
+
+
 def claim_lines(table: Table, records: list[dict]) -> list[str]:
+    """Each claim, fixed in the grid before any run: the paired difference (same seed, same split) of its row
+    and its baseline, its 95% interval, and the verdict by the interval rule."""
     lines = []
     for claim in table.claims:
         ours, theirs = claimed(table, records, *claim.row), claimed(table, records, *claim.baseline)
         if ours is None or theirs is None:
             continue
-        margin = ours[1] - theirs[1]
-        verdict = "holds" if margin >= claim.margin else "does not hold"
-        lines.append(f"- {claim.text}: {ours[0]} {claim.row[1]} {ours[1]:.2f} vs {theirs[0]} {claim.baseline[1]} "
-                     f"{theirs[1]:.2f}, {margin:+.2f} points (claim: {claim.margin:+.1f} or more): **{verdict}**.")
+        mine, other = seed_scores(records, ours[0], claim.row[1]), seed_scores(records, theirs[0], claim.baseline[1])
+        seeds = sorted(set(mine) & set(other))
+        mean, low, high = paired_interval([mine[s] - other[s] for s in seeds])
+        lines.append(f"- {claim.text}: {ours[0]} {claim.row[1]} − {theirs[0]} {claim.baseline[1]}, paired over "
+                     f"{len(seeds)} seeds: {mean:+.2f} points, 95% interval [{low:+.2f}, {high:+.2f}] (paired t); "
+                     f"claim: more than {claim.margin:+.1f}: **{verdict(low, high, claim.margin)}**.")
     return lines
+
+
+def claim_rows(table: Table) -> set[str]:
+    labels = set()
+    for claim in table.claims:
+        for label, _ in (claim.row, claim.baseline):
+            labels.update(label[len("best of: "):].split("|") if label.startswith("best of: ") else [label])
+    return labels
 
 
 def markdown(table: Table, records: list[dict], seeds: int, command: str) -> str:
@@ -205,8 +242,9 @@ def markdown(table: Table, records: list[dict], seeds: int, command: str) -> str
     header = ["row", *columns, *(["paper"] if table.scale == "paper" else [])]
     lines = [f"### {table.title}", "", table.setting, "", f"`{command}`", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    in_claims = claim_rows(table)
     for row in table.rows:
-        cells = [row.label]
+        cells = [row.label if row.label in in_claims else f"{row.label} (exploratory)"]
         for column in columns:
             stats = row_statistics(records, row, column)
             cells.append("" if stats is None else f"{stats[0]:.2f} ± {stats[1]:.2f} (n={stats[2]})"
@@ -214,7 +252,9 @@ def markdown(table: Table, records: list[dict], seeds: int, command: str) -> str
         if table.scale == "paper":
             cells.append(row.paper or "")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Test accuracy (%), mean ± sample standard deviation over {seeds} seed(s).", ""]
+    lines += ["", f"Test accuracy (%), mean ± sample standard deviation over {seeds} seed(s). The claims below were "
+              "fixed in the grid (train/commands/reproduce_grids.py) before the runs; an exploratory row carries no "
+              "verdict.", ""]
     lines += claim_lines(table, records)
     if table.notes:
         lines += ["", *table.notes]
@@ -250,6 +290,12 @@ def plot(table: Table, records: list[dict], path: Path) -> None:
     os.replace(temporary, path)
 
 
+def read_records(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise ValueError(f"--from-records: {path} does not exist (run the table first)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def write_results(table: Table, records: list[dict], seeds: int, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{table.name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -269,6 +315,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", default="", help="only these rows (comma-separated labels), e.g. for a quick look")
     parser.add_argument("--epochs-scale", type=float, default=1.0,
                         help="multiply every run's epochs (e.g. 0.1 for a smoke test; the tables note it)")
+    parser.add_argument("--from-records", action="store_true",
+                        help="train nothing: rebuild each table's .md and .png from its --out/<table>.jsonl")
     return parser.parse_args(argv)
 
 
@@ -292,6 +340,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         started = time.perf_counter()
+        if options.from_records:  # the runs' command, for a reader to regenerate them
+            try:
+                records = read_records(out / f"{table.name}.jsonl")
+            except ValueError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            seeds = len({r["seed"] for r in records})
+            write_results(table, records, seeds, out, shlex.join(
+                ["python", "-m", "train.commands.reproduce", name, "--seeds", str(seeds)]))
+            print(f"{table.name}: rebuilt from {out / (table.name + '.jsonl')}")
+            continue
         summaries = run_table(table, options.seeds, out, options.nproc_per_node)
         records = row_records(table, options.seeds, summaries)
         write_results(table, records, options.seeds, out, command)

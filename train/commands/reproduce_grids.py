@@ -26,7 +26,7 @@ class Claim:
     text: str
     row: tuple[str, str]  # (row label, column)
     baseline: tuple[str, str]  # (row label, column); a label "best of: a|b|c" takes the best mean of those rows
-    margin: float  # the claim holds when row − baseline ≥ margin (points)
+    margin: float  # points: holds when the 95% interval of the paired row − baseline lies above it, fails below
 
 
 @dataclass(frozen=True)
@@ -81,12 +81,9 @@ def sla_table(scale: str) -> Table:
     trial = ("--auto-trial-fraction", "0.5") if scale == "digits" else ()
     rows.append(one_run("sla_sd auto", "sla_sd-auto", ("--method", "sla_sd", "--transforms", "auto", *trial),
                         {"SI": "SI", "AG": "AG", "SD": "SD"}))
-    family_rows = "|".join(f"sla_sd {family}" for family in SLA_FAMILIES)
+    # The paper's own configuration is the claim; the other families and auto were added after its first runs.
     claims = (Claim("SLA+SD (the paper's four rotations) over the baseline", ("sla_sd rotation", "SD"),
-                    ("baseline", "SI"), 2.0),
-              Claim("SLA+SD (two rotations) over the baseline", ("sla_sd rotation2", "SD"), ("baseline", "SI"), 2.0),
-              Claim("--transforms auto within 1 point of the best family", ("sla_sd auto", "SD"),
-                    (f"best of: {family_rows}", "SD"), -1.0))
+                    ("baseline", "SI"), 2.0),)
     notes = SLA_DIGITS_NOTES if scale == "digits" else ()
     return Table("sla", "SLA: self-supervised label augmentation (Lee et al. 2020)", setting, scale, common,
                  tuple(rows), claims, notes)
@@ -94,8 +91,9 @@ def sla_table(scale: str) -> Table:
 
 SLA_DIGITS_NOTES = (
     "Notes (digits, checked by the runs named):",
-    "- The paper's four rotations do not lift SLA+SD over the baseline here; two rotations (0°, 180°) do. Not the "
-    "budget: at 60 epochs `sla`'s joint classifier is under-trained (SI far below the baseline), but with 3× the "
+    "- The paper's four rotations do not lift SLA+SD over the baseline here (the interval straddles zero; 3 seeds "
+    "cannot resolve 2 points); two rotations (0°, 180°) score higher, an exploratory row picked after the first runs, "
+    "so it carries no verdict. Not the budget: at 60 epochs `sla`'s joint classifier is under-trained (SI far below the baseline), but with 3× the "
     "epochs (`--epochs-scale 3 --out results-3x --rows 'baseline,sla_sd rotation,sla_sd rotation2'`, seeds 0–2) "
     "the baseline reached 90.46 ± 2.80, `sla_sd rotation` 89.07 ± 1.29 (SD) and `sla_sd rotation2` 91.39 ± 2.74. "
     "Not the 6↔9 ambiguity of a half turn either: per class (3 seeds, 60 epochs, each run's `test_per_class`), "
