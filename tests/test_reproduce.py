@@ -125,8 +125,9 @@ def test_transforms_auto_trains_each_candidate_briefly_and_keeps_the_winner_on_r
 
 
 def test_from_records_rebuilds_the_tables_from_their_json_lines_alone(tmp_path, capsys):
-    """--from-records trains nothing: the committed .jsonl gives back the .md (means, intervals, verdicts) and the
-    .png, naming the command that regenerates the runs; a missing file is one line."""
+    """--from-records trains nothing: the committed .jsonl gives back the .md (means, intervals, verdicts, the
+    pixel floors of the same splits) and the .png, naming the command that regenerates the runs; a missing file is
+    one line. MAXL's primary task has two classes: a floor above 50% learned something from the pixels."""
     import shutil
 
     from conftest import REPO
@@ -137,6 +138,9 @@ def test_from_records_rebuilds_the_tables_from_their_json_lines_alone(tmp_path, 
     seeds = len({json.loads(line)["seed"] for line in (REPO / "results" / "maxl.jsonl").read_text().splitlines()})
     assert f"`python -m train.commands.reproduce maxl --seeds {seeds}`" in text
     assert "95% interval" in text and (tmp_path / "maxl.png").stat().st_size > 0
+    floors = reproduce.pixel_floors(build_table("maxl", "digits", 1.0, []), [0])  # the table's own splits
+    assert set(floors) == {"logistic regression", "k-NN"} and all(50 < v[0] <= 100 for v in floors.values())
+    assert "Floors on the raw pixels of the same splits" in text
     assert not (tmp_path / "runs").exists()
     assert reproduce.main(["sla", "--from-records", "--out", str(tmp_path)]) == 2
     assert "sla.jsonl does not exist" in capsys.readouterr().err

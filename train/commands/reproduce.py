@@ -237,7 +237,49 @@ def claim_rows(table: Table) -> set[str]:
     return labels
 
 
-def markdown(table: Table, records: list[dict], seeds: int, command: str) -> str:
+FLOOR_C = (0.01, 0.1, 1.0, 10.0)  # logistic regression's inverse regularisation, chosen on validation
+FLOOR_K = (1, 3, 5, 9)  # k-NN's neighbours, chosen on validation
+
+
+def pixel_floors(table: Table, seeds: list[int]) -> dict[str, list[float]] | None:
+    """Logistic regression and k-NN on the raw pixels of each seed's splits (the table's data settings), each
+    with its hyper-parameter chosen on the validation split: test accuracy (%) that needs no training of ours.
+    None for the papers' data sets (not read here)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from pipeline.datasets import build_splits
+    from train.config import config_from_args
+
+    config, _ = config_from_args(list(table.common))
+    if config.dataset != "digits":
+        return None
+    floors = {"logistic regression": [], "k-NN": []}
+    for seed in seeds:
+        data = build_splits(config.dataset, config.data_root, config.image_size, config.val_split, seed,
+                            config.samples_per_class, config.imbalance_ratio, primary_labels=config.primary_labels)
+        pixels = {name: (getattr(data, name).images.reshape(len(getattr(data, name)), -1) / 255.0,
+                         getattr(data, name).labels) for name in ("train", "val", "test")}
+        for name, models in (("logistic regression", [LogisticRegression(C=c, max_iter=3000) for c in FLOOR_C]),
+                             ("k-NN", [KNeighborsClassifier(n_neighbors=min(k, len(pixels["train"][1])))
+                                       for k in FLOOR_K])):
+            fitted = [model.fit(*pixels["train"]) for model in models]
+            best = max(fitted, key=lambda model: model.score(*pixels["val"]))  # the first of equals
+            floors[name].append(100 * best.score(*pixels["test"]))
+    return floors
+
+
+def floor_line(floors: dict[str, list[float]] | None) -> list[str]:
+    if floors is None:
+        return []
+    parts = [f"{name} {mean:.2f} ± {std:.2f}" for name, values in floors.items()
+             for mean, std in [mean_and_std(values)]]
+    return [f"Floors on the raw pixels of the same splits (scikit-learn; C and k chosen on validation; n="
+            f"{len(next(iter(floors.values())))}): {', '.join(parts)}.", ""]
+
+
+def markdown(table: Table, records: list[dict], seeds: int, command: str,
+             floors: dict[str, list[float]] | None = None) -> str:
     columns = table.columns()
     header = ["row", *columns, *(["paper"] if table.scale == "paper" else [])]
     lines = [f"### {table.title}", "", table.setting, "", f"`{command}`", "",
@@ -255,6 +297,7 @@ def markdown(table: Table, records: list[dict], seeds: int, command: str) -> str
     lines += ["", f"Test accuracy (%), mean ± sample standard deviation over {seeds} seed(s). The claims below were "
               "fixed in the grid (train/commands/reproduce_grids.py) before the runs; an exploratory row carries no "
               "verdict.", ""]
+    lines += floor_line(floors)
     lines += claim_lines(table, records)
     if table.notes:
         lines += ["", *table.notes]
@@ -299,7 +342,8 @@ def read_records(path: Path) -> list[dict]:
 def write_results(table: Table, records: list[dict], seeds: int, out: Path, command: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{table.name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (out / f"{table.name}.md").write_text(markdown(table, records, seeds, command))
+    floors = pixel_floors(table, sorted({r["seed"] for r in records}))
+    (out / f"{table.name}.md").write_text(markdown(table, records, seeds, command, floors))
     plot(table, records, out / f"{table.name}.png")
 
 
