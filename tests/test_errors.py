@@ -18,7 +18,7 @@ def run_main(capsys, *argv):
     (["--method", "slaa"], "unknown method 'slaa'; valid: baseline, da, mt, sla, sla_sd"),
     (["--model", "resnet21"], "unknown model 'resnet21'; valid: resnet8, resnet20"),
     (["--transforms", "rotate"], "unknown transformation family 'rotate'; valid: none, rotation"),
-    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid: digits, cifar10, cifar100, folder"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid: digits, mnist5k, cifar10, cifar100, folder"),
     (["--preset", "nope"], f"unknown preset 'nope'; valid: {', '.join(sorted(PRESETS))}"),
     (["--loader", "magic"], "unknown loader 'magic'"),
     (["--precision", "fp8"], "unknown precision 'fp8'"),
