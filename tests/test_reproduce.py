@@ -77,15 +77,31 @@ def test_a_table_states_mean_sample_std_and_n_and_checks_its_claims_by_a_paired_
 
 
 def test_every_table_declares_runs_that_the_trainer_accepts():
+    """At both scales, without training: every run's arguments parse, and every run that reads another's checkpoint
+    (a probe's --pretrained, --init-from, a student's --teacher) asks for the backbone that run leaves, at its image
+    size and on its data set."""
     from train.config import config_from_args
+    from train.methods import build_method
 
     for name in reproduce.TABLES:
         for scale in ("digits", "paper"):
             table = build_table(name, scale)
+            configs = {}
             for seed, key, args in reproduce.planned_runs(table, 1):
                 arguments = [*table.common, *reproduce.main_arguments(args, reproduce.Path("r"), name, seed)]
-                config, _ = config_from_args(arguments)  # parses: no unknown flag, no bad value
+                configs[key], _ = config_from_args(arguments)  # parses: no unknown flag, no bad value
                 assert "{" not in " ".join(arguments), (name, key, arguments)
+            for seed, key, args in reproduce.planned_runs(table, 1):
+                config = configs[key]
+                for flag, wanted in (("--pretrained", config.model), ("--init-from", config.model),
+                                     ("--teacher", config.teacher_model)):  # empty: a student takes any teacher
+                    source = next((arg for previous, arg in zip(args, args[1:]) if previous == flag), None)
+                    if source is None:
+                        continue
+                    made = configs[source[len("{run:"):source.index("}")]]
+                    where = (name, scale, key, flag)
+                    assert not wanted or build_method(made).backbone_name == wanted, where
+                    assert (made.image_size, made.dataset) == (config.image_size, config.dataset), where
             for claim in table.claims:
                 labels = [claim.row[0], *claim.baseline[0].removeprefix("best of: ").split("|")]
                 assert all(label in {row.label for row in table.rows} for label in labels), claim

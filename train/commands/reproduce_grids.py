@@ -205,13 +205,18 @@ def ssl_table(scale: str) -> Table:
                                                                      "--pretrained", f"{{run:{method}}}/best.pt",
                                                                      *probe))),
                         {"kNN": (method, "kNN"), "probe": (f"{method}-probe", "SI")}))
-    # the untrained network: one step at lr 0 (its weights stay those of the seed; BN's statistics see a batch)
-    untrained = ("--method", "simclr", "--iterations", "1", "--lr", "0", "--eval-every", "1")
+    # the untrained network: one step at lr 0 (its weights stay those of the seed; BN's statistics see a batch);
+    # at paper scale on the same data, model and image size as the pretrainings (simclr's preset), and the
+    # supervised row takes the SLA paper's CIFAR-10 recipe for the same backbone
+    untrained = ("--method", "simclr", *(("--preset", f"simclr-cifar10-{model}") if scale == "paper" else ()),
+                 "--iterations", "1", "--lr", "0", "--eval-every", "1")
+    supervised = (("--preset", f"sla-cifar10-{model}", "--method", "baseline") if scale == "paper"
+                  else ("--method", "baseline", *pretrain))
     rows.append(Row("untrained network", (("untrained", untrained),
                                           ("untrained-probe", ("--method", "linear_eval", "--model", model,
                                                                "--pretrained", "{run:untrained}/best.pt", *probe))),
                     {"kNN": ("untrained", "kNN"), "probe": ("untrained-probe", "SI")}))
-    rows.append(Row("supervised (baseline, labels)", (("supervised", ("--method", "baseline", *pretrain)),
+    rows.append(Row("supervised (baseline, labels)", (("supervised", supervised),
                                                       ("supervised-probe", ("--method", "linear_eval", "--model",
                                                                             model, "--pretrained",
                                                                             "{run:supervised}/best.pt", *probe))),
