@@ -92,9 +92,10 @@ def sla_table(scale: str) -> Table:
 SLA_DIGITS_NOTES = (
     "Notes (digits, checked by the runs named):",
     "- The paper's four rotations do not lift SLA+SD over the baseline here (the interval straddles zero; 3 seeds "
-    "cannot resolve 2 points); two rotations (0°, 180°) score higher, an exploratory row picked after the first runs, "
-    "so it carries no verdict. Not the budget: at 60 epochs `sla`'s joint classifier is under-trained (SI far below the baseline), but with 3× the "
-    "epochs (`--epochs-scale 3 --out results-3x --rows 'baseline,sla_sd rotation,sla_sd rotation2'`, seeds 0–2) "
+    "cannot resolve 2 points); two rotations (0°, 180°) score higher, an exploratory row picked after the first "
+    "runs, so it carries no verdict. Not the budget: at 60 epochs `sla`'s joint classifier is under-trained (SI far "
+    "below the baseline), but with 3× the epochs (`--epochs-scale 3 --out results-3x --rows "
+    "'baseline,sla_sd rotation,sla_sd rotation2'`, seeds 0–2) "
     "the baseline reached 90.46 ± 2.80, `sla_sd rotation` 89.07 ± 1.29 (SD) and `sla_sd rotation2` 91.39 ± 2.74. "
     "Not the 6↔9 ambiguity of a half turn either: per class (3 seeds, 60 epochs, each run's `test_per_class`), "
     "`sla_sd rotation` gains on 0, 1, 6 and 8 and loses on 3, 4, 5, 7 and 9. What makes quarter turns of these "
@@ -223,8 +224,18 @@ def ssl_table(scale: str) -> Table:
                     {"probe": ("supervised-probe", "SI")}))
     claims = tuple(Claim(f"{method}'s probe over the untrained network's", (method, "probe"),
                          ("untrained network", "probe"), 0.0) for method in SSL_METHODS)
+    notes = SSL_DIGITS_NOTES if scale == "digits" else ()
     return Table("ssl", "Self-supervised pretraining: k-NN and linear probe", setting, scale, common, tuple(rows),
-                 claims)
+                 claims, notes)
+
+
+SSL_DIGITS_NOTES = (
+    "Notes:",
+    "- results/ssl.jsonl was recorded at commit fbfb2da, before the random views, the queues' first keys and the "
+    "step's generators took their seeds from `derived_seed`'s named streams (pipeline/sharding.py): this command "
+    "now draws other views, so its contrastive rows will differ from these. The untrained network's probe reads "
+    "BatchNorm statistics moved 10% toward one batch and frozen, a weak control.",
+)
 
 
 TABLES = {"sla": sla_table, "hsakd": hsakd_table, "maxl": maxl_table, "ssl": ssl_table}
