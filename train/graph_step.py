@@ -72,10 +72,10 @@ def replay_in_place(body: Callable[[], dict], device: torch.device) -> tuple[Cal
 
     def replay() -> None:
         fresh = body()
-        for name, value in fresh.items():
-            if name not in outputs:
-                outputs[name] = same_structure(value, torch.empty_like)
-            same_structure(value, lambda tensor, target=iter(flat_tensors(outputs[name])): next(target).copy_(tensor))
+        if not outputs:
+            outputs.update(same_structure(fresh, torch.empty_like))
+        for target, value in zip(flat_tensors(outputs), flat_tensors(fresh), strict=True):
+            target.copy_(value)
 
     return replay, outputs
 
@@ -135,24 +135,24 @@ class GraphedStep:
         self.static_views = self.static_labels = None
         self.static_results: dict = {}  # {"losses": ..., "outputs": ...}, rewritten by each replay
 
-    def learn_from_static_buffers(self) -> dict:
-        losses, outputs = self.step.learn(self.static_views, self.static_labels)
+    def learn(self, views: torch.Tensor, labels: torch.Tensor) -> dict:
+        """`TrainStep.learn` as one dict, {"losses": ..., "outputs": ...}: what a capture records."""
+        losses, outputs = self.step.learn(views, labels)
         return {"losses": losses, "outputs": outputs}
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         step = self.step
         if self.steps_run < WARMUP_STEPS:
-            result = run_on_side_stream(lambda: dict(zip(("losses", "outputs"), step.learn(batch.views, batch.labels))),
-                                        self.device)
+            result = run_on_side_stream(lambda: self.learn(batch.views, batch.labels), self.device)
         elif self.replay is not None and batch.views.shape != self.static_views.shape:
-            losses, outputs = step.learn(batch.views, batch.labels)  # a ragged batch: eager, same arithmetic
-            result = {"losses": losses, "outputs": outputs}
+            result = self.learn(batch.views, batch.labels)  # a ragged batch: eager, same arithmetic
         else:
             if self.replay is None:  # buffers of the batch's shape and memory format, then the capture
                 self.static_views = torch.empty_like(batch.views)
                 self.static_labels = torch.empty_like(batch.labels)
                 prepare_for_capture(step.optimizer, self.device)
-                self.replay, self.static_results = self.capture(self.learn_from_static_buffers, self.device)
+                self.replay, self.static_results = self.capture(
+                    lambda: self.learn(self.static_views, self.static_labels), self.device)
             self.static_views.copy_(batch.views)
             self.static_labels.copy_(batch.labels)
             self.replay()
