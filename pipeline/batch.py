@@ -34,6 +34,7 @@ class LoaderSettings:
     world_size: int = 1
     seed: int = 0
     crop_padding: int = 4  # pad-and-random-crop margin; negative switches augmentation off
+    flip: bool = True  # augmentation mirrors half the images (off where a mirror changes the class: --flip)
     workers: int = 0  # CPU worker processes or threads; 0 picks the cores this rank may use
     cache_dir: str = "data/ffcv"  # where the ffcv loader keeps its .beton files
     dali_views: str = "batched"  # random views on the dali loader: the batched pass, or DALI's operators

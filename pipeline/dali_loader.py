@@ -86,12 +86,13 @@ class EncodedFiles:
         return encoded, self.labels[kept], kept
 
 
-def crop_and_mirror(images, padding: int, size: tuple[int, int], fn, types):
-    """Zero-pad by `padding`, take a random H×W window (one DALI slice) and mirror half the images."""
+def crop_and_mirror(images, padding: int, size: tuple[int, int], flip: bool, fn, types):
+    """Zero-pad by `padding`, take a random H×W window (one DALI slice) and, where `flip`, mirror half the
+    images."""
     anchor = fn.random.uniform(values=[float(v) for v in range(-padding, padding + 1)], shape=2)
     images = fn.slice(images, anchor, types.Constant(np.array(size, np.float32)), axes=(0, 1),
                       normalized_anchor=False, normalized_shape=False, out_of_bounds_policy="pad", fill_values=0)
-    return fn.flip(images, horizontal=fn.random.coin_flip())
+    return fn.flip(images, horizontal=fn.random.coin_flip()) if flip else images
 
 
 def random_views_by_operators(images, recipe, size: int, mean, std, fn, types) -> list:
@@ -161,7 +162,7 @@ class DaliLoader:
             if self.on_gpu:
                 images = images.gpu()
             if settings.augment:
-                images = crop_and_mirror(images, settings.crop_padding, (height, width), fn, types)
+                images = crop_and_mirror(images, settings.crop_padding, (height, width), settings.flip, fn, types)
             if self.operator_views:
                 return (*self._operator_views(images, fn, types), labels, indices)
             return images, labels, indices
@@ -186,7 +187,8 @@ class DaliLoader:
                                                        random_area=list(SCALE), random_aspect_ratio=list(RATIO),
                                                        num_attempts=10)
                 images = fn.resize(images, size=(size, size), interp_type=types.INTERP_LINEAR, antialias=True)
-                images = fn.flip(images, horizontal=fn.random.coin_flip())
+                if self.settings.flip:
+                    images = fn.flip(images, horizontal=fn.random.coin_flip())
             else:
                 images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
                 shorter = eval_resize_size(size) if crop == "evaluation" else size
@@ -213,7 +215,7 @@ class DaliLoader:
             images = fn.resize(images, resize_shorter=size, interp_type=types.INTERP_LINEAR, antialias=True)
             images = fn.crop(images, crop=(size, size), out_of_bounds_policy="pad")
             if settings.augment:
-                images = crop_and_mirror(images, settings.crop_padding, (size, size), fn, types)
+                images = crop_and_mirror(images, settings.crop_padding, (size, size), settings.flip, fn, types)
             if self.operator_views:
                 return (*self._operator_views(images, fn, types), indices)
             return images, indices

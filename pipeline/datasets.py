@@ -23,6 +23,17 @@ from .label_groups import group_primary_labels
 from .safe_pickle import load_restricted
 
 DATASETS = ("digits", "mnist5k", "cifar10", "cifar100", "folder")
+# Data sets whose classes a horizontal mirror changes (a mirrored 2, 3, 5 or 7 is no longer that digit): their
+# training recipe draws no flips (`--flip auto`); the others mirror half the training images.
+MIRROR_CHANGES_CLASS = ("digits", "mnist5k")
+# Data sets whose every training image the run leaves unused may join the test split (`--test-split unused`):
+# the embedded sets, whose papers fix no test set; a CIFAR or folder test split stays the papers'.
+UNUSED_TO_TEST = ("digits", "mnist5k")
+
+
+def resolve_flip(setting: str, dataset: str) -> bool:
+    """`--flip`: whether training mirrors half the images."""
+    return dataset not in MIRROR_CHANGES_CLASS if setting == "auto" else setting == "on"
 
 
 # ---------------------------------------------------------------------------- digits
@@ -274,8 +285,14 @@ def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[flo
 
 def build_splits(dataset: str, data_root: str, image_size: int, val_split: float, seed: int,
                  samples_per_class: int = 0, imbalance_ratio: float = 1.0, strict_images: bool = False,
-                 primary_labels: str = "fine", data_in_memory: str = "auto", cache_dir: str = "") -> DatasetSplits:
-    """`cache_dir` keeps streamed folders' listings (pipeline/streaming.py)."""
+                 primary_labels: str = "fine", data_in_memory: str = "auto", cache_dir: str = "",
+                 test_split: str = "fixed") -> DatasetSplits:
+    """`cache_dir` keeps streamed folders' listings (pipeline/streaming.py); `test_split` "unused" adds to the
+    test split every training image that neither trains nor validates (after --samples-per-class and
+    --imbalance-ratio), in its original order."""
+    if test_split == "unused" and dataset not in UNUSED_TO_TEST:
+        raise DataError(f"--test-split unused is for {' and '.join(UNUSED_TO_TEST)}; {dataset}'s test split is the "
+                        "one its papers report on")
     if dataset == "digits":
         train_full, test = load_digits(image_size)
     elif dataset == "mnist5k":
@@ -288,12 +305,15 @@ def build_splits(dataset: str, data_root: str, image_size: int, val_split: float
         raise DataError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
     rng = np.random.default_rng(seed)
     val_idx = stratified_holdout(train_full.labels, val_split, rng)
-    train = train_full.subset(np.setdiff1d(np.arange(len(train_full)), val_idx))
-    val = train_full.subset(val_idx)
+    train_idx = np.setdiff1d(np.arange(len(train_full)), val_idx)
     if samples_per_class > 0:
-        train = train.subset(limit_per_class(train.labels, samples_per_class, rng))
+        train_idx = train_idx[limit_per_class(train_full.labels[train_idx], samples_per_class, rng)]
     if imbalance_ratio > 1:
-        train = train.subset(long_tail(train.labels, train.num_classes, imbalance_ratio, rng))
+        train_idx = train_idx[long_tail(train_full.labels[train_idx], train_full.num_classes, imbalance_ratio, rng)]
+    train, val = train_full.subset(train_idx), train_full.subset(val_idx)
+    if test_split == "unused":
+        unused = np.setdiff1d(np.arange(len(train_full)), np.concatenate([train_idx, val_idx]))
+        test = test.joined(train_full.subset(unused))
     if dataset in CIFAR:
         mean, std = CIFAR[dataset].mean, CIFAR[dataset].std
     elif train.streaming:

@@ -54,14 +54,15 @@ class FfcvLoader:
         device = settings.device
         self.skipped_this_epoch: list[int] = []  # streamed folders: indices of rows written for unreadable files
         self.files = split.files if split.streaming else ()
+        mirror = [RandomHorizontalFlip()] if settings.flip else []
         if split.streaming:
             size, crop = (split.image_size, split.image_size), settings.streaming_crop
-            decode = {"random_resized": [RandomResizedCropRGBImageDecoder(size, SCALE, RATIO), RandomHorizontalFlip()],
+            decode = {"random_resized": [RandomResizedCropRGBImageDecoder(size, SCALE, RATIO), *mirror],
                       "centre_square": [CenterCropRGBImageDecoder(size, 1.0)],
                       "evaluation": [CenterCropRGBImageDecoder(size, split.image_size / eval_resize_size(
                           split.image_size))]}[crop]
         elif settings.augment:
-            decode = [SimpleRGBImageDecoder(), RandomTranslate(padding=settings.crop_padding), RandomHorizontalFlip()]
+            decode = [SimpleRGBImageDecoder(), RandomTranslate(padding=settings.crop_padding), *mirror]
         else:
             decode = [SimpleRGBImageDecoder()]
         to_device = ToDevice(device, non_blocking=True)

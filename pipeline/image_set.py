@@ -60,6 +60,14 @@ class ImageSet:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
+    def joined(self, other: "ImageSet") -> "ImageSet":
+        """This set's images followed by `other`'s (decoded sets of the same classes)."""
+        join = lambda a, b: None if a is None else np.concatenate([a, b])  # noqa: E731
+        return replace(self, images=np.concatenate([self.images, other.images]),
+                       labels=np.concatenate([self.labels, other.labels]), files=self.files + other.files,
+                       coarse_labels=join(self.coarse_labels, other.coarse_labels),
+                       fine_labels=join(self.fine_labels, other.fine_labels))
+
     def subset(self, indices: np.ndarray) -> "ImageSet":
         files = tuple(self.files[i] for i in indices) if self.files else ()
         pick = lambda labels: None if labels is None else labels[indices]  # noqa: E731

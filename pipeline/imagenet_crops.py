@@ -103,15 +103,17 @@ def load_rgb(path: str):
 
 
 # ---------------------------------------------------------------------------- the PIL reference crops
-def crop_with_pil(image, size: int, crop: str, rng: np.random.Generator | None = None) -> np.ndarray:
-    """uint8 [size, size, 3] of a PIL RGB image: `crop` is one of CROPS (module docstring)."""
+def crop_with_pil(image, size: int, crop: str, rng: np.random.Generator | None = None,
+                  flip: bool = True) -> np.ndarray:
+    """uint8 [size, size, 3] of a PIL RGB image: `crop` is one of CROPS (module docstring); a random-resized
+    crop is mirrored with probability ½ where `flip` (its coin is drawn either way)."""
     from PIL import Image
 
     width, height = image.size
     if crop == "random_resized":
         top, left, crop_height, crop_width = random_resized_crop_box(height, width, rng)
         out = image.resize((size, size), Image.BILINEAR, box=(left, top, left + crop_width, top + crop_height))
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and flip:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
         return np.array(out, dtype=np.uint8)  # a writable copy
     if crop not in CROPS:

@@ -18,17 +18,20 @@ from . import phases
 from .sharding import CROP_STREAM, derived_seed, shard_indices, steps_in_epoch
 
 
-def draw_crop_and_flip(batch: int, padding: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)  # (top, left) in the padded image
-    flips = torch.rand(batch, generator=generator) < 0.5
+def draw_crop_and_flip(batch: int, padding: int, generator: torch.Generator,
+                       flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top, left) offsets in the padded image and whether to mirror each image; the coins are drawn with flips
+    off too (all False), so the crops are the same draws either way."""
+    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)
+    flips = (torch.rand(batch, generator=generator) < 0.5) & flip
     return offsets, flips
 
 
-def draw_epoch_crops(batch_sizes: list[int], padding: int, generator: torch.Generator,
-                     device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def draw_epoch_crops(batch_sizes: list[int], padding: int, generator: torch.Generator, device: torch.device,
+                     flip: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every step's (offsets, flips), drawn step after step as `draw_crop_and_flip` draws them, copied to the
     device in one transfer."""
-    draws = [draw_crop_and_flip(batch, padding, generator) for batch in batch_sizes]
+    draws = [draw_crop_and_flip(batch, padding, generator, flip) for batch in batch_sizes]
     offsets = torch.cat([o for o, _ in draws]).to(device)
     flips = torch.cat([f for _, f in draws]).to(device)
     return list(zip(offsets.split(batch_sizes), flips.split(batch_sizes)))
@@ -73,7 +76,8 @@ class ResidentLoader:
         batches = indices.split(settings.per_rank_batch)
         if augment:
             augment_rng = torch.Generator().manual_seed(derived_seed(settings.seed, self.epoch, settings.rank, CROP_STREAM))
-            crops = draw_epoch_crops([len(b) for b in batches], settings.crop_padding, augment_rng, self.images.device)
+            crops = draw_epoch_crops([len(b) for b in batches], settings.crop_padding, augment_rng, self.images.device,
+                                     settings.flip)
         for step, step_indices in enumerate(batches):
             with phases.phase("expand"):  # gather, crop, flip and views: one pass over the batch on the device
                 if augment and self.gather_views is not None:

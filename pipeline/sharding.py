@@ -16,6 +16,7 @@ SHUFFLE_STREAM = 3  # MoCo's batch shuffle across ranks, per (seed, step)
 VIEW_STREAM = 4  # the contrastive loaders' random views, per (seed, epoch, rank, step)
 QUEUE_STREAM = 5  # the random keys a MoCo queue or SimCLR v2 memory starts with, per seed
 STEP_STREAM = 6  # torch's and numpy's global generators during training, per (seed, rank)
+AUX_LABEL_STREAM = 7  # maxl_random's auxiliary label of each training image, per seed
 
 
 def derived_seed(*parts: int) -> int:

@@ -24,10 +24,11 @@ from .sharding import WORKER_STREAM, derived_seed, shard_indices, steps_in_epoch
 class AugmentedImages(Dataset):
     """Image i as uint8 [H, W, C], zero-padded, randomly cropped and mirrored on its own; keys are (epoch, i)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, padding: int, seed: int):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, padding: int, seed: int, flip: bool = True):
         # A tensor, not the array: the workers then map the images from shared memory instead of each
         # receiving a pickled copy.
         self.images, self.labels, self.padding, self.seed = torch.from_numpy(images), labels, padding, seed
+        self.flip = flip
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -41,7 +42,7 @@ class AugmentedImages(Dataset):
             top, left = rng.integers(0, 2 * self.padding + 1, size=2)
             padded = np.pad(image, ((self.padding, self.padding), (self.padding, self.padding), (0, 0)))
             image = padded[top:top + height, left:left + width]
-            if rng.random() < 0.5:
+            if rng.random() < 0.5 and self.flip:  # the coin is drawn either way
                 image = image[:, ::-1]
         return torch.from_numpy(np.ascontiguousarray(image)), int(self.labels[index]), index, True
 
@@ -50,9 +51,9 @@ class StreamedImages(Dataset):
     """Image i decoded from its file with PIL and cropped (pipeline/imagenet_crops.py), per sample, per epoch;
     an unreadable file gives a blank image flagged False, which the loader drops (or a DataError, strict)."""
 
-    def __init__(self, split, crop: str, seed: int, strict: bool):
+    def __init__(self, split, crop: str, seed: int, strict: bool, flip: bool = True):
         self.files, self.labels, self.size = split.files, split.labels, split.image_size
-        self.crop, self.seed, self.strict = crop, seed, strict
+        self.crop, self.seed, self.strict, self.flip = crop, seed, strict, flip
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -65,7 +66,7 @@ class StreamedImages(Dataset):
                 raise DataError(f"unreadable image {self.files[index]}: {problem} (--strict-images)")
             return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), int(self.labels[index]), index, False
         rng = sample_rng(self.seed, epoch, index) if self.crop == "random_resized" else None
-        return torch.from_numpy(crop_with_pil(image, self.size, self.crop, rng)), int(self.labels[index]), index, True
+        return torch.from_numpy(crop_with_pil(image, self.size, self.crop, rng, self.flip)), int(self.labels[index]), index, True
 
 
 class EpochShardSampler(Sampler):
@@ -97,10 +98,11 @@ class TorchLoader:
         self.skipped_this_epoch: list[int] = []  # indices of the files that could not be decoded
         workers = settings.worker_count()
         if split.streaming:
-            self.dataset = StreamedImages(split, settings.streaming_crop, settings.seed, settings.strict_images)
+            self.dataset = StreamedImages(split, settings.streaming_crop, settings.seed, settings.strict_images,
+                                          settings.flip)
         else:
             self.dataset = AugmentedImages(split.images, split.labels, settings.crop_padding if settings.augment else -1,
-                                           settings.seed)
+                                           settings.seed, settings.flip)
         self.data_loader = DataLoader(
             self.dataset, batch_size=settings.per_rank_batch, sampler=self.sampler, num_workers=workers,
             multiprocessing_context=WORKER_CONTEXT, persistent_workers=True,  # module docstring

@@ -22,9 +22,11 @@ from pipeline.processes import descendants  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` are skipped where no CUDA device answers."""
+    """The longest tests (marked `distributed`: each launches torchrun) go first, so that pytest-xdist's workers
+    do not end on one of them while the others idle; tests marked `gpu` are skipped where no CUDA device answers."""
     import torch
 
+    items.sort(key=lambda item: "distributed" not in item.keywords)  # stable: otherwise in file order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU; none is present")
@@ -97,6 +99,25 @@ def torchrun_verdict(script: str, tmp_path: Path, *args: str, nproc: int = 2, ti
     run_child(torchrun_command(nproc, str(REPO / "tests" / script), str(verdict_path), *map(str, args)),
               timeout=timeout)
     return json.loads(verdict_path.read_text())
+
+
+@pytest.fixture(scope="session")
+def quick_torchrun_verdicts(tmp_path_factory, worker_id) -> dict:
+    """tests/quick_checks.py's verdicts, {check: verdict}: one torchrun launch for every test that reads one. Under
+    pytest-xdist the first worker to ask launches it and the others wait for its verdict (a lock in the base
+    directory the workers share)."""
+    import json
+
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    directory = shared / "quick-checks"
+    with FileLock(str(shared / "quick-checks.lock")):
+        verdict = directory / "quick_checks-verdict.json"
+        if verdict.is_file():
+            return json.loads(verdict.read_text())
+        directory.mkdir(exist_ok=True)
+        return torchrun_verdict("quick_checks.py", directory)
 
 
 def subprocess_env() -> dict:

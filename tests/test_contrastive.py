@@ -4,6 +4,7 @@ the same network at initialisation on the k-NN monitor."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -218,19 +219,15 @@ def test_contrastive_methods_refuse_a_transformation_family(tiny_config):
 
 
 @pytest.mark.distributed
-def test_gathered_negatives_over_two_ranks_equal_one_process_with_the_whole_batch(tmp_path):
-    from conftest import torchrun_verdict
-
-    result = torchrun_verdict("negatives_check.py", tmp_path)
+def test_gathered_negatives_over_two_ranks_equal_one_process_with_the_whole_batch(quick_torchrun_verdicts):
+    result = quick_torchrun_verdicts["negatives"]
     assert abs(result["loss"] - result["reference"]) < 1e-12 and result["gradients_match"], result
     assert abs(result["uneven_loss"] - result["reference"]) < 1e-12 and result["uneven_gradients_match"], result
 
 
 @pytest.mark.distributed
-def test_moco_shuffled_bn_over_two_ranks_equals_the_same_shards_in_one_process(tmp_path):
-    from conftest import torchrun_verdict
-
-    result = torchrun_verdict("shuffle_bn_check.py", tmp_path)
+def test_moco_shuffled_bn_over_two_ranks_equals_the_same_shards_in_one_process(quick_torchrun_verdicts):
+    result = quick_torchrun_verdicts["shuffle_bn"]
     assert all(result.values()), result
 
 
@@ -265,6 +262,30 @@ def test_linear_eval_and_init_from_read_a_pretrained_backbone(tiny_config, tmp_p
     with pytest.raises(ValueError, match="linear_eval needs --pretrained"):
         build_method(tiny_config(method="linear_eval"))
     assert pretrain["completed"]
+
+
+def test_recomputed_batch_norm_statistics_are_the_average_of_the_batch_statistics_over_the_images():
+    """--probe-batch-norm recomputed: each BN's running mean is the mean of its input over the images (two equal
+    batches: the average of batch means is the mean), its running variance the average of the batches' unbiased
+    variances; weights stay; eval mode after. float64 reference of the same normalised pixels."""
+    from train.methods.pretrained import recompute_batch_norm
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(4, 5, 3), torch.nn.BatchNorm2d(5))
+    weights = {name: value.clone() for name, value in backbone.named_parameters()}
+    images = np.random.default_rng(0).integers(0, 256, (512, 8, 8, 3), dtype=np.uint8)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    recompute_batch_norm(backbone, images, mean, std, torch.device("cpu"), channels_last=False, batch=256)
+    reference = backbone.double()
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).double() / 255.0
+    inputs = (pixels - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
+        std, dtype=torch.float64).view(1, 3, 1, 1)
+    first = reference[0](inputs)
+    assert torch.allclose(reference[1].running_mean, first.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    variances = torch.stack([half.transpose(0, 1).reshape(4, -1).var(1) for half in first.split(256)]).mean(0)
+    assert torch.allclose(reference[1].running_var, variances, rtol=1e-5)
+    assert not backbone.training and all(torch.equal(weights[n], v.float()) for n, v in backbone.named_parameters())
 
 
 def test_lars_step_matches_its_float64_transcription():
@@ -343,7 +364,8 @@ def test_moco_v3_on_a_vit_trains_under_bf16_with_a_frozen_patch_projection(tiny_
 
     import kernels
 
-    config = small(tiny_config, method="moco_v3", model="vit_tiny", epochs=1, samples_per_class=8, batch_size=16,
+    # one step: bf16 is emulated, and slow, on CPUs without native bf16 (Zen 3)
+    config = small(tiny_config, method="moco_v3", model="vit_tiny", iterations=1, samples_per_class=8, batch_size=16,
                    optimizer="adamw", lr=1e-3, weight_decay=0.1, precision="bf16", frozen_patch_projection=True)
     model = build_method(config).build_model("vit_tiny", 10, kernels.get_family("none"), torch.device("cpu"), False)
     frozen = {id(p) for p in model.backbone.patch_embed.parameters()}
@@ -397,3 +419,19 @@ def test_dim_starts_from_its_references_optimiser_unless_told_otherwise():
     assert (dim.optimizer, dim.lr, dim.weight_decay) == ("adam", 1e-4, 0.0)
     assert resolve_config({"method": "dim", "lr": 3e-4}).lr == 3e-4
     assert resolve_config({"method": "simclr"}).optimizer == "sgd"
+
+
+@pytest.mark.parametrize("flip", ["auto", "on"])
+def test_contrastive_views_mirror_only_where_the_data_sets_recipe_does(flip, tiny_config):
+    """Digits mirror nothing under --flip auto: every view of the recipe draws its flip with probability 0."""
+    from pipeline.datasets import build_splits
+    from pipeline.random_views import get_recipe
+    from train.run import build_training, one_process
+
+    config = small(tiny_config, method="simclr", flip=flip)
+    data = build_splits("digits", "unused", 16, 0.1, seed=0, samples_per_class=16)
+    run = build_training(config, one_process(torch.device("cpu")), data)
+    served = run.train_loader.settings.expander.recipe
+    assert [spec.flip_p for spec in served] == [0.0 if flip == "auto" else spec.flip_p
+                                               for spec in get_recipe("simclr")]
+    assert all(spec.flip_p == 0.5 for spec in get_recipe("simclr"))

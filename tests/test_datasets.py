@@ -45,6 +45,36 @@ def test_limited_and_long_tailed_subsets():
     assert counts[0] >= 9 * counts[-1] and all(np.diff(counts) <= 0)
 
 
+def image_keys(split) -> list[bytes]:
+    return [image.tobytes() + bytes([label]) for image, label in zip(split.images, split.labels)]
+
+
+@pytest.mark.parametrize("limits", [dict(samples_per_class=10), dict(imbalance_ratio=10)])
+def test_the_unused_test_split_is_the_fixed_one_and_every_image_neither_trained_nor_validated(limits):
+    fixed = datasets.build_splits("digits", "unused", 16, 0.1, seed=3, **limits)
+    unused = datasets.build_splits("digits", "unused", 16, 0.1, seed=3, test_split="unused", **limits)
+    assert image_keys(unused.train) == image_keys(fixed.train) and image_keys(unused.val) == image_keys(fixed.val)
+    assert image_keys(unused.test)[:len(fixed.test)] == image_keys(fixed.test)
+    # 1,797 digits: each image is in exactly one of train, val and the enlarged test split
+    assert len(unused.train) + len(unused.val) + len(unused.test) == 1797
+    train_full, _ = datasets.load_digits(16)
+    added = set(image_keys(unused.test)[len(fixed.test):])
+    assert added <= set(image_keys(train_full)) and not added & set(image_keys(fixed.train) + image_keys(fixed.val))
+    if "samples_per_class" in limits:
+        assert len(unused.test) == 1797 - 100 - 144  # 1,553: every image at 10 per class with 144 validating
+
+
+def test_an_unused_test_split_is_refused_where_the_papers_fix_the_test_set(tmp_path):
+    with pytest.raises(DataError, match="--test-split unused is for digits and mnist5k; cifar10's test split"):
+        datasets.build_splits("cifar10", str(tmp_path), 32, 0.1, seed=0, test_split="unused")
+
+
+def test_flips_follow_the_data_sets_recipe_unless_asked():
+    assert [datasets.resolve_flip("auto", name) for name in ("digits", "mnist5k", "cifar10", "folder")] == \
+        [False, False, True, True]
+    assert datasets.resolve_flip("on", "digits") and not datasets.resolve_flip("off", "cifar100")
+
+
 def write_cifar10(root, num_train=20, num_test=10, corrupt=None):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)

@@ -3,13 +3,13 @@ import json
 
 import pytest
 
-from conftest import REPO, run_child, torchrun_command, torchrun_verdict
+from conftest import REPO, run_child, torchrun_command
 
 pytestmark = pytest.mark.distributed
 
 
-def test_shards_and_gradient_averaging(tmp_path):
-    verdict = torchrun_verdict("distributed_check.py", tmp_path)
+def test_shards_and_gradient_averaging(quick_torchrun_verdicts):
+    verdict = quick_torchrun_verdicts["distributed"]
     assert verdict["world_size"] == 2
     assert verdict["shards_disjoint"] and verdict["shard_sizes"] == [50, 50]
     assert verdict["local_gradients_differ"]  # otherwise the averaging check would prove nothing
@@ -38,6 +38,6 @@ def test_global_batch_must_split_across_ranks(tmp_path):
     assert "Traceback" not in result.stderr.split("error: global batch")[0]
 
 
-def test_a_checkpoint_gives_each_rank_back_its_own_random_streams(tmp_path):
-    verdict = torchrun_verdict("rng_check.py", tmp_path)
+def test_a_checkpoint_gives_each_rank_back_its_own_random_streams(quick_torchrun_verdicts):
+    verdict = quick_torchrun_verdicts["rng"]
     assert verdict["own_stream_restored"] and verdict["ranks_differ"], verdict

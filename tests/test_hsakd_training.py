@@ -87,6 +87,32 @@ def test_the_teacher_stays_frozen_while_the_student_trains(teacher_run, tiny_con
     assert all(p.grad is not None for p in student.parameters())
 
 
+def test_plain_kd_distils_the_teachers_class_head_on_the_original_images(teacher_run, tiny_config, tmp_path):
+    """kd, HSAKD's control: a plain student, no transformed views; its loss is CE + τ²·KL(teacher head ‖ student)
+    (float64 reference; fp32 softmaxes over 10 classes agree to ~1e-6 relative)."""
+    config = tiny_config(method="kd", teacher=str(teacher_run / "best.pt"), kd_temperature=4.0, epochs=1,
+                         samples_per_class=20, run_name="kd")
+    method = build_method(config)
+    assert method.transform_family == "none"
+    student = method.build_model("resnet8", 10, kernels.get_family("none"), torch.device("cpu"), channels_last=True)
+    method.bind(kernels.get_family("none"), torch.device("cpu"))
+    views = torch.randn(6, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    labels = torch.tensor([0, 3, 5, 9, 1, 3])
+    outputs = method.forward(student, views)
+    losses = method.losses(outputs, labels)
+    s, t = outputs["student"]["class"].double(), outputs["teacher"]["logits"].double()
+    ce = torch.nn.functional.cross_entropy(s, labels)
+    p_t = torch.softmax(t / 4.0, dim=1)
+    kl = 16.0 * (p_t * (torch.log_softmax(t / 4.0, dim=1) - torch.log_softmax(s / 4.0, dim=1))).sum(1).mean()
+    assert torch.allclose(losses["head_ce"].double(), ce, rtol=1e-5) and torch.allclose(losses["head_kl"].double(), kl,
+                                                                                        rtol=1e-4, atol=1e-6)
+    assert torch.allclose(losses["loss"].double(), ce + kl, rtol=1e-5, atol=1e-6)
+    summary = train(config)
+    assert summary["completed"] and set(summary["test"]) == {"images", "SI"}
+    manifest = json.loads((tmp_path / "runs" / "kd" / "config.json").read_text())
+    assert manifest["num_transforms"] == 1 and manifest["teacher_sha256"] == file_sha256(teacher_run / "best.pt")
+
+
 @pytest.mark.distributed
 def test_two_process_student_run(teacher_run, tmp_path):
     result = run_main_script("--method", "hsakd_student", "--model", "resnet8", "--teacher",

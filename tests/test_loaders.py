@@ -91,26 +91,32 @@ def test_without_augmentation_every_loader_serves_the_resident_views(name, digit
                 [b.indices.tolist() for b in epoch_batches(name, split, settings)]
 
 
+@pytest.mark.parametrize("flip", [True, False], ids=["flips", "no-flips"])
 @pytest.mark.parametrize("name", LOADERS)
-def test_augmentation_is_one_padded_crop_and_mirror_per_image_shared_by_its_views(name, digits, beton_dir):
+def test_augmentation_is_one_padded_crop_and_mirror_per_image_shared_by_its_views(name, flip, digits, beton_dir):
+    """Each served image is one zero-padded crop of its source, mirrored or not, the same for its views; with
+    flips off (--flip off, the digits' recipe) no image is mirrored."""
     split = digits.val
     padding = 2
-    settings = settings_for(digits, beton_dir, crop_padding=padding)
+    settings = settings_for(digits, beton_dir, crop_padding=padding, flip=flip)
     expander = settings.expander
-    grid = [(top, left, flip) for top in range(2 * padding + 1) for left in range(2 * padding + 1)
-            for flip in (False, True)]
+    grid = [(top, left, mirror) for top in range(2 * padding + 1) for left in range(2 * padding + 1)
+            for mirror in ((False, True) if flip else (False,))]
     offsets = torch.tensor([[top, left] for top, left, _ in grid])
-    flips = torch.tensor([flip for *_, flip in grid])
-    changed = 0
+    flips = torch.tensor([mirror for *_, mirror in grid])
+    changed = mirrored = 0
     batch = epoch_batches(name, split, settings)[0]
     for b, index in enumerate(batch.indices.tolist()):
         source = torch.from_numpy(split.images[index]).expand(len(grid), -1, -1, -1)
         candidates = expander(crop_and_flip(source, offsets, flips, padding)).view(len(grid), 4, 3, 16, 16)
         served = batch.views[4 * b:4 * b + 4]
         matches = [k for k in range(len(grid)) if torch.equal(candidates[k], served)]
-        assert matches, f"{name}: image {index} is not a padded crop/mirror of its source"
+        assert matches, f"{name}: image {index} is not a padded crop{'/mirror' if flip else ''} of its source"
         changed += grid[matches[0]][:2] != (padding, padding) or grid[matches[0]][2]
+        mirrored += all(grid[k][2] for k in matches)  # only a mirror gives this image
     assert changed > len(batch.labels) // 2  # the augmentation really moved most images
+    if flip:  # half of 24 images, each mirrored with probability ½: none is a 2⁻²⁴ event
+        assert mirrored > 0
 
 
 @pytest.mark.parametrize("name", LOADERS)

@@ -248,6 +248,31 @@ def test_maxl_trains_logs_checkpoints_and_resumes_exactly(tiny_config, tmp_path,
     assert len(straight["test_per_class"]) == expected_classes
 
 
+def test_random_auxiliary_labels_are_fixed_per_seed_and_stay_in_each_images_block(tiny_config):
+    """maxl_random: one label per training image, uniform over its primary class's ψ labels (its human labels'
+    count), the same for the same seed, not the human labels."""
+    from pipeline.datasets import build_splits
+    from train.methods import build_method
+
+    def labels(method, seed):
+        bound = build_method(tiny_config(method=method, primary_labels=GROUPS, seed=seed))
+        bound.see_data(build_splits("digits", "unused", 16, 0.1, seed=0, primary_labels=GROUPS))
+        return bound.fine_labels, bound.blocks
+
+    human, blocks = labels("maxl_human", 0)
+    random, _ = labels("maxl_random", 0)
+    splits = build_splits("digits", "unused", 16, 0.1, seed=0, primary_labels=GROUPS)
+    assert torch.equal(blocks.class_of(random), torch.as_tensor(splits.train.labels))  # in the image's block
+    assert torch.equal(random, labels("maxl_random", 0)[0]) and not torch.equal(random, labels("maxl_random", 1)[0])
+    assert (random == human).double().mean() < 0.4  # 1 in 5 by chance; the human labels agree with themselves
+    counts = torch.bincount(random, minlength=blocks.num_aux).double()
+    primary_counts = torch.bincount(torch.as_tensor(splits.train.labels)).double()
+    owner = blocks.class_of(torch.arange(blocks.num_aux))
+    expected = primary_counts[owner] / blocks.sizes[owner]  # binomial(n_c, 1/ψ_c): about 129 ± 10 here
+    sigma = (expected * (1 - 1 / blocks.sizes[owner].double())).sqrt()
+    assert ((counts - expected).abs() < 4 * sigma).all(), (counts, expected)  # 4σ: 10 labels, p ≈ 6e-4
+
+
 def test_maxl_beats_its_initialisation_on_digits(tiny_config):
     # 5 epochs: at 3, fp32 (the precision of CPUs without native bf16) was still near 20% on digits
     summary = train(tiny_config(method="maxl", epochs=5, run_name="maxl-learns"))

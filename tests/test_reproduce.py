@@ -9,42 +9,85 @@ from train.commands import reproduce
 from train.commands.reproduce_grids import Claim, Row, Table, build_table
 
 
-def test_a_two_cell_grid_writes_its_tables_and_a_second_call_runs_nothing(tmp_path, capsys):
+def test_a_two_row_grid_writes_its_tables_and_a_second_call_runs_nothing(tmp_path, capsys):
+    """Both claim rows search three budgets (60, 120, 240 epochs, here × 0.01); each seed's score is its best
+    budget on validation."""
     out = tmp_path / "results"
     argv = ["sla", "--seeds", "1", "--out", str(out), "--rows", "baseline,sla_sd rotation", "--epochs-scale", "0.01"]
     assert reproduce.main(argv) == 0
     printed = capsys.readouterr().out
-    assert printed.count("train/main.py --dataset digits") == 2  # each run's command line, before it runs
+    assert printed.count("train/main.py --dataset digits") == 6  # each run's command line, before it runs
     records = [json.loads(line) for line in (out / "sla.jsonl").read_text().splitlines()]
     assert [r["row"] for r in records] == ["baseline", "sla_sd rotation"]
     assert set(records[1]["scores"]) == {"SI", "AG", "SD"} and all(0 <= v <= 100 for v in records[1]["scores"].values())
+    for record in records:  # the budget with the best validation score, its run's test scores and views
+        key = "baseline" if record["row"] == "baseline" else "sla_sd-rotation"
+        budgets = {name: json.loads((out / "runs" / "sla" / f"{key}@{name}-s0" / "metrics.jsonl").read_text()
+                                    .splitlines()[-1]) for name in ("60ep", "120ep", "240ep")}
+        best = max(budgets, key=lambda name: budgets[name]["best_val"])
+        assert record["chosen"] == best and record["val"] == budgets[best]["best_val"]
+        assert record["scores"]["SI"] == budgets[best]["test"]["SI"] and record["test_images"] == 1553
+        views = 4 if key == "sla_sd-rotation" else 1
+        assert record["views"] == budgets[best]["steps"] * 32 * views
     table = (out / "sla.md").read_text()
     assert f"| baseline | {records[0]['scores']['SI']:.2f} (n=1) |" in table
     assert "SLA+SD (the paper's four rotations) over the baseline" in table and "epochs × 0.01" in table
+    assert f"{records[0]['chosen']}×1" in table and "test images per run: 1553" in table
     assert (out / "sla.png").read_bytes()[:4] == b"\x89PNG"
-    run = out / "runs" / "sla" / "baseline-s0"
+    run = out / "runs" / "sla" / "baseline@60ep-s0"
     config = json.loads((run / "config.json").read_text())
     assert config["epochs"] == 1 and config["seed"] == 0 and config["samples_per_class"] == 10
+    assert config["test_split"] == "unused" and config["flip"] is False
     assert "train/main.py" in (run / "command.txt").read_text()  # the run's own command, rerunnable by hand
 
-    # interrupted after the first run: the second call reads it back and runs only the missing one
+    # interrupted before the last run: the second call reads the others back and runs only the missing one
     metrics = (run / "metrics.jsonl").read_text()
-    other = out / "runs" / "sla" / "sla_sd-rotation-s0"
+    other = out / "runs" / "sla" / "sla_sd-rotation@240ep-s0"
     for path in other.iterdir():
         path.unlink()
     assert reproduce.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "baseline seed 0: finished before" in printed and printed.count("train/main.py --dataset digits") == 1
+    assert "baseline@60ep seed 0: finished before" in printed and printed.count("train/main.py --dataset digits") == 1
     assert (run / "metrics.jsonl").read_text() == metrics
     again = [json.loads(line) for line in (out / "sla.jsonl").read_text().splitlines()]
     assert again == records  # the rerun cell is the same run again: same seed, same scores
 
     # a grid whose arguments changed runs that cell again rather than read an answer to another question
-    assert reproduce.main(["sla", "--seeds", "1", "--out", str(out), "--rows", "baseline", "--epochs-scale", "0.04"]) == 0
-    assert "baseline seed 0: finished before with other arguments; running it again" in capsys.readouterr().out
+    rerun = ["sla", "--seeds", "1", "--out", str(out), "--rows", "baseline", "--epochs-scale", "0.04"]
+    assert reproduce.main(rerun) == 0
+    assert "baseline@60ep seed 0: finished before with other arguments; running it again" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
-    assert reproduce.main(["sla", "--seeds", "1", "--out", str(out), "--rows", "baseline", "--epochs-scale", "0.04"]) == 0
-    assert "baseline seed 0: finished before, read from" in capsys.readouterr().out  # replaced once, then kept
+    assert reproduce.main(rerun) == 0
+    assert "baseline@60ep seed 0: finished before, read from" in capsys.readouterr().out  # replaced once, then kept
+
+
+def test_claim_rows_take_every_seed_and_exploratory_rows_fewer_and_jobs_wait_for_what_they_read(tmp_path, capsys):
+    """--seeds for the rows a claim compares, --exploratory-seeds for the others; with --jobs 2 each run is a
+    process of its own, and a run that reads another's checkpoint (a student, its teacher) starts after it."""
+    table = build_table("hsakd", "small", 0.05, ["teacher resnet20", "student resnet8 alone",
+                                                 "student resnet8 distilled (hsakd_student)"])
+    planned = reproduce.planned_runs(table, 3, 2)
+    assert [key for seed, key, _ in planned if seed == 2] == [
+        "student@40ep", "student@80ep", "student@160ep", "teacher", "distilled@40ep", "distilled@80ep",
+        "distilled@160ep"]  # the teacher runs for the distilled row; its own row (exploratory) stops at 2 seeds
+    assert [key for seed, key, _ in planned if seed == 0][:2] == ["teacher", "student@40ep"]
+    order = []
+    common = ("--dataset", "digits", "--image-size", "16", "--model", "resnet8", "--samples-per-class", "4",
+              "--batch-size", "8", "--epochs", "1", "--log-every", "1000")
+    first = ("first", ("--method", "baseline"))
+    tiny = Table("t", "T", "setting", "small", common, (
+        Row("first", (first,), {"SI": ("first", "SI")}),
+        Row("second", (first, ("second", ("--method", "baseline", "--init-from", "{run:first}/best.pt"))),
+            {"SI": ("second", "SI")}, variants=(("a", ("--lr", "0.1")), ("b", ("--lr", "0.01"))))))
+    summaries = reproduce.run_table(tiny, 1, tmp_path, 1, order.append, exploratory_seeds=1, jobs=2)
+    assert set(summaries) == {(0, "first"), (0, "second@a"), (0, "second@b")}
+    assert [line.split("]")[1].split()[0] for line in order if "train/main.py" in line][0] == "first"
+    first_done = json.loads((tmp_path / "runs" / "t" / "first-s0" / "metrics.jsonl").read_text()
+                            .splitlines()[-1])["time"]
+    for name in ("a", "b"):
+        run = tmp_path / "runs" / "t" / f"second@{name}-s0"
+        assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["time"] >= first_done
+        assert json.loads((run / "config.json").read_text())["init_from"].endswith("first-s0/best.pt")
 
 
 def test_with_several_processes_each_run_goes_through_torchrun():
@@ -58,7 +101,7 @@ def test_a_table_states_mean_sample_std_and_n_and_checks_its_claims_by_a_paired_
     """A claim holds when the 95% paired-t interval of its per-seed differences lies above its margin, fails when
     below, and is inconclusive otherwise; rows outside every claim are marked exploratory."""
     rows = tuple(Row(label, ((label, ()),), {"acc": (label, "SI")}) for label in "abcde")
-    table = Table("t", "T", "setting", "digits", (), rows,
+    table = Table("t", "T", "setting", "small", (), rows,
                   (Claim("a over b by 2", ("a", "acc"), ("b", "acc"), 2.0),
                    Claim("a near the best of b and c", ("a", "acc"), ("best of: b|c", "acc"), -1.0),
                    Claim("a over d by 2", ("a", "acc"), ("d", "acc"), 2.0)))
@@ -84,8 +127,8 @@ def test_every_table_declares_runs_that_the_trainer_accepts():
     from train.methods import build_method
 
     for name in reproduce.TABLES:
-        for scale in ("digits", "paper"):
-            table = build_table(name, scale)
+        for scale, data in (("small", "digits"), ("small", "mnist5k"), ("paper", "digits")):
+            table = build_table(name, scale, data=data)
             configs = {}
             for seed, key, args in reproduce.planned_runs(table, 1):
                 arguments = [*table.common, *reproduce.main_arguments(args, reproduce.Path("r"), name, seed)]
@@ -99,14 +142,14 @@ def test_every_table_declares_runs_that_the_trainer_accepts():
                     if source is None:
                         continue
                     made = configs[source[len("{run:"):source.index("}")]]
-                    where = (name, scale, key, flag)
+                    where = (name, scale, data, key, flag)
                     assert not wanted or build_method(made).backbone_name == wanted, where
                     assert (made.image_size, made.dataset) == (config.image_size, config.dataset), where
             for claim in table.claims:
                 labels = [claim.row[0], *claim.baseline[0].removeprefix("best of: ").split("|")]
                 assert all(label in {row.label for row in table.rows} for label in labels), claim
     with pytest.raises(ValueError, match="has no row 'nope'"):
-        build_table("sla", "digits", only_rows=["nope"])
+        build_table("sla", "small", only_rows=["nope"])
 
 
 def test_transforms_auto_trains_each_candidate_briefly_and_keeps_the_winner_on_resume(tiny_config, tmp_path, capsys):
@@ -154,7 +197,7 @@ def test_from_records_rebuilds_the_tables_from_their_json_lines_alone(tmp_path, 
     seeds = len({json.loads(line)["seed"] for line in (REPO / "results" / "maxl.jsonl").read_text().splitlines()})
     assert f"`python -m train.commands.reproduce maxl --seeds {seeds}`" in text
     assert "95% interval" in text and (tmp_path / "maxl.png").stat().st_size > 0
-    floors = reproduce.pixel_floors(build_table("maxl", "digits", 1.0, []), [0])  # the table's own splits
+    floors = reproduce.pixel_floors(build_table("maxl", "small", 1.0, []), [0])  # the table's own splits
     assert set(floors) == {"logistic regression", "k-NN"} and all(50 < v[0] <= 100 for v in floors.values())
     assert "Floors on the raw pixels of the same splits" in text
     assert not (tmp_path / "runs").exists()

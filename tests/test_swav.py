@@ -31,10 +31,8 @@ def test_sinkhorn_codes_have_the_stated_marginals():
 
 
 @pytest.mark.distributed
-def test_sinkhorn_over_two_ranks_gives_the_codes_of_the_whole_batch(tmp_path):
-    from conftest import torchrun_verdict
-
-    assert torchrun_verdict("sinkhorn_check.py", tmp_path)["same_codes"]
+def test_sinkhorn_over_two_ranks_gives_the_codes_of_the_whole_batch(quick_torchrun_verdicts):
+    assert quick_torchrun_verdicts["sinkhorn"]["same_codes"]
 
 
 def test_swapped_prediction_matches_its_formula_in_float64():

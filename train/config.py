@@ -67,6 +67,14 @@ class TrainConfig(SlaOptions, HsakdOptions, MaxlOptions, PretrainedOptions, Cont
     beton_dir: str = field(default="", metadata={"help": "ffcv .beton files and streamed folders' cached file listings "
                                                          "(default: <data-root>/ffcv)"})
     crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop"})
+    flip: str = field(default="auto", metadata={
+        "help": "mirror half the training images (and contrastive views): on, off, or auto (the data set's recipe: "
+                "off for digits and mnist5k, whose mirrored 2, 3, 5 and 7 are no longer those digits; on for the "
+                "others); config.json records what the run did"})
+    test_split: str = field(default="fixed", metadata={
+        "help": "fixed: the data set's test split; unused: that split and every training image the run neither "
+                "trains nor validates on (--samples-per-class and --imbalance-ratio leave such images; only for "
+                "digits and mnist5k, whose papers fix no test set)"})
     # --- method
     method: str = field(default="sla_sd", metadata={"help": "see --list-methods"})
     transforms: str = field(default="rotation", metadata={"help": "transformation family of docs/methods.md, or "
@@ -130,7 +138,7 @@ CORE_HELP_GROUPS: dict[str, tuple[str, ...]] = {
             "stop_after_epochs", "dist_timeout_s"),
     "data and loaders": ("dataset", "data_root", "image_size", "val_split", "samples_per_class", "imbalance_ratio",
                          "strict_images", "data_in_memory", "primary_labels", "loader", "loader_workers", "dali_views",
-                         "beton_dir", "crop_padding"),
+                         "beton_dir", "crop_padding", "flip", "test_split"),
     "method": ("method", "transforms", "auto_trial_fraction", "auto_families", "kernels"),
     "model and precision": ("model", "channels_last", "precision", "compile", "cuda_graph", "cudnn_benchmark"),
     "optimisation": ("batch_size", "epochs", "iterations", "lr", "optimizer", "lars_eta", "momentum", "nesterov",
@@ -181,8 +189,8 @@ def check_settings(config: TrainConfig) -> None:
 
 # Settings that change what a checkpoint means; a resume must match them: the core ones, then each family's
 # (declared with `"resume": True` beside its options).
-RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "method",
-                     "transforms", "model", "batch_size", "seed",
+RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", "imbalance_ratio", "test_split",
+                     "flip", "method", "transforms", "model", "batch_size", "seed",
                      "decay_norm_and_bias",  # the optimizer's parameter groups
                      "primary_labels", "optimizer",
                      *(spec.name for family in FAMILY_OPTIONS for spec in dataclasses.fields(family)
@@ -324,11 +332,13 @@ def enumerated_settings() -> dict[str, tuple[str, tuple[str, ...]]]:
             "optimizer": ("optimizer", ("sgd", "lars", "adamw", "adam")),
             "optimizer_impl": ("optimizer implementation", ("torch", "apex")),
             "kernels": ("kernel backend", ("auto", "cuda", "cpu", "torch")),
-            "cuda_graph": ("--cuda-graph", ("auto", "on", "off")),
+            "cuda_graph": ("--cuda-graph", ("auto", "on", "off")), "flip": ("--flip", ("auto", "on", "off")),
+            "test_split": ("--test-split", ("fixed", "unused")),
             "data_in_memory": ("--data-in-memory", ("auto", "yes", "no")),
             "dali_views": ("--dali-views", ("batched", "operators")), "maxl_order": ("--maxl-order", ORDERS),
             "maxl_meta_gradient": ("--maxl-meta-gradient", META_GRADIENTS),
-            "mi_estimator": ("--mi-estimator", ESTIMATORS)}
+            "mi_estimator": ("--mi-estimator", ESTIMATORS),
+            "probe_batch_norm": ("--probe-batch-norm", ("pretrained", "recomputed"))}
 
 
 def one_of(noun: str, names: tuple[str, ...]):

@@ -18,7 +18,7 @@ import torch
 
 import kernels
 from pipeline.batch import LoaderSettings
-from pipeline.datasets import build_splits
+from pipeline.datasets import build_splits, resolve_flip
 from pipeline.image_set import DatasetSplits
 from pipeline.loaders import LOADERS, build_loader
 from pipeline.random_views import RandomViewExpander, get_recipe
@@ -126,7 +126,10 @@ def build_training(config: TrainConfig, context: DistributedContext, data: Datas
     views_per_image, flop_views_per_image = family.num_transforms, float(family.num_transforms)
     recipe = method.training_view_recipe()  # contrastive methods: random views instead of the family's
     if recipe is not None:
-        random_expander = RandomViewExpander(get_recipe(recipe), data.train.image_shape[0], data.mean, data.std,
+        specs = get_recipe(recipe)
+        if not settings.flip:  # the data set's recipe mirrors nothing (--flip)
+            specs = tuple(replace(spec, flip_p=0.0) for spec in specs)
+        random_expander = RandomViewExpander(specs, data.train.image_shape[0], data.mean, data.std,
                                              view_dtype, config.channels_last, config.seed, context.rank)
         settings = replace(settings, expander=random_expander, crop_padding=-1, dali_views=config.dali_views)
         views_per_image, flop_views_per_image = random_expander.num_views, random_expander.full_size_equivalent_views
@@ -180,7 +183,8 @@ def loader_settings(config: TrainConfig, context: DistributedContext, expander, 
     """What every loader of the run is built from: the training loader's and the evaluation loaders'."""
     return LoaderSettings(expander=expander, device=context.device, global_batch=global_batch, train=train,
                           rank=context.rank, world_size=context.world_size, seed=config.seed,
-                          crop_padding=config.crop_padding, workers=config.loader_workers,
+                          crop_padding=config.crop_padding, flip=resolve_flip(config.flip, config.dataset),
+                          workers=config.loader_workers,
                           cache_dir=cache_dir(config), strict_images=config.strict_images)
 
 
@@ -208,7 +212,7 @@ def build(config: TrainConfig, context: DistributedContext, start: RunStart, sig
     method = build_method(config)  # its settings fail fast, before data
     data = build_splits(config.dataset, config.data_root, config.image_size, config.val_split, config.seed,
                         config.samples_per_class, config.imbalance_ratio, config.strict_images, config.primary_labels,
-                        config.data_in_memory, cache_dir(config))
+                        config.data_in_memory, cache_dir(config), config.test_split)
     run = build_training(config, context, data, method=method)
     run.run_log, run.signals, run.transform_trials = run_log, signals, transform_trials
     evaluation = loader_settings(config, context, run.expander, config.eval_batch_size * context.world_size,
@@ -279,6 +283,7 @@ def write_manifest(run: Run) -> None:
     run.run_log.write_manifest(config, {
         "world_size": context.world_size, "device": str(device), "precision": run.precision,
         "num_classes": data.num_classes, "num_transforms": run.family.num_transforms,
+        "flip": resolve_flip(config.flip, config.dataset),
         "views_per_image": run.views_per_image, "view_recipe": recipe, "train_images": len(data.train),
         "val_images": len(data.val), "test_images": len(data.test), "total_steps": run.total_steps,
         "flops_per_view": run.view_flops, "peak_flops": run.device_peak, "peak_source": run.peak_source,

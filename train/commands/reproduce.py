@@ -1,21 +1,25 @@
 """Each paper's claim as a table, in one command:
 
-    python -m train.commands.reproduce TABLE [--seeds 3] [--scale digits|paper] [--out results/] [--nproc-per-node N]
+    python -m train.commands.reproduce TABLE [--data digits|mnist5k] [--seeds 10] [--exploratory-seeds 3]
+        [--scale small|paper] [--out DIR] [--jobs N] [--nproc-per-node N]
 
 TABLE is sla, hsakd, maxl, ssl or all. A table is a declared grid (train/commands/reproduce_grids.py) of ordinary runs of
 train/main.py: each run's command line is printed before it runs, its run directory is under
 `<out>/runs/<table>/`, and a run that finished there before with the same arguments is read back instead of
 run again, so an interrupted table continues where it stopped (a run made with other arguments runs again).
-With `--nproc-per-node N` every run goes through `torchrun --standalone --nproc_per_node=N`; otherwise each runs
-in this process, by the same code path.
+The rows a claim compares run `--seeds` seeds, the others (exploratory) `--exploratory-seeds`. `--jobs N` runs N
+runs at once, each a process of its own (a run that reads another's checkpoint waits for it). With
+`--nproc-per-node N` every run goes through `torchrun --standalone --nproc_per_node=N`; otherwise, one job at a
+time, each runs in this process, by the same code path.
 
 Writes `<out>/<table>.jsonl` (one record per row and seed), `<out>/<table>.md` (mean ± sample std over seeds,
 n, the claims and what the table shows) and `<out>/<table>.png` (a panel per metric, a bar per row, a dot
-per seed).
+per seed). The default out is results/ for digits and results/<data>/ for another small data set.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import math
@@ -29,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `python train/commands/reproduce.py` finds the packages
 
-from train.commands.reproduce_grids import TABLES, Row, Table, build_table  # noqa: E402
+from train.commands.reproduce_grids import SMALL_DATA, TABLES, Row, Table, build_table  # noqa: E402
 from train.run_log import format_duration  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,12 +94,19 @@ def command_line(arguments: list[str], nproc: int) -> list[str]:
     return [sys.executable, str(REPO / "train" / "main.py"), *arguments]
 
 
-def execute(arguments: list[str], nproc: int, log_path: Path) -> None:
-    """One run, its output into `log_path`; a failed run stops the table with its last lines."""
+def execute(arguments: list[str], nproc: int, log_path: Path, jobs: int = 1) -> None:
+    """One run, its output into `log_path`; a failed run stops the table with its last lines. With `jobs` > 1 the
+    run is a process of its own that computes on its share of the cores (unless OMP_NUM_THREADS says otherwise)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        if nproc > 1:
-            status = subprocess.run(command_line(arguments, nproc), stdout=log, stderr=subprocess.STDOUT).returncode
+        if nproc > 1 or jobs > 1:
+            env = dict(os.environ)
+            if jobs > 1:  # torch's and Numba's pools alike: idle pool threads spin against the other runs
+                share = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+                for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+                    env.setdefault(name, share)
+            status = subprocess.run(command_line(arguments, nproc), stdout=log, stderr=subprocess.STDOUT,
+                                    env=env).returncode
         else:
             from train.main import main
 
@@ -111,24 +122,56 @@ def execute(arguments: list[str], nproc: int, log_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the grid
-def planned_runs(table: Table, seeds: int) -> list[tuple[int, str, tuple[str, ...]]]:
+def row_seeds(table: Table, row: Row, seeds: int, exploratory_seeds: int) -> int:
+    """Seeds 0 … n−1 of a row: every seed for a row a claim compares, at most `exploratory_seeds` otherwise."""
+    return seeds if row.label in claim_rows(table) else min(seeds, exploratory_seeds)
+
+
+def row_runs(row: Row) -> list[tuple[str, tuple[str, ...]]]:
+    """(key, arguments) of a row's runs, its last run once per variant (`key@variant`)."""
+    if not row.variants:
+        return list(row.runs)
+    *before, (key, args) = row.runs
+    return [*before, *((f"{key}@{name}", (*args, *extra)) for name, extra in row.variants)]
+
+
+def planned_runs(table: Table, seeds: int, exploratory_seeds: int | None = None) -> list[tuple[int, str, tuple[str, ...]]]:
     """(seed, key, arguments) of every run the table needs, each once, in order (a teacher before its students)."""
     seen, runs = set(), []
     for seed in range(seeds):
         for row in table.rows:
-            for key, args in row.runs:
+            if seed >= row_seeds(table, row, seeds, seeds if exploratory_seeds is None else exploratory_seeds):
+                continue
+            for key, args in row_runs(row):
                 if (seed, key) not in seen:
                     seen.add((seed, key))
                     runs.append((seed, key, args))
     return runs
 
 
-def run_table(table: Table, seeds: int, out: Path, nproc: int, printer=print) -> dict[tuple[int, str], dict]:
-    """Every run of the table (finished ones read back); returns the summaries by (seed, key)."""
-    runs = planned_runs(table, seeds)
+def needed_keys(args: tuple[str, ...]) -> list[str]:
+    """The runs whose directories `{run:KEY}` arguments read."""
+    return [arg[len("{run:"):arg.index("}")] for arg in args if arg.startswith("{run:")]
+
+
+def views_seen(directory: Path) -> int | None:
+    """Training views of a finished run: steps × global batch × views per image (its config.json)."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        return int(config["total_steps"]) * int(config["batch_size"]) * int(config["views_per_image"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def run_table(table: Table, seeds: int, out: Path, nproc: int, printer=print, exploratory_seeds: int | None = None,
+              jobs: int = 1) -> dict[tuple[int, str], dict]:
+    """Every run of the table (finished ones read back), `jobs` at a time; returns the summaries by (seed, key),
+    each with the run's `views_seen`."""
+    runs = planned_runs(table, seeds, exploratory_seeds)
     summaries: dict[tuple[int, str], dict] = {}
-    started, ran = time.perf_counter(), 0
-    for index, (seed, key, args) in enumerate(runs):
+    started, ran = time.perf_counter(), [0]
+
+    def one(index: int, seed: int, key: str, args: tuple[str, ...]) -> None:
         directory = run_dir(out, table.name, key, seed)
         cell = [*table.common, *main_arguments(args, out, table.name, seed), "--seed", str(seed),
                 "--out-dir", str(directory.parent), "--run-name", directory.name]
@@ -137,34 +180,64 @@ def run_table(table: Table, seeds: int, out: Path, nproc: int, printer=print) ->
         if summary is not None and recorded_arguments(directory) != cell:  # the grid changed since
             printer(f"{done} {key} seed {seed}: finished before with other arguments; running it again")
             summary, mode = None, REPLACE
-        arguments = [*cell, *mode]
         if summary is None:
+            for needed in needed_keys(args) if jobs > 1 else ():  # a teacher or a pretraining, submitted before
+                pending[(seed, needed)].result()
             remaining = len(runs) - index
-            eta = f", ETA {format_duration((time.perf_counter() - started) / ran * remaining)}" if ran else ""
-            printer(f"{done} {key} seed {seed}{eta}\n    {shlex.join(command_line(arguments, nproc))}")
-            execute(arguments, nproc, directory.parent / f"{directory.name}.log")
-            ran += 1
+            eta = f", ETA {format_duration((time.perf_counter() - started) / ran[0] * remaining)}" if ran[0] else ""
+            printer(f"{done} {key} seed {seed}{eta}\n    {shlex.join(command_line([*cell, *mode], nproc))}")
+            execute([*cell, *mode], nproc, directory.parent / f"{directory.name}.log", jobs)
+            ran[0] += 1
             summary = finished_summary(directory)
             if summary is None:
                 raise RuntimeError(f"the run in {directory} ended without a summary (see {directory}.log)")
         else:
             printer(f"{done} {key} seed {seed}: finished before, read from {directory}")
-        summaries[(seed, key)] = summary
+        summaries[(seed, key)] = {**summary, "views_seen": views_seen(directory)}
+
+    pending: dict[tuple[int, str], concurrent.futures.Future] = {}
+    if jobs == 1:  # in this process's main thread, where a run's signal handlers can be installed
+        for index, (seed, key, args) in enumerate(runs):
+            one(index, seed, key, args)
+        return summaries
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:  # FIFO: a run starts after its needs
+        for index, (seed, key, args) in enumerate(runs):
+            pending[(seed, key)] = pool.submit(one, index, seed, key, args)
+        for future in pending.values():
+            future.result()  # the first failure stops the table with its message
     return summaries
 
 
 # ---------------------------------------------------------------------------------------------- the results
-def row_records(table: Table, seeds: int, summaries: dict) -> list[dict]:
+def chosen_variant(row: Row, seed: int, summaries: dict) -> str | None:
+    """The variant of the row's last run with the best validation score for `seed` (the first of equals)."""
+    if not row.variants:
+        return None
+    return max((name for name, _ in row.variants),
+               key=lambda name: summaries[(seed, f"{row.searched}@{name}")].get("best_val", -math.inf))
+
+
+def row_records(table: Table, seeds: int, summaries: dict, exploratory_seeds: int | None = None) -> list[dict]:
     records = []
     for seed in range(seeds):
         for row in table.rows:
+            if seed >= row_seeds(table, row, seeds, seeds if exploratory_seeds is None else exploratory_seeds):
+                continue
+            chosen = chosen_variant(row, seed, summaries)
+            resolve = (lambda key: f"{key}@{chosen}" if chosen and key == row.searched else key)
+            keys = [resolve(key) for key, _ in row.runs]
             scores = {}
             for column, (key, score) in row.scores.items():
-                value = summaries[(seed, key)]["test"].get(score)
+                value = summaries[(seed, resolve(key))]["test"].get(score)
                 if value is not None:
                     scores[column] = value
+            views = [summaries[(seed, key)].get("views_seen") for key in keys]
+            last = summaries[(seed, keys[-1])]
             records.append({"table": table.name, "scale": table.scale, "row": row.label, "seed": seed,
-                            "scores": scores, "runs": {key: summaries[(seed, key)]["run_dir"] for key, _ in row.runs}})
+                            "scores": scores, "runs": {key: summaries[(seed, key)]["run_dir"] for key in keys},
+                            "chosen": chosen, "val": last.get("best_val"),
+                            "views": sum(views) if None not in views else None,
+                            "test_images": last["test"].get("images")})
     return records
 
 
@@ -248,16 +321,17 @@ def pixel_floors(table: Table, seeds: list[int]) -> dict[str, list[float]] | Non
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
 
-    from pipeline.datasets import build_splits
+    from pipeline.datasets import UNUSED_TO_TEST, build_splits
     from train.config import config_from_args
 
     config, _ = config_from_args(list(table.common))
-    if config.dataset != "digits":
+    if config.dataset not in UNUSED_TO_TEST:  # the embedded sets; the papers' data sets are not read here
         return None
     floors = {"logistic regression": [], "k-NN": []}
     for seed in seeds:
         data = build_splits(config.dataset, config.data_root, config.image_size, config.val_split, seed,
-                            config.samples_per_class, config.imbalance_ratio, primary_labels=config.primary_labels)
+                            config.samples_per_class, config.imbalance_ratio, primary_labels=config.primary_labels,
+                            test_split=config.test_split)
         pixels = {name: (getattr(data, name).images.reshape(len(getattr(data, name)), -1) / 255.0,
                          getattr(data, name).labels) for name in ("train", "val", "test")}
         for name, models in (("logistic regression", [LogisticRegression(C=c, max_iter=3000) for c in FLOOR_C]),
@@ -278,10 +352,23 @@ def floor_line(floors: dict[str, list[float]] | None) -> list[str]:
             f"{len(next(iter(floors.values())))}): {', '.join(parts)}.", ""]
 
 
+def chosen_counts(records: list[dict], row: Row) -> str:
+    """How often each variant won validation, e.g. "60ep×3 120ep×7"."""
+    chosen = [r.get("chosen") for r in records if r["row"] == row.label]
+    return " ".join(f"{name}×{chosen.count(name)}" for name, _ in row.variants if chosen.count(name))
+
+
+def mean_views(records: list[dict], row: Row) -> str:
+    views = [r.get("views") for r in records if r["row"] == row.label]
+    return f"{statistics.fmean(views) / 1e3:,.0f}k" if views and None not in views else ""
+
+
 def markdown(table: Table, records: list[dict], seeds: int, command: str,
              floors: dict[str, list[float]] | None = None) -> str:
     columns = table.columns()
-    header = ["row", *columns, *(["paper"] if table.scale == "paper" else [])]
+    searched = any(row.variants for row in table.rows)
+    header = ["row", *columns, "views seen", *(["chosen on validation"] if searched else []),
+              *(["paper"] if table.scale == "paper" else [])]
     lines = [f"### {table.title}", "", table.setting, "", f"`{command}`", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     in_claims = claim_rows(table)
@@ -291,12 +378,19 @@ def markdown(table: Table, records: list[dict], seeds: int, command: str,
             stats = row_statistics(records, row, column)
             cells.append("" if stats is None else f"{stats[0]:.2f} ± {stats[1]:.2f} (n={stats[2]})"
                          if stats[2] > 1 else f"{stats[0]:.2f} (n=1)")
+        cells.append(mean_views(records, row))
+        if searched:
+            cells.append(chosen_counts(records, row))
         if table.scale == "paper":
             cells.append(row.paper or "")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Test accuracy (%), mean ± sample standard deviation over {seeds} seed(s). The claims below were "
-              "fixed in the grid (train/commands/reproduce_grids.py) before the runs; an exploratory row carries no "
-              "verdict.", ""]
+    test_images = sorted({r["test_images"] for r in records if r.get("test_images")})
+    lines += ["", f"Test accuracy (%), mean ± sample standard deviation over the n seeds of each row (claims' rows "
+              f"{seeds}); test images per run: {', '.join(map(str, test_images)) or 'not recorded'}. Views seen: "
+              "training views over all the row's runs (a distilled student's include its teacher's), mean over "
+              "seeds. Chosen on validation: how many seeds took each variant of the row's last run. The claims "
+              "below were fixed in the grid (train/commands/reproduce_grids.py) before the runs; an exploratory "
+              "row carries no verdict.", ""]
     lines += floor_line(floors)
     lines += claim_lines(table, records)
     if table.notes:
@@ -351,10 +445,18 @@ def write_results(table: Table, records: list[dict], seeds: int, out: Path, comm
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train.commands.reproduce", description=__doc__.split("\n\n")[0])
     parser.add_argument("table", choices=[*TABLES, "all"])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 … S−1 for every row (default 3)")
-    parser.add_argument("--scale", choices=("digits", "paper"), default="digits",
-                        help="digits: the embedded data, minutes on a CPU; paper: the papers' CIFAR presets (GPUs)")
-    parser.add_argument("--out", default="results", help="where the tables and their runs go (default results/)")
+    parser.add_argument("--data", choices=tuple(SMALL_DATA), default="digits",
+                        help="--scale small: the data set (default digits)")
+    parser.add_argument("--seeds", type=int, default=10,
+                        help="seeds 0 … S−1 for the rows a claim compares (default 10)")
+    parser.add_argument("--exploratory-seeds", type=int, default=3,
+                        help="seeds for every other row, at most --seeds (default 3)")
+    parser.add_argument("--scale", choices=("small", "paper"), default="small",
+                        help="small: an embedded data set, minutes to hours on a CPU; paper: the papers' CIFAR "
+                             "presets (GPUs)")
+    parser.add_argument("--out", default="", help="where the tables and their runs go (default results/, and "
+                                                   "results/<data>/ for a data set other than digits)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each a process of its own (default 1)")
     parser.add_argument("--nproc-per-node", type=int, default=1, help="run every run under torchrun with N processes")
     parser.add_argument("--rows", default="", help="only these rows (comma-separated labels), e.g. for a quick look")
     parser.add_argument("--epochs-scale", type=float, default=1.0,
@@ -367,19 +469,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
     if "RANK" in os.environ:
-        print("error: run python -m train.commands.reproduce itself as one process; --nproc-per-node N runs each run under "
-              "torchrun", file=sys.stderr)
+        print("error: run python -m train.commands.reproduce itself as one process; --nproc-per-node N runs each run "
+              "under torchrun", file=sys.stderr)
         return 2
-    if options.seeds < 1:
-        print(f"error: --seeds must be at least 1, got {options.seeds}", file=sys.stderr)
-        return 2
-    out = Path(options.out)
+    for flag, value in (("--seeds", options.seeds), ("--exploratory-seeds", options.exploratory_seeds),
+                        ("--jobs", options.jobs)):
+        if value < 1:
+            print(f"error: {flag} must be at least 1, got {value}", file=sys.stderr)
+            return 2
+    out = Path(options.out or ("results" if options.data == "digits" else f"results/{options.data}"))
     names = list(TABLES) if options.table == "all" else [options.table]
     command = shlex.join(["python", "-m", "train.commands.reproduce", *(sys.argv[1:] if argv is None else argv)])
     for name in names:
         try:
             table = build_table(name, options.scale, options.epochs_scale,
-                                [r for r in options.rows.split(",") if r])
+                                [r for r in options.rows.split(",") if r], options.data)
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -390,13 +494,15 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
-            seeds = len({r["seed"] for r in records})
+            seeds = max(r["seed"] for r in records) + 1
+            data = () if options.data == "digits" else ("--data", options.data)
             write_results(table, records, seeds, out, shlex.join(
-                ["python", "-m", "train.commands.reproduce", name, "--seeds", str(seeds)]))
+                ["python", "-m", "train.commands.reproduce", name, *data, "--seeds", str(seeds)]))
             print(f"{table.name}: rebuilt from {out / (table.name + '.jsonl')}")
             continue
-        summaries = run_table(table, options.seeds, out, options.nproc_per_node)
-        records = row_records(table, options.seeds, summaries)
+        summaries = run_table(table, options.seeds, out, options.nproc_per_node,
+                              exploratory_seeds=options.exploratory_seeds, jobs=options.jobs)
+        records = row_records(table, options.seeds, summaries, options.exploratory_seeds)
         write_results(table, records, options.seeds, out, command)
         print(f"{table.name}: {len(records)} records in {format_duration(time.perf_counter() - started)} → "
               f"{out / (table.name + '.md')}, .jsonl, .png")

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from train.methods.base import Method
 from train.methods.baselines import Baseline, MultiTask, TransformsAsAugmentation
 from train.methods.contrastive import BYOL, MocoV2, MocoV3, SimCLR, SimclrV2
-from train.methods.hsakd import HsakdOnline, HsakdStudent, HsakdTeacher
+from train.methods.hsakd import HsakdOnline, HsakdStudent, HsakdTeacher, PlainKD
 from train.methods.infomax import DeepInfomax
-from train.methods.maxl import Maxl, MaxlHuman
+from train.methods.maxl import Maxl, MaxlHuman, MaxlRandom
 from train.methods.pretrained import LinearEval
 from train.methods.sla import SLA, SLASelfDistillation
 from train.methods.swav import Swav
@@ -30,8 +30,10 @@ METHODS: dict[str, type[Method]] = {method.name: method for method in (
     HsakdTeacher,
     HsakdStudent,
     HsakdOnline,
+    PlainKD,
     Maxl,
     MaxlHuman,
+    MaxlRandom,
     SimCLR,
     SimclrV2,
     MocoV2,

@@ -5,6 +5,7 @@ The reported score (SI) is the backbone head on the identity view.
     teacher:  Σ_l mean_r CE(q_l[r], y[b]·M + j) + CE(p[b·M + 0], y[b])
     student:  CE(p_S[identity rows], y) + τ²·KL(p_T ‖ p_S) + Σ_l τ²·KL(q_T,l ‖ q_S,l)   (KL over all B·M rows)
     mutual:   each network's teacher loss + τ²·KL against the other's detached head and branches
+    kd:       CE(p_S, y) + τ²·KL(p_T ‖ p_S) on the original images only (Hinton et al.; HSAKD's control)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 import kernels
 from kernels import identity_rows, upcast
-from models import build_backbone
+from models import IDENTITY_VIEW, HeadSpec, MultiHeadNetwork, build_backbone
 from models.hsakd import HsakdNetwork, MutualPair
 from pipeline import phases
 from train.methods.base import Method, place
@@ -26,14 +27,14 @@ from train.options import POSITIVE, field
 
 @dataclass
 class HsakdOptions:
-    """The "HSAKD: hsakd_teacher, hsakd_student, hsakd_online" settings (TrainConfig composes every family's)."""
-    HELP_GROUP: ClassVar[str] = "HSAKD: hsakd_teacher, hsakd_student, hsakd_online"
+    """The "HSAKD: hsakd_teacher, hsakd_student, hsakd_online, kd" settings (TrainConfig composes every family's)."""
+    HELP_GROUP: ClassVar[str] = "HSAKD: hsakd_teacher, hsakd_student, hsakd_online, kd"
     kd_temperature: float = field(default=3.0, metadata={
-        "limit": POSITIVE, "resume": True, "help": "HSAKD distillation temperature τ"})
+        "limit": POSITIVE, "resume": True, "help": "hsakd_student, hsakd_online, kd: distillation temperature τ"})
     teacher: str = field(default="", metadata={
-        "help": "hsakd_student: the teacher checkpoint (best.pt or last.pt of a --method hsakd_teacher run)"})
+        "help": "hsakd_student, kd: the teacher checkpoint (best.pt or last.pt of a --method hsakd_teacher run)"})
     teacher_model: str = field(default="", metadata={
-        "help": "hsakd_student: the architecture the teacher must be (presets set it; empty accepts any)"})
+        "help": "hsakd_student, kd: the architecture the teacher must be (presets set it; empty accepts any)"})
     frozen_backbone: str = field(default="", metadata={
         "help": "hsakd_teacher: a run checkpoint whose backbone and class head are frozen; only the branches learn"})
     peer_model: str = field(default="", metadata={
@@ -163,6 +164,35 @@ class HsakdStudent(HsakdMethod):
     def losses(self, outputs, labels):
         return student_losses(outputs["student"], outputs["teacher"], labels, self.num_transforms,
                               temperature=self.config.kd_temperature, loss_kernels=self.loss_kernels)
+
+
+class PlainKD(HsakdStudent):
+    """`kd`: Hinton et al.'s distillation, the control HSAKD compares with: CE(p_S, y) + τ²·KL(p_T ‖ p_S) on the
+    original images, from the same hsakd_teacher checkpoint's class head and the same τ; the student is a plain
+    network (no branches, no joint labels, no transformed views)."""
+    name, uses_transforms = "kd", False
+
+    def build_model(self, model_name, num_classes, family, device, channels_last):
+        student = Method.build_model(self, model_name, num_classes, family, device, channels_last)
+        teacher, self.record = load_teacher(self.config.teacher, num_classes, None, self.config.teacher_model)
+        self.teacher = place(teacher, device, channels_last)  # outside DDP, the optimizer and the checkpoints
+        return student
+
+    def network(self, model_name, num_classes):
+        return MultiHeadNetwork(build_backbone(model_name), [HeadSpec("class", num_classes, IDENTITY_VIEW)], 1)
+
+    def losses(self, outputs, labels):
+        student = outputs["student"]["class"]
+        head_ce = F.cross_entropy(upcast(student), labels)
+        head_kl = self.loss_kernels.distillation_kl(student, outputs["teacher"]["logits"].detach(),
+                                                    self.config.kd_temperature)
+        return {"loss": head_ce + head_kl, "head_ce": head_ce, "head_kl": head_kl}
+
+    def class_scores(self, outputs):
+        return {"SI": outputs["class"]}
+
+    def score_names(self):
+        return ("SI",)
 
 
 class HsakdOnline(HsakdMethod):

@@ -21,6 +21,7 @@ from models import build_backbone
 from models.maxl import LabelGenerator, MaxlLearner
 from pipeline.batch import Batch
 from pipeline import phases
+from pipeline.sharding import AUX_LABEL_STREAM, derived_seed
 from train.methods.base import Method, place
 from train.methods.maxl_losses import ClassBlocks, focal_loss, mask_softmax, negative_entropy
 from train.methods.maxl_meta import META_GRADIENTS, ORDERS, MetaSettings, objective_for
@@ -29,15 +30,15 @@ from train.options import AT_LEAST_0, field
 
 @dataclass
 class MaxlOptions:
-    """The "MAXL: maxl, maxl_human" settings (TrainConfig composes every family's)."""
-    HELP_GROUP: ClassVar[str] = "MAXL: maxl, maxl_human"
+    """The "MAXL: maxl, maxl_human, maxl_random" settings (TrainConfig composes every family's)."""
+    HELP_GROUP: ClassVar[str] = "MAXL: maxl, maxl_human, maxl_random"
     aux_per_class: str = field(default="5", metadata={
         "resume": True, "help": "maxl: auxiliary labels ψ per primary class, one number for all or a comma-separated "
                 "list"})
     generator_model: str = field(default="", metadata={
         "resume": True, "help": "maxl: the label generator's backbone (default: --model)"})
     focal_gamma: float = field(default=2.0, metadata={
-        "limit": AT_LEAST_0, "help": "maxl, maxl_human: focal loss γ on the primary and auxiliary targets; 0 is "
+        "limit": AT_LEAST_0, "help": "maxl, maxl_human, maxl_random: focal loss γ on the primary and auxiliary targets; 0 is "
                 "cross-entropy"})
     entropy_weight: float = field(default=0.2, metadata={
         "limit": AT_LEAST_0, "help": "maxl: weight λ of the generated labels' negative batch entropy in θ2's "
@@ -56,7 +57,7 @@ class MaxlOptions:
     generator_weight_decay: float = field(default=0.0005, metadata={
         "limit": AT_LEAST_0, "help": "maxl: the generator's L2 coefficient"})
     log_grad_similarity: bool = field(default=False, metadata={
-        "help": "maxl, maxl_human: log cos(∇L_pri, ∇L_aux) over the shared backbone, averaged over each logging "
+        "help": "maxl, maxl_human, maxl_random: log cos(∇L_pri, ∇L_aux) over the shared backbone, averaged over each logging "
                 "interval (an extra backward pass per step)"})
 
 
@@ -129,6 +130,20 @@ class MaxlHuman(Method):
     def advance_generator_schedule(self) -> None:
         """After every batch: the generator's schedule follows the run's steps (maxl_human has no generator)."""
 
+
+
+class MaxlRandom(MaxlHuman):
+    """`maxl_random`: MAXL's random-label control: each training image gets one auxiliary label drawn uniformly
+    from its primary class's ψ labels (as many as `maxl_human` has), fixed for the run (seeded by --seed)."""
+    name = "maxl_random"
+
+    def see_data(self, splits) -> None:
+        super().see_data(splits)
+        primary = torch.as_tensor(splits.train.labels)
+        draws = torch.rand(len(primary), generator=torch.Generator().manual_seed(
+            derived_seed(self.config.seed, AUX_LABEL_STREAM)), dtype=torch.float64)
+        offsets = (draws * self.blocks.sizes[primary]).long()  # uniform in [0, ψ_c)
+        self.fine_labels = self.blocks.starts[primary] + offsets
 
 class Maxl(MaxlHuman):
     """`maxl`: auxiliary labels from the generator θ2, trained by the meta step."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+import torch
+import torch.nn as nn
 
 from models import HeadSpec, IDENTITY_VIEW, MultiHeadNetwork, build_backbone
 from train.methods.baselines import Baseline
@@ -22,6 +25,10 @@ class PretrainedOptions:
     init_from: str = field(default="", metadata={
         "resume": True, "help": "start the backbone from this run checkpoint (same --model; e.g. simclr pretraining, "
                 "then sla)"})
+    probe_batch_norm: str = field(default="pretrained", metadata={
+        "resume": True, "help": "linear_eval: the frozen backbone's BatchNorm statistics: pretrained (the "
+                "checkpoint's) or recomputed (averaged over the training images, unaugmented, before the probe "
+                "trains: the fair control for an untrained network, whose statistics are the initial ones)"})
 
 
 class FrozenBackboneNetwork(MultiHeadNetwork):
@@ -48,6 +55,10 @@ class LinearEval(Baseline):
         if config.init_from:
             raise ValueError("linear_eval takes its backbone from --pretrained; --init-from is for fine-tuning")
         self.record: dict = {}
+        self.splits = None
+
+    def see_data(self, splits) -> None:
+        self.splits = splits  # --probe-batch-norm recomputed reads the training images
 
     def network(self, model_name, num_classes):
         network = FrozenBackboneNetwork(build_backbone(model_name), [HeadSpec("class", num_classes, IDENTITY_VIEW)],
@@ -55,5 +66,37 @@ class LinearEval(Baseline):
         self.record = load_backbone(network.backbone, self.config.pretrained, "--pretrained", model_name)
         return network.freeze()
 
+    def build_model(self, model_name, num_classes, family, device, channels_last):
+        network = super().build_model(model_name, num_classes, family, device, channels_last)
+        if self.config.probe_batch_norm == "recomputed":
+            train = self.splits.train
+            recompute_batch_norm(network.backbone, train.images, self.splits.mean, self.splits.std, device,
+                                 channels_last)
+            self.record["probe_batch_norm"] = f"recomputed over {len(train)} training images"
+        return network
+
     def provenance(self):
         return dict(self.record)
+
+
+def recompute_batch_norm(backbone: nn.Module, images: np.ndarray, mean, std, device: torch.device,
+                         channels_last: bool, batch: int = 256) -> None:
+    """Set every BatchNorm's running statistics to the average of its batch statistics over `images` (uint8
+    [n, H, W, C], normalised as the loaders do, unaugmented; momentum None: a cumulative average), in forward
+    passes without gradients; the weights are untouched and the backbone is left in eval mode."""
+    norms = [module for module in backbone.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    shift = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    scale = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    backbone.train()
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            pixels = torch.from_numpy(images[start:start + batch]).to(device).permute(0, 3, 1, 2).float()
+            views = (pixels / 255.0 - shift) / scale
+            backbone(views.contiguous(memory_format=torch.channels_last) if channels_last else views)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    backbone.eval()

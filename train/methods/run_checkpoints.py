@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from kernels import get_family
 from models import build_backbone
 from models.hsakd import HsakdNetwork
 from pipeline.hashing import file_digest
@@ -39,7 +40,8 @@ def network_state(payload: dict) -> dict[str, torch.Tensor]:
 
 
 def load_teacher(path: str, num_classes: int, family, expected_model: str = "") -> tuple[HsakdNetwork, dict]:
-    """The teacher network, frozen (eval mode, no gradients), on the CPU, and its provenance record."""
+    """The teacher network, frozen (eval mode, no gradients), on the CPU, and its provenance record. `family`
+    None: a student that reads only the teacher's class head (plain KD), whatever views its branches learned."""
     payload = read_run_checkpoint(path, "--teacher")
     config = payload["config"]
     method, model_name = config.get("method"), config.get("model")
@@ -53,10 +55,10 @@ def load_teacher(path: str, num_classes: int, family, expected_model: str = "") 
     if teacher_classes != num_classes:
         raise ValueError(f"--teacher checkpoint {path} was trained for {teacher_classes} classes, "
                          f"but this run's data has {num_classes}")
-    if config.get("transforms") != family.name:
+    if family is not None and config.get("transforms") != family.name:
         raise ValueError(f"--teacher checkpoint {path} was trained with --transforms {config.get('transforms')}, "
                          f"but this run uses {family.name} (M={family.num_transforms}); the joint label spaces differ")
-    teacher = HsakdNetwork(build_backbone(model_name), num_classes, family.num_transforms)
+    teacher = HsakdNetwork(build_backbone(model_name), num_classes, get_family(config.get("transforms")).num_transforms)
     teacher.load_state_dict(state)
     teacher.requires_grad_(False)
     teacher.eval()

@@ -1,0 +1,21 @@
+"""Run under `torchrun --nproc_per_node=2`: the quick two-rank checks of several test files in one launch (a
+launch costs seconds of imports on each rank, more than these checks take); rank 0 writes one JSON verdict,
+{check name: that check's verdict}. The tests read their part through conftest's `quick_torchrun_verdicts`."""
+from torchrun_check import run_check  # also puts the repository on sys.path
+
+import distributed_check  # noqa: E402
+import negatives_check  # noqa: E402
+import rng_check  # noqa: E402
+import shuffle_bn_check  # noqa: E402
+import sinkhorn_check  # noqa: E402
+
+if __name__ == "__main__":
+    # the one-process references, before the group exists
+    negatives = negatives_check.one_process_loss()
+    whole_batch_codes = sinkhorn_check.sinkhorn(sinkhorn_check.prototype_scores())
+    checks = {"distributed": distributed_check.check,
+              "negatives": lambda context: negatives_check.check(context, *negatives),
+              "rng": rng_check.check,
+              "shuffle_bn": shuffle_bn_check.check,
+              "sinkhorn": lambda context: sinkhorn_check.check(context, whole_batch_codes)}
+    run_check(lambda context: {name: check(context) for name, check in checks.items()})
