@@ -14,8 +14,8 @@ def read_records(run_dir, kind):
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-# test_hsakd_training.py, test_maxl.py, test_contrastive.py (dim too), test_swav.py
-OWN_TESTS = ("hsakd", "maxl", "simclr", "moco", "byol", "linear", "dim", "swav")
+# test_hsakd_training.py (kd too), test_maxl.py, test_contrastive.py (dim too), test_swav.py
+OWN_TESTS = ("hsakd", "kd", "maxl", "simclr", "moco", "byol", "linear", "dim", "swav")
 
 
 @pytest.mark.parametrize("method", sorted(name for name in METHODS if not name.startswith(OWN_TESTS)))
