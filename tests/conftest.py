@@ -101,23 +101,57 @@ def torchrun_verdict(script: str, tmp_path: Path, *args: str, nproc: int = 2, ti
     return json.loads(verdict_path.read_text())
 
 
-@pytest.fixture(scope="session")
-def quick_torchrun_verdicts(tmp_path_factory, worker_id) -> dict:
-    """tests/quick_checks.py's verdicts, {check: verdict}: one torchrun launch for every test that reads one. Under
-    pytest-xdist the first worker to ask launches it and the others wait for its verdict (a lock in the base
-    directory the workers share)."""
-    import json
+def made_once(tmp_path_factory, worker_id: str, name: str, make) -> Path:
+    """A directory that `make(directory)` fills once for the whole test session: under pytest-xdist the first
+    worker to ask makes it and the others wait for it (a lock in the base directory the workers share), then read
+    what it left. A `make` that fails leaves nothing, and the next worker to ask tries again."""
+    import shutil
 
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    directory = shared / "quick-checks"
-    with FileLock(str(shared / "quick-checks.lock")):
-        verdict = directory / "quick_checks-verdict.json"
-        if verdict.is_file():
-            return json.loads(verdict.read_text())
-        directory.mkdir(exist_ok=True)
-        return torchrun_verdict("quick_checks.py", directory)
+    directory = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        done = directory / ".made"
+        if not done.is_file():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            make(directory)
+            done.touch()
+    return directory
+
+
+@pytest.fixture(scope="session")
+def quick_torchrun_verdicts(tmp_path_factory, worker_id) -> dict:
+    """tests/quick_checks.py's verdicts, {check: verdict}: one torchrun launch for every test that reads one."""
+    import json
+
+    from train.commands.bench.jpeg_folder import make_jpeg_folder
+
+    def make(directory):
+        make_jpeg_folder(directory / "jpegs", train_images=240, val_images=60, classes=4, mean_size=(90, 70),
+                         odd_files=True, workers=1)  # for streaming_shard_check: one truncated JPEG among them
+        torchrun_verdict("quick_checks.py", directory, directory)
+
+    directory = made_once(tmp_path_factory, worker_id, "quick-checks", make)
+    return json.loads((directory / "quick_checks-verdict.json").read_text())
+
+
+# The two-rank run the torchrun fault tests interrupt (6 steps an epoch: 200 images, a global batch of 32).
+TWO_RANK_RUN = ("--image-size", "16", "--model", "resnet8", "--samples-per-class", "20", "--batch-size", "32",
+                "--epochs", "3", "--log-every", "4")
+
+
+@pytest.fixture(scope="session")
+def straight_two_rank_run(tmp_path_factory, worker_id) -> Path:
+    """TWO_RANK_RUN under torchrun, never interrupted: what each interrupted copy of it must end equal to. Its
+    directory also holds what torchrun printed, stdout.txt."""
+    def make(out):
+        result = run_child(torchrun_command(2, str(REPO / "train" / "main.py"), *TWO_RANK_RUN, "--out-dir", str(out),
+                                            "--run-name", "straight"), timeout=300)
+        (out / "straight" / "stdout.txt").write_text(result.stdout)
+
+    return made_once(tmp_path_factory, worker_id, "two-rank-run", make) / "straight"
 
 
 def subprocess_env() -> dict:

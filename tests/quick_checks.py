@@ -1,21 +1,30 @@
-"""Run under `torchrun --nproc_per_node=2`: the quick two-rank checks of several test files in one launch (a
-launch costs seconds of imports on each rank, more than these checks take); rank 0 writes one JSON verdict,
-{check name: that check's verdict}. The tests read their part through conftest's `quick_torchrun_verdicts`."""
+"""Run under `torchrun --nproc_per_node=2`: the two-rank checks of several test files in one launch (a launch
+costs seconds of imports on each rank, FFCV's Numba compilation more, both more than most of these checks take);
+rank 0 writes one JSON verdict, {check name: that check's verdict}. The tests read their part through conftest's
+`quick_torchrun_verdicts`, which makes the work directory (the argument after the verdict's path) and the JPEG
+folder in it first."""
+from pathlib import Path
+
 from torchrun_check import run_check  # also puts the repository on sys.path
 
 import distributed_check  # noqa: E402
 import negatives_check  # noqa: E402
 import rng_check  # noqa: E402
+import shard_check  # noqa: E402
 import shuffle_bn_check  # noqa: E402
 import sinkhorn_check  # noqa: E402
+import streaming_shard_check  # noqa: E402
 
 if __name__ == "__main__":
     # the one-process references, before the group exists
     negatives = negatives_check.one_process_loss()
     whole_batch_codes = sinkhorn_check.sinkhorn(sinkhorn_check.prototype_scores())
-    checks = {"distributed": distributed_check.check,
-              "negatives": lambda context: negatives_check.check(context, *negatives),
-              "rng": rng_check.check,
-              "shuffle_bn": shuffle_bn_check.check,
-              "sinkhorn": lambda context: sinkhorn_check.check(context, whole_batch_codes)}
-    run_check(lambda context: {name: check(context) for name, check in checks.items()})
+    checks = {"distributed": lambda context, work: distributed_check.check(context),
+              "negatives": lambda context, work: negatives_check.check(context, *negatives),
+              "rng": lambda context, work: rng_check.check(context),
+              "shuffle_bn": lambda context, work: shuffle_bn_check.check(context),
+              "sinkhorn": lambda context, work: sinkhorn_check.check(context, whole_batch_codes),
+              "shards": lambda context, work: shard_check.check(context, str(work / "betons")),
+              "streaming_shards": lambda context, work: streaming_shard_check.check(context, str(work / "jpegs"),
+                                                                                    str(work / "cache"))}
+    run_check(lambda context, work: {name: check(context, Path(work)) for name, check in checks.items()})

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import torch
 
-from conftest import REPO, run_child, subprocess_env, torchrun_command
+from conftest import REPO, TWO_RANK_RUN, run_child, subprocess_env, torchrun_command
 from train.main import main
 
 TINY = ["--image-size", "16", "--model", "resnet8", "--samples-per-class", "10", "--batch-size", "32",
@@ -65,12 +65,12 @@ def limited_file_size(size: int):
 
 
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_previous_one_is_kept(tmp_path):
-    argv = [sys.executable, str(REPO / "train" / "main.py"), *TINY, "--epochs", "3", "--out-dir", str(tmp_path),
-            "--run-name", "r"]
-    run_child([*argv, "--stop-after-epochs", "1"], timeout=120)
+    argv = [*TINY, "--epochs", "3", "--out-dir", str(tmp_path), "--run-name", "r"]
+    assert main([*argv, "--stop-after-epochs", "1"]) == 0
     last = tmp_path / "r" / "last.pt"
     kept = last.read_bytes()
-    result = run_child([*argv, "--resume", "auto"], expect=2, timeout=120, preexec_fn=limited_file_size(200_000))
+    result = run_child([sys.executable, str(REPO / "train" / "main.py"), *argv, "--resume", "auto"], expect=2,
+                       timeout=120, preexec_fn=limited_file_size(200_000))  # only the child has the limit
     assert result.stderr.strip().splitlines()[-1] == (f"error: could not write {last}: the file size limit was "
                                                       "reached; the previous last.pt is kept as it was")
     assert "Traceback" not in result.stderr
@@ -83,9 +83,7 @@ def test_report_figures_and_beton_files_that_cannot_be_written_are_one_line(tmp_
     from pipeline.datasets import build_splits
     from pipeline.image_set import WriteError
 
-    argv = [sys.executable, str(REPO / "train" / "main.py"), *TINY, "--epochs", "1", "--out-dir", str(tmp_path),
-            "--run-name", "r"]
-    run_child(argv, timeout=120)
+    assert main([*TINY, "--epochs", "1", "--out-dir", str(tmp_path), "--run-name", "r"]) == 0
     import matplotlib.font_manager  # noqa: F401  (builds matplotlib's font cache, which a fresh machine lacks,
     # before the child runs under the file size limit: its own warning about that cache is not the report's line)
     result = run_child([sys.executable, "-m", "train.commands.report", str(tmp_path / "r")], expect=2,
@@ -103,16 +101,12 @@ def test_report_figures_and_beton_files_that_cannot_be_written_are_one_line(tmp_
 
 
 @pytest.mark.distributed
-def test_a_torchrun_restart_continues_from_the_last_checkpoint(tmp_path):
-    """Two gloo ranks under --max-restarts=1; rank 1 is killed once the first checkpoint exists. The restarted
-    workers continue from it and end with the weights of an uninterrupted run."""
-    def command(name):
-        return torchrun_command(2, "--max-restarts=1", str(REPO / "train" / "main.py"), *TINY,
-                                "--samples-per-class", "20", "--epochs", "4", "--out-dir", str(tmp_path),
-                                "--run-name", name)
-
-    run_child(command("straight"), timeout=240)
-    with psutil.Popen(command("restarted"), env=subprocess_env(), stdout=open(tmp_path / "out.txt", "w"),
+def test_a_torchrun_restart_continues_from_the_last_checkpoint(tmp_path, straight_two_rank_run):
+    """Two gloo ranks under --max-restarts=1; rank 1 is killed once the first checkpoint exists (two epochs
+    before the end). The restarted workers continue from it and end with the weights of an uninterrupted run."""
+    command = torchrun_command(2, "--max-restarts=1", str(REPO / "train" / "main.py"), *TWO_RANK_RUN,
+                               "--out-dir", str(tmp_path), "--run-name", "restarted")
+    with psutil.Popen(command, env=subprocess_env(), stdout=open(tmp_path / "out.txt", "w"),
                       stderr=open(tmp_path / "err.txt", "w")) as agent:
         deadline, killed = time.monotonic() + 180, None
         while killed is None and agent.poll() is None and time.monotonic() < deadline:
@@ -131,7 +125,7 @@ def test_a_torchrun_restart_continues_from_the_last_checkpoint(tmp_path):
     assert killed and status == 0, output[-3000:]
     assert f"torchrun restart 1: continuing from {tmp_path / 'restarted' / 'last.pt'}" in output, output[-3000:]
     assert json.loads((tmp_path / "restarted" / "config.json").read_text())["restarts"] == 1
-    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    straight = torch.load(straight_two_rank_run / "last.pt", weights_only=True)["model"]
     restarted = torch.load(tmp_path / "restarted" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(tensor, restarted[name]) for name, tensor in straight.items())
     assert kinds(tmp_path / "restarted").count("summary") == 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kernels
-from conftest import REPO, run_child, subprocess_env, torchrun_command
+from conftest import REPO, made_once, run_child, subprocess_env, torchrun_command
 from pipeline.batch import Batch
 from train.main import main, train
 from train.methods import build_method
@@ -31,13 +31,14 @@ def run_main_script(*argv, nproc=0):
     return run_child(command, env=env, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def teacher_run(tmp_path_factory):
-    """Command one: a resnet8 teacher with a joint classifier after each of its three stages."""
-    out = tmp_path_factory.mktemp("hsakd")
-    run_main_script("--method", "hsakd_teacher", "--model", "resnet8", "--epochs", "4", "--out-dir", str(out),
-                    "--run-name", "teacher")
-    return out / "teacher"
+@pytest.fixture(scope="session")
+def teacher_run(tmp_path_factory, worker_id):
+    """Command one: a resnet8 teacher with a joint classifier after each of its three stages (trained once for
+    every pytest-xdist worker)."""
+    directory = made_once(tmp_path_factory, worker_id, "hsakd-teacher", lambda out: run_main_script(
+        "--method", "hsakd_teacher", "--model", "resnet8", "--epochs", "4", "--out-dir", str(out),
+        "--run-name", "teacher"))
+    return directory / "teacher"
 
 
 def test_teacher_then_student_from_the_command_line(teacher_run, tmp_path):
@@ -138,10 +139,10 @@ def test_a_changed_teacher_file_refuses_the_resume(teacher_run, tiny_config, tmp
 
 
 def test_frozen_backbone_keeps_its_weights_and_only_branches_learn(tiny_config, tmp_path):
-    train(tiny_config(method="baseline", epochs=1, run_name="pretrained"))
+    train(tiny_config(method="baseline", epochs=1, samples_per_class=50, run_name="pretrained"))
     pretrained = torch.load(tmp_path / "runs" / "pretrained" / "best.pt", weights_only=True)["model"]
     summary = train(tiny_config(method="hsakd_teacher", frozen_backbone=str(tmp_path / "runs" / "pretrained" / "best.pt"),
-                                epochs=2, run_name="frozen"))
+                                epochs=2, samples_per_class=50, run_name="frozen"))
     trained = torch.load(tmp_path / "runs" / "frozen" / "last.pt", weights_only=True)["model"]
     backbone_keys = [k for k in pretrained if k.startswith("backbone.")]
     assert backbone_keys and all(torch.equal(pretrained[k], trained[k]) for k in backbone_keys)  # BN stats too

@@ -15,7 +15,7 @@ from pipeline.loaders import LOADERS, build_loader
 from pipeline.resident import fits_on_device
 from pipeline.views import ViewExpander
 
-from conftest import REPO, run_child, torchrun_verdict
+from conftest import REPO, run_child
 from image_folders import make_image_folder
 
 BATCH = 24  # global batch in source images; odd-sized eval tails below
@@ -196,8 +196,8 @@ def epoch_batches_named(split_name, split, settings):
 
 
 @pytest.mark.distributed
-def test_two_ranks_cover_each_image_once_per_epoch_with_every_loader(tmp_path):
-    verdict = torchrun_verdict("shard_check.py", tmp_path, tmp_path / "betons")
+def test_two_ranks_cover_each_image_once_per_epoch_with_every_loader(quick_torchrun_verdicts):
+    verdict = quick_torchrun_verdicts["shards"]
     assert set(verdict) == {f"{name}-{mode}" for name in LOADERS for mode in ("train", "eval")}
     for key, check in verdict.items():
         assert check["duplicates"] == 0, key

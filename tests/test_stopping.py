@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run_child, torchrun_command
+from conftest import REPO, TWO_RANK_RUN, made_once, run_child, torchrun_command
 from train.config import SETTING_LIMITS, TrainConfig
 from train.main import main
 from train.stopping import EXIT_DIVERGED, EXIT_PREEMPTED, RAISE_SIGNAL_AT
@@ -43,10 +43,18 @@ def signalled_env(at: str) -> dict:
     return dict(subprocess_env(), **{RAISE_SIGNAL_AT: at})
 
 
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory, worker_id):
+    """TINY in one process, never interrupted: what each signalled copy of it must end equal to."""
+    return made_once(tmp_path_factory, worker_id, "straight-run", lambda out: run_child(
+        [sys.executable, str(REPO / "train" / "main.py"), *TINY, "--out-dir", str(out), "--run-name", "straight"],
+        timeout=180)) / "straight"
+
+
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
-def test_a_preemption_signal_mid_epoch_checkpoints_that_step_and_resume_auto_continues_exactly(tmp_path, signal_name):
+def test_a_preemption_signal_mid_epoch_checkpoints_that_step_and_resume_auto_continues_exactly(tmp_path, signal_name,
+                                                                                              straight_run):
     argv = [sys.executable, str(REPO / "train" / "main.py"), *TINY, "--out-dir", str(tmp_path)]
-    run_child([*argv, "--run-name", "straight"], timeout=180)
     stopped = run_child([*argv, "--run-name", "r"], expect=EXIT_PREEMPTED, timeout=180,
                         env=signalled_env(f"0:7:{signal_name}"))  # step 7: the second epoch's first step
     assert f"stopped by {signal_name} at epoch 2 step 7; continue with --resume auto" in stopped.stdout
@@ -58,26 +66,26 @@ def test_a_preemption_signal_mid_epoch_checkpoints_that_step_and_resume_auto_con
     assert len(stop) == 1 and stop[0]["batches_done_in_epoch"] == 1 and stop[0]["exit_status"] == EXIT_PREEMPTED
     resumed = run_child([*argv, "--run-name", "r", "--resume", "auto"], timeout=180)
     assert "continuing from" in resumed.stdout
-    same_weights(tmp_path / "straight" / "last.pt", tmp_path / "r" / "last.pt")
+    same_weights(straight_run / "last.pt", tmp_path / "r" / "last.pt")
     summaries = [r for r in records(tmp_path / "r") if r["kind"] == "summary"]
-    straight = [r for r in records(tmp_path / "straight") if r["kind"] == "summary"]
+    straight = [r for r in records(straight_run) if r["kind"] == "summary"]
     assert summaries[-1]["test"] == straight[-1]["test"] and summaries[-1]["completed"]
 
 
 @pytest.mark.distributed
-def test_under_torchrun_every_rank_stops_at_the_same_step_and_the_resumed_run_is_exact(tmp_path):
+def test_under_torchrun_every_rank_stops_at_the_same_step_and_the_resumed_run_is_exact(tmp_path,
+                                                                                       straight_two_rank_run):
     """Only rank 1 is signalled (at its step 3): both ranks stop after step 4, the step that reads the all-reduce
     started after step 3, and resuming both gives the weights of the run that was never stopped."""
     def command(name, *extra):
-        return torchrun_command(2, str(REPO / "train" / "main.py"), *TINY, "--samples-per-class", "40",
-                                "--out-dir", str(tmp_path), "--run-name", name, *extra)
+        return torchrun_command(2, str(REPO / "train" / "main.py"), *TWO_RANK_RUN, "--out-dir", str(tmp_path),
+                                "--run-name", name, *extra)
 
-    run_child(command("straight"), timeout=300)
     stopped = run_child(command("r"), expect=None, timeout=300, env=signalled_env("1:3:SIGTERM"))
     assert "stopped by SIGTERM at epoch 1 step 4; continue with --resume auto" in stopped.stdout, stopped.stderr[-3000:]
     assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 4
     run_child(command("r", "--resume", "auto"), timeout=300)
-    same_weights(tmp_path / "straight" / "last.pt", tmp_path / "r" / "last.pt")
+    same_weights(straight_two_rank_run / "last.pt", tmp_path / "r" / "last.pt")
 
 
 def test_a_second_signal_while_the_checkpoint_is_written_changes_nothing(tmp_path, monkeypatch, capsys):

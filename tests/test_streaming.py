@@ -29,7 +29,7 @@ from pipeline.streaming import StreamingImageSet, decode_in_memory, list_folder,
 from pipeline.views import ViewExpander
 from train.commands.bench.jpeg_folder import make_jpeg_folder, synthetic_photo, write_odd_files
 
-from conftest import REPO, run_child, torchrun_verdict
+from conftest import REPO, run_child
 
 SIZE = 48
 STREAMING_LOADERS = ("torch", "dali", "ffcv")
@@ -291,9 +291,8 @@ def test_streaming_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
 
 
 @pytest.mark.distributed
-def test_two_ranks_stream_disjoint_shards_past_a_corrupt_file(splits, tmp_path):
-    root = Path(splits.train.files[0]).parents[2]
-    verdict = torchrun_verdict("streaming_shard_check.py", tmp_path, root, tmp_path / "cache")
+def test_two_ranks_stream_disjoint_shards_past_a_corrupt_file(quick_torchrun_verdicts):
+    verdict = quick_torchrun_verdicts["streaming_shards"]  # a folder like `folder`'s, made for the launch
     assert set(verdict) == {f"{name}-{mode}" for name in STREAMING_LOADERS for mode in ("train", "eval")} - {"ffcv-eval"}
     for key, check in verdict.items():
         assert check["duplicates"] == 0 and check["per_rank_steps_equal"], (key, check)

@@ -314,6 +314,7 @@ def build_table(name: str, scale: str, epochs_scale: float = 1.0, only_rows: lis
         rows = tuple(replace(row, runs=tuple((key, scaled_epochs(args, epochs_scale)) for key, args in row.runs),
                              variants=tuple((label, scaled_epochs(args, epochs_scale)) for label, args in row.variants))
                      for row in table.rows)
-        table = replace(table, common=scaled_epochs(table.common, epochs_scale), rows=rows,
-                        notes=(*table.notes, f"Every run's epochs × {epochs_scale:g} (`--epochs-scale`)."))
+        note = (f"Every run's epochs × {epochs_scale:g} (`--epochs-scale`); a budget keeps its unscaled name (60ep, "
+                "120ep, …), which names its run directory.")
+        table = replace(table, common=scaled_epochs(table.common, epochs_scale), rows=rows, notes=(*table.notes, note))
     return table
