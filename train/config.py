@@ -193,6 +193,7 @@ RESUME_MUST_MATCH = ("dataset", "image_size", "val_split", "samples_per_class", 
                      "flip", "method", "transforms", "model", "batch_size", "seed",
                      "decay_norm_and_bias",  # the optimizer's parameter groups
                      "primary_labels", "optimizer",
+                     "lr", "momentum", "nesterov", "weight_decay",  # the optimizer's state restores its own
                      *(spec.name for family in FAMILY_OPTIONS for spec in dataclasses.fields(family)
                        if spec.metadata.get("resume")))
 
