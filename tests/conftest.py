@@ -126,11 +126,10 @@ def quick_torchrun_verdicts(tmp_path_factory, worker_id) -> dict:
     """tests/quick_checks.py's verdicts, {check: verdict}: one torchrun launch for every test that reads one."""
     import json
 
-    from train.commands.bench.jpeg_folder import make_jpeg_folder
+    from image_folders import make_odd_photo_folder
 
     def make(directory):
-        make_jpeg_folder(directory / "jpegs", train_images=240, val_images=60, classes=4, mean_size=(90, 70),
-                         odd_files=True, workers=1)  # for streaming_shard_check: one truncated JPEG among them
+        make_odd_photo_folder(directory / "jpegs")  # streaming_shard_check's folder
         torchrun_verdict("quick_checks.py", directory, directory)
 
     directory = made_once(tmp_path_factory, worker_id, "quick-checks", make)

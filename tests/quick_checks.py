@@ -3,6 +3,7 @@ costs seconds of imports on each rank, FFCV's Numba compilation more, both more 
 rank 0 writes one JSON verdict, {check name: that check's verdict}. The tests read their part through conftest's
 `quick_torchrun_verdicts`, which makes the work directory (the argument after the verdict's path) and the JPEG
 folder in it first."""
+import sys
 from pathlib import Path
 
 from torchrun_check import run_check  # also puts the repository on sys.path
@@ -16,15 +17,16 @@ import sinkhorn_check  # noqa: E402
 import streaming_shard_check  # noqa: E402
 
 if __name__ == "__main__":
+    work = Path(sys.argv[2])  # the work directory, after the verdict's path
     # the one-process references, before the group exists
     negatives = negatives_check.one_process_loss()
     whole_batch_codes = sinkhorn_check.sinkhorn(sinkhorn_check.prototype_scores())
-    checks = {"distributed": lambda context, work: distributed_check.check(context),
-              "negatives": lambda context, work: negatives_check.check(context, *negatives),
-              "rng": lambda context, work: rng_check.check(context),
-              "shuffle_bn": lambda context, work: shuffle_bn_check.check(context),
-              "sinkhorn": lambda context, work: sinkhorn_check.check(context, whole_batch_codes),
-              "shards": lambda context, work: shard_check.check(context, str(work / "betons")),
-              "streaming_shards": lambda context, work: streaming_shard_check.check(context, str(work / "jpegs"),
-                                                                                    str(work / "cache"))}
-    run_check(lambda context, work: {name: check(context, Path(work)) for name, check in checks.items()})
+    checks = {"distributed": distributed_check.check,
+              "negatives": lambda context: negatives_check.check(context, *negatives),
+              "rng": rng_check.check,
+              "shuffle_bn": shuffle_bn_check.check,
+              "sinkhorn": lambda context: sinkhorn_check.check(context, whole_batch_codes),
+              "shards": lambda context: shard_check.check(context, str(work / "betons")),
+              "streaming_shards": lambda context: streaming_shard_check.check(context, str(work / "jpegs"),
+                                                                              str(work / "cache"))}
+    run_check(lambda context, _work: {name: check(context) for name, check in checks.items()})

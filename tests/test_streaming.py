@@ -30,6 +30,7 @@ from pipeline.views import ViewExpander
 from train.commands.bench.jpeg_folder import make_jpeg_folder, synthetic_photo, write_odd_files
 
 from conftest import REPO, run_child
+from image_folders import make_odd_photo_folder
 
 SIZE = 48
 STREAMING_LOADERS = ("torch", "dali", "ffcv")
@@ -37,9 +38,7 @@ STREAMING_LOADERS = ("torch", "dali", "ffcv")
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("jpegs")
-    return make_jpeg_folder(root, train_images=240, val_images=60, classes=4, mean_size=(90, 70), odd_files=True,
-                            workers=1)
+    return make_odd_photo_folder(tmp_path_factory.mktemp("jpegs"))
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +291,7 @@ def test_streaming_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
 
 @pytest.mark.distributed
 def test_two_ranks_stream_disjoint_shards_past_a_corrupt_file(quick_torchrun_verdicts):
-    verdict = quick_torchrun_verdicts["streaming_shards"]  # a folder like `folder`'s, made for the launch
+    verdict = quick_torchrun_verdicts["streaming_shards"]  # on a folder made as `folder` is
     assert set(verdict) == {f"{name}-{mode}" for name in STREAMING_LOADERS for mode in ("train", "eval")} - {"ffcv-eval"}
     for key, check in verdict.items():
         assert check["duplicates"] == 0 and check["per_rank_steps_equal"], (key, check)
