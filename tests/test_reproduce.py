@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 
@@ -45,6 +46,8 @@ def test_a_two_row_grid_writes_its_tables_and_a_second_call_runs_nothing(tmp_pat
     other = out / "runs" / "sla" / "sla_sd-rotation@240ep-s0"
     for path in other.iterdir():
         path.unlink()
+    ledger = out / "sla.runs.jsonl"  # the interrupted run never reached the ledger either
+    ledger.write_text("".join(line + "\n" for line in ledger.read_text().splitlines() if "rotation@240ep" not in line))
     assert reproduce.main(argv) == 0
     printed = capsys.readouterr().out
     assert "baseline@60ep seed 0: finished before" in printed and printed.count("train/main.py --dataset digits") == 1
@@ -59,6 +62,13 @@ def test_a_two_row_grid_writes_its_tables_and_a_second_call_runs_nothing(tmp_pat
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
     assert reproduce.main(rerun) == 0
     assert "baseline@60ep seed 0: finished before, read from" in capsys.readouterr().out  # replaced once, then kept
+
+    # a fresh clone has the committed ledger (sla.runs.jsonl) but no run directories: nothing runs again
+    shutil.rmtree(out / "runs")
+    assert reproduce.main(rerun) == 0
+    printed = capsys.readouterr().out
+    assert "train/main.py" not in printed and printed.count(f"finished before, read from {out / 'sla.runs.jsonl'}") == 3
+    assert [json.loads(line) for line in (out / "sla.jsonl").read_text().splitlines()][0]["chosen"] in budgets
 
 
 def test_claim_rows_take_every_seed_and_exploratory_rows_fewer_and_jobs_wait_for_what_they_read(tmp_path, capsys):
@@ -88,6 +98,17 @@ def test_claim_rows_take_every_seed_and_exploratory_rows_fewer_and_jobs_wait_for
         run = tmp_path / "runs" / "t" / f"second@{name}-s0"
         assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["time"] >= first_done
         assert json.loads((run / "config.json").read_text())["init_from"].endswith("first-s0/best.pt")
+
+    # from the ledger alone, a run still to come needs its teacher's checkpoint: the teacher runs again, the
+    # finished student is read back
+    shutil.rmtree(tmp_path / "runs")
+    ledger = tmp_path / "t.runs.jsonl"
+    ledger.write_text("".join(line + "\n" for line in ledger.read_text().splitlines() if '"second@a"' not in line))
+    order.clear()
+    again = reproduce.run_table(tiny, 1, tmp_path, 1, order.append, exploratory_seeds=1)
+    assert [line.split("]")[1].split()[0] for line in order if "train/main.py" in line] == ["first", "second@a"]
+    assert any("second@b seed 0: finished before, read from" in line for line in order)
+    assert again[(0, "second@b")] == summaries[(0, "second@b")]
 
 
 def test_with_several_processes_each_run_goes_through_torchrun():

@@ -6,7 +6,10 @@
 TABLE is sla, hsakd, maxl, ssl or all. A table is a declared grid (train/commands/reproduce_grids.py) of ordinary runs of
 train/main.py: each run's command line is printed before it runs, its run directory is under
 `<out>/runs/<table>/`, and a run that finished there before with the same arguments is read back instead of
-run again, so an interrupted table continues where it stopped (a run made with other arguments runs again).
+run again, so an interrupted table continues where it stopped (a run made with other arguments runs again). Each finished
+run is also a line of `<out>/<table>.runs.jsonl` (its arguments and summary; committed beside the table, while
+run directories and their checkpoints stay out of git), so a table continues on another machine or a fresh clone:
+a run found there with the same arguments is read back, unless a run still to come reads its checkpoint.
 The rows a claim compares run `--seeds` seeds, the others (exploratory) `--exploratory-seeds`. `--jobs N` runs N
 runs at once, each a process of its own (a run that reads another's checkpoint waits for it). With
 `--nproc-per-node N` every run goes through `torchrun --standalone --nproc_per_node=N`; otherwise, one job at a
@@ -28,6 +31,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,6 +125,39 @@ def execute(arguments: list[str], nproc: int, log_path: Path, jobs: int = 1) -> 
         raise RuntimeError(f"a run failed (status {status}); its log {log_path} ends with:\n{tail}")
 
 
+class Ledger:
+    """`<out>/<table>.runs.jsonl`: one line per finished run, (seed, key) → its train/main.py arguments, summary and
+    views seen; rewritten whole (a temporary file, then a rename) after each run, so a crash leaves the last one."""
+
+    def __init__(self, path: Path):
+        self.path, self.lock, self.entries = path, threading.Lock(), {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    entry = json.loads(line)
+                    self.entries[(entry["seed"], entry["key"])] = entry
+
+    def summary(self, seed: int, key: str, arguments: list[str]) -> dict | None:
+        """The run's summary (with its views_seen) when it finished with these arguments, else None."""
+        entry = self.entries.get((seed, key))
+        return entry["summary"] if entry is not None and entry["arguments"] == arguments else None
+
+    def record(self, seed: int, key: str, arguments: list[str], summary: dict) -> None:
+        entry = {"seed": seed, "key": key, "arguments": arguments, "summary": summary}
+        with self.lock:
+            if self.entries.get((seed, key)) == entry:
+                return
+            self.entries[(seed, key)] = entry
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text("".join(json.dumps(e) + "\n" for e in self.entries.values()))
+            os.replace(temporary, self.path)
+
+
+def ledger_path(out: Path, table: str) -> Path:
+    return out / f"{table}.runs.jsonl"
+
+
 # ---------------------------------------------------------------------------------------------- the grid
 def row_seeds(table: Table, row: Row, seeds: int, exploratory_seeds: int) -> int:
     """Seeds 0 … n−1 of a row: every seed for a row a claim compares, at most `exploratory_seeds` otherwise."""
@@ -170,14 +207,35 @@ def run_table(table: Table, seeds: int, out: Path, nproc: int, printer=print, ex
     runs = planned_runs(table, seeds, exploratory_seeds)
     summaries: dict[tuple[int, str], dict] = {}
     started, ran = time.perf_counter(), [0]
+    ledger = Ledger(ledger_path(out, table.name))
+
+    def cell(seed: int, key: str, args: tuple[str, ...]) -> list[str]:
+        directory = run_dir(out, table.name, key, seed)
+        return [*table.common, *main_arguments(args, out, table.name, seed), "--seed", str(seed),
+                "--out-dir", str(directory.parent), "--run-name", directory.name]
+
+    def in_directory(seed: int, key: str, args: tuple[str, ...]) -> dict | None:
+        directory = run_dir(out, table.name, key, seed)
+        summary = finished_summary(directory)
+        return summary if summary is not None and recorded_arguments(directory) == cell(seed, key, args) else None
+
+    # A run known only from the ledger has no checkpoint here: it runs again where a run still to come reads it.
+    from_ledger = {(seed, key) for seed, key, args in runs if in_directory(seed, key, args) is None
+                   and ledger.summary(seed, key, cell(seed, key, args)) is not None}
+    to_run = {(seed, key) for seed, key, args in runs if (seed, key) not in from_ledger
+              and in_directory(seed, key, args) is None}
+    from_ledger -= {(seed, needed) for seed, key, args in runs if (seed, key) in to_run for needed in needed_keys(args)}
 
     def one(index: int, seed: int, key: str, args: tuple[str, ...]) -> None:
         directory = run_dir(out, table.name, key, seed)
-        cell = [*table.common, *main_arguments(args, out, table.name, seed), "--seed", str(seed),
-                "--out-dir", str(directory.parent), "--run-name", directory.name]
+        arguments = cell(seed, key, args)
         summary, mode = finished_summary(directory), CONTINUE
         done = f"[{table.name} {index + 1}/{len(runs)}]"
-        if summary is not None and recorded_arguments(directory) != cell:  # the grid changed since
+        if (seed, key) in from_ledger:
+            printer(f"{done} {key} seed {seed}: finished before, read from {ledger.path}")
+            summaries[(seed, key)] = ledger.summary(seed, key, arguments)
+            return
+        if summary is not None and recorded_arguments(directory) != arguments:  # the grid changed since
             printer(f"{done} {key} seed {seed}: finished before with other arguments; running it again")
             summary, mode = None, REPLACE
         if summary is None:
@@ -185,8 +243,8 @@ def run_table(table: Table, seeds: int, out: Path, nproc: int, printer=print, ex
                 pending[(seed, needed)].result()
             remaining = len(runs) - index
             eta = f", ETA {format_duration((time.perf_counter() - started) / ran[0] * remaining)}" if ran[0] else ""
-            printer(f"{done} {key} seed {seed}{eta}\n    {shlex.join(command_line([*cell, *mode], nproc))}")
-            execute([*cell, *mode], nproc, directory.parent / f"{directory.name}.log", jobs)
+            printer(f"{done} {key} seed {seed}{eta}\n    {shlex.join(command_line([*arguments, *mode], nproc))}")
+            execute([*arguments, *mode], nproc, directory.parent / f"{directory.name}.log", jobs)
             ran[0] += 1
             summary = finished_summary(directory)
             if summary is None:
@@ -194,6 +252,7 @@ def run_table(table: Table, seeds: int, out: Path, nproc: int, printer=print, ex
         else:
             printer(f"{done} {key} seed {seed}: finished before, read from {directory}")
         summaries[(seed, key)] = {**summary, "views_seen": views_seen(directory)}
+        ledger.record(seed, key, arguments, summaries[(seed, key)])
 
     pending: dict[tuple[int, str], concurrent.futures.Future] = {}
     if jobs == 1:  # in this process's main thread, where a run's signal handlers can be installed
