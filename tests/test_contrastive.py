@@ -364,9 +364,10 @@ def test_moco_v3_on_a_vit_trains_under_bf16_with_a_frozen_patch_projection(tiny_
 
     import kernels
 
-    # one step: bf16 is emulated, and slow, on CPUs without native bf16 (Zen 3)
+    # one step and 20 validation images: bf16 is emulated, and slow, on CPUs without native bf16 (Zen 3)
     config = small(tiny_config, method="moco_v3", model="vit_tiny", iterations=1, samples_per_class=8, batch_size=16,
-                   optimizer="adamw", lr=1e-3, weight_decay=0.1, precision="bf16", frozen_patch_projection=True)
+                   val_split=20, optimizer="adamw", lr=1e-3, weight_decay=0.1, precision="bf16",
+                   frozen_patch_projection=True)
     model = build_method(config).build_model("vit_tiny", 10, kernels.get_family("none"), torch.device("cpu"), False)
     frozen = {id(p) for p in model.backbone.patch_embed.parameters()}
     assert frozen and not any(p.requires_grad for p in model.backbone.patch_embed.parameters())
