@@ -94,9 +94,15 @@ def test_numba_kernels_and_torch_composite_give_the_same_loss_curve(tiny_config,
 
 
 @pytest.mark.parametrize("loader", ["torch", "dali", "ffcv"])
-def test_training_runs_on_every_loader(loader, tiny_config, tmp_path):
-    summary = train(tiny_config(method="sla", loader=loader, epochs=4, run_name=loader, loader_workers=1,
-                                beton_dir=str(tmp_path / "betons")))
+def test_training_runs_on_every_loader_within_the_host_sync_budget(loader, monkeypatch, tmp_path):
+    """The loss falls on every loader, and three steady steps between log steps (0-based 5..7; logs at 4 and 9)
+    make no host sync and at most one fresh host tensor each (tests/test_host_syncs.py's budget)."""
+    from test_host_syncs import counted_steps
+
+    counter, summary = counted_steps(monkeypatch, tmp_path, first=5, last=7, method="sla", loader=loader, epochs=4,
+                                     batch_size=64, samples_per_class=0, log_every=5, eval_batch_size=256, lr=0.1,
+                                     schedule="cosine", warmup_iterations=0, run_name=loader)
+    assert counter.syncs == 0 and counter.fresh <= 3, dict(counter.counts)
     steps = read_records(tmp_path / "runs" / loader, "step")
     assert summary["completed"] and summary["steps"] == 4 * (1293 // 64)
     assert steps[-1]["loss"] < 0.8 * steps[0]["loss"], (steps[0]["loss"], steps[-1]["loss"])
@@ -125,8 +131,6 @@ def test_auto_precision_follows_the_cpus_native_bf16():
 
 @pytest.mark.parametrize("decay_norm_and_bias", [False, True])
 def test_weight_decay_reaches_norm_and_bias_only_when_asked(decay_norm_and_bias):
-    import torch
-
     from models.registry import build_backbone
     from train.config import PRESETS, TrainConfig
     from train.optim import build_optimizer
