@@ -81,6 +81,9 @@ def test_claim_rows_take_every_seed_and_exploratory_rows_fewer_and_jobs_wait_for
         "student@40ep", "student@80ep", "student@160ep", "teacher", "distilled@40ep", "distilled@80ep",
         "distilled@160ep"]  # the teacher runs for the distilled row; its own row (exploratory) stops at 2 seeds
     assert [key for seed, key, _ in planned if seed == 0][:2] == ["teacher", "student@40ep"]
+    finished = {(seed, key): {"test": {"SI": 50.0 + seed}, "best_val": 1.0, "run_dir": key} for seed, key, _ in planned}
+    teacher_seeds = [r["seed"] for r in reproduce.row_records(table, 3, finished, 2) if r["row"] == "teacher resnet20"]
+    assert teacher_seeds == [0, 1, 2]  # exploratory, yet every seed's teacher finished for the distilled row
     order = []
     common = ("--dataset", "digits", "--image-size", "16", "--model", "resnet8", "--samples-per-class", "4",
               "--batch-size", "8", "--epochs", "1", "--log-every", "1000")

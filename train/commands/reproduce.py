@@ -6,10 +6,11 @@
 TABLE is sla, hsakd, maxl, ssl or all. A table is a declared grid (train/commands/reproduce_grids.py) of ordinary runs of
 train/main.py: each run's command line is printed before it runs, its run directory is under
 `<out>/runs/<table>/`, and a run that finished there before with the same arguments is read back instead of
-run again, so an interrupted table continues where it stopped (a run made with other arguments runs again). Each finished
-run is also a line of `<out>/<table>.runs.jsonl` (its arguments and summary; committed beside the table, while
-run directories and their checkpoints stay out of git), so a table continues on another machine or a fresh clone:
-a run found there with the same arguments is read back, unless a run still to come reads its checkpoint.
+run again, so an interrupted table continues where it stopped (a run made with other arguments runs again).
+Each finished run is also a line of `<out>/<table>.runs.jsonl` (its arguments and summary; committed beside the
+table, while run directories and their checkpoints stay out of git), so a table continues on another machine or
+a fresh clone: a run found there with the same arguments is read back, unless a run still to come reads its
+checkpoint.
 The rows a claim compares run `--seeds` seeds, the others (exploratory) `--exploratory-seeds`. `--jobs N` runs N
 runs at once, each a process of its own (a run that reads another's checkpoint waits for it). With
 `--nproc-per-node N` every run goes through `torchrun --standalone --nproc_per_node=N`; otherwise, one job at a
@@ -277,10 +278,13 @@ def chosen_variant(row: Row, seed: int, summaries: dict) -> str | None:
 
 
 def row_records(table: Table, seeds: int, summaries: dict, exploratory_seeds: int | None = None) -> list[dict]:
+    """A record per row and seed: the row's seeds, and any other seed whose runs all finished anyway (an
+    exploratory teacher row, whose teacher the claim rows trained at every seed)."""
     records = []
     for seed in range(seeds):
         for row in table.rows:
-            if seed >= row_seeds(table, row, seeds, seeds if exploratory_seeds is None else exploratory_seeds):
+            if seed >= row_seeds(table, row, seeds, seeds if exploratory_seeds is None else exploratory_seeds) and \
+                    not all((seed, key) in summaries for key, _ in row_runs(row)):
                 continue
             chosen = chosen_variant(row, seed, summaries)
             resolve = (lambda key: f"{key}@{chosen}" if chosen and key == row.searched else key)
