@@ -63,11 +63,14 @@ def test_a_two_row_grid_writes_its_tables_and_a_second_call_runs_nothing(tmp_pat
     assert reproduce.main(rerun) == 0
     assert "baseline@60ep seed 0: finished before, read from" in capsys.readouterr().out  # replaced once, then kept
 
-    # a fresh clone has the committed ledger (sla.runs.jsonl) but no run directories: nothing runs again
+    # a fresh clone has the committed ledger (sla.runs.jsonl) but no run directories, and may name its --out
+    # otherwise (here a link to the same folder): nothing runs again
     shutil.rmtree(out / "runs")
-    assert reproduce.main(rerun) == 0
+    (tmp_path / "elsewhere").symlink_to(out)
+    ledger = tmp_path / "elsewhere" / "sla.runs.jsonl"
+    assert reproduce.main([*rerun[:3], "--out", str(tmp_path / "elsewhere"), *rerun[5:]]) == 0
     printed = capsys.readouterr().out
-    assert "train/main.py" not in printed and printed.count(f"finished before, read from {out / 'sla.runs.jsonl'}") == 3
+    assert "train/main.py" not in printed and printed.count(f"finished before, read from {ledger}") == 3
     assert [json.loads(line) for line in (out / "sla.jsonl").read_text().splitlines()][0]["chosen"] in budgets
 
 

@@ -127,24 +127,29 @@ def execute(arguments: list[str], nproc: int, log_path: Path, jobs: int = 1) -> 
 
 
 class Ledger:
-    """`<out>/<table>.runs.jsonl`: one line per finished run, (seed, key) → its train/main.py arguments, summary and
-    views seen; rewritten whole (a temporary file, then a rename) after each run, so a crash leaves the last one."""
+    """`<out>/<table>.runs.jsonl`: one line per finished run, (seed, key) → its train/main.py arguments (paths
+    under `out` written from `{out}`, so another --out naming the same files matches), summary and views seen;
+    rewritten whole (a temporary file, then a rename) after each run, so a crash leaves the last one."""
 
-    def __init__(self, path: Path):
-        self.path, self.lock, self.entries = path, threading.Lock(), {}
+    def __init__(self, path: Path, out: Path):
+        self.path, self.lock, self.entries, self.out = path, threading.Lock(), {}, str(out)
         if path.is_file():
             for line in path.read_text().splitlines():
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     entry = json.loads(line)
                     self.entries[(entry["seed"], entry["key"])] = entry
 
+    def portable(self, arguments: list[str]) -> list[str]:
+        return [f"{{out}}{arg[len(self.out):]}" if arg == self.out or arg.startswith(self.out + os.sep) else arg
+                for arg in arguments]
+
     def summary(self, seed: int, key: str, arguments: list[str]) -> dict | None:
         """The run's summary (with its views_seen) when it finished with these arguments, else None."""
         entry = self.entries.get((seed, key))
-        return entry["summary"] if entry is not None and entry["arguments"] == arguments else None
+        return entry["summary"] if entry is not None and entry["arguments"] == self.portable(arguments) else None
 
     def record(self, seed: int, key: str, arguments: list[str], summary: dict) -> None:
-        entry = {"seed": seed, "key": key, "arguments": arguments, "summary": summary}
+        entry = {"seed": seed, "key": key, "arguments": self.portable(arguments), "summary": summary}
         with self.lock:
             if self.entries.get((seed, key)) == entry:
                 return
@@ -208,7 +213,7 @@ def run_table(table: Table, seeds: int, out: Path, nproc: int, printer=print, ex
     runs = planned_runs(table, seeds, exploratory_seeds)
     summaries: dict[tuple[int, str], dict] = {}
     started, ran = time.perf_counter(), [0]
-    ledger = Ledger(ledger_path(out, table.name))
+    ledger = Ledger(ledger_path(out, table.name), out)
 
     def cell(seed: int, key: str, args: tuple[str, ...]) -> list[str]:
         directory = run_dir(out, table.name, key, seed)
