@@ -226,10 +226,10 @@ def run_table(table: Table, seeds: int, out: Path, nproc: int, printer=print, ex
         return summary if summary is not None and recorded_arguments(directory) == cell(seed, key, args) else None
 
     # A run known only from the ledger has no checkpoint here: it runs again where a run still to come reads it.
-    from_ledger = {(seed, key) for seed, key, args in runs if in_directory(seed, key, args) is None
-                   and ledger.summary(seed, key, cell(seed, key, args)) is not None}
-    to_run = {(seed, key) for seed, key, args in runs if (seed, key) not in from_ledger
-              and in_directory(seed, key, args) is None}
+    here = {(seed, key) for seed, key, args in runs if in_directory(seed, key, args) is not None}
+    from_ledger = {(seed, key) for seed, key, args in runs
+                   if (seed, key) not in here and ledger.summary(seed, key, cell(seed, key, args)) is not None}
+    to_run = {(seed, key) for seed, key, _ in runs} - here - from_ledger
     from_ledger -= {(seed, needed) for seed, key, args in runs if (seed, key) in to_run for needed in needed_keys(args)}
 
     def one(index: int, seed: int, key: str, args: tuple[str, ...]) -> None:
