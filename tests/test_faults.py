@@ -13,8 +13,8 @@ import torch
 from conftest import REPO, TWO_RANK_RUN, run_child, subprocess_env, torchrun_command
 from train.main import main
 
-TINY = ["--image-size", "16", "--model", "resnet8", "--samples-per-class", "10", "--batch-size", "32",
-        "--log-every", "100"]
+TINY = ["--image-size", "8", "--crop-padding", "1", "--model", "resnet8", "--samples-per-class", "10",
+        "--batch-size", "32", "--log-every", "100"]
 
 
 def one_line(capsys) -> str:
@@ -67,14 +67,16 @@ def limited_file_size(size: int):
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_previous_one_is_kept(tmp_path):
     argv = [*TINY, "--epochs", "3", "--out-dir", str(tmp_path), "--run-name", "r"]
     assert main([*argv, "--stop-after-epochs", "1"]) == 0
-    last = tmp_path / "r" / "last.pt"
-    kept = last.read_bytes()
+    last, best = tmp_path / "r" / "last.pt", tmp_path / "r" / "best.pt"
+    kept = {path: path.read_bytes() for path in (last, best)}
     result = run_child([sys.executable, str(REPO / "train" / "main.py"), *argv, "--resume", "auto"], expect=2,
                        timeout=120, preexec_fn=limited_file_size(200_000))  # only the child has the limit
-    assert result.stderr.strip().splitlines()[-1] == (f"error: could not write {last}: the file size limit was "
-                                                      "reached; the previous last.pt is kept as it was")
+    # best.pt is written first when epoch 2 improves on validation, else last.pt: the first write fails either way
+    written = best if "/best.pt:" in result.stderr else last
+    assert result.stderr.strip().splitlines()[-1] == (f"error: could not write {written}: the file size limit was "
+                                                      f"reached; the previous {written.name} is kept as it was")
     assert "Traceback" not in result.stderr
-    assert last.read_bytes() == kept and torch.load(last, weights_only=True)["epoch"] == 1
+    assert all(path.read_bytes() == kept[path] for path in kept) and torch.load(last, weights_only=True)["epoch"] == 1
     assert sorted(p.name for p in last.parent.iterdir() if p.name.startswith(".")) == []  # no temporary file
 
 

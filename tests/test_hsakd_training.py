@@ -15,7 +15,7 @@ from train.main import main, train
 from train.methods import build_method
 from train.methods.run_checkpoints import file_sha256
 
-TINY = ["--dataset", "digits", "--image-size", "16", "--batch-size", "64", "--log-every", "5"]
+TINY = ["--dataset", "digits", "--image-size", "8", "--crop-padding", "1", "--batch-size", "64", "--log-every", "5"]
 
 
 def records(run_dir, kind):

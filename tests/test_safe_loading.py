@@ -11,6 +11,7 @@ from conftest import REPO, run_child
 from pipeline import datasets
 from pipeline.datasets import DataError
 from train.commands import convert_checkpoint
+from train.main import main
 from train.checkpoint import read_checkpoint_file, restore_rng_states, rng_states
 
 
@@ -30,17 +31,29 @@ def crafted_checkpoint(path, marker):
     return path
 
 
-@pytest.mark.parametrize("flags", [["--resume"], ["--method", "hsakd_student", "--teacher"],
-                                   ["--method", "hsakd_teacher", "--frozen-backbone"]])
-def test_a_crafted_checkpoint_runs_nothing_and_is_one_line(tmp_path, flags):
-    marker = tmp_path / "pwned"
-    evil = crafted_checkpoint(tmp_path / "evil.pt", marker)
-    result = run_child([sys.executable, str(REPO / "train" / "main.py"), *flags, str(evil), "--image-size", "16",
-                        "--out-dir", str(tmp_path / "runs")], expect=2, timeout=300)
-    assert not marker.exists()
-    lines = result.stderr.strip().splitlines()
+def assert_refused_in_one_line(stderr: str) -> None:
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "safe load refuses" in lines[0], lines
     assert "python -m train.commands.convert_checkpoint" in lines[0] and "posix.system" in lines[0]
+
+
+def test_a_crafted_checkpoint_to_resume_runs_nothing_and_is_one_line_from_the_command_line(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = crafted_checkpoint(tmp_path / "evil.pt", marker)
+    result = run_child([sys.executable, str(REPO / "train" / "main.py"), "--resume", str(evil), "--image-size", "16",
+                        "--out-dir", str(tmp_path / "runs")], expect=2, timeout=300)
+    assert not marker.exists()
+    assert_refused_in_one_line(result.stderr)
+
+
+@pytest.mark.parametrize("flags", [["--method", "hsakd_student", "--teacher"],
+                                   ["--method", "hsakd_teacher", "--frozen-backbone"]])
+def test_a_crafted_teacher_or_backbone_runs_nothing_and_is_one_line(capsys, tmp_path, flags):
+    marker = tmp_path / "pwned"
+    evil = crafted_checkpoint(tmp_path / "evil.pt", marker)
+    assert main([*flags, str(evil), "--image-size", "16", "--out-dir", str(tmp_path / "runs")]) == 2
+    assert not marker.exists()
+    assert_refused_in_one_line(capsys.readouterr().err)
 
 
 def test_a_crafted_cifar_batch_runs_nothing(tmp_path):

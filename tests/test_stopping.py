@@ -14,8 +14,8 @@ from train.config import SETTING_LIMITS, TrainConfig
 from train.main import main
 from train.stopping import EXIT_DIVERGED, EXIT_PREEMPTED, RAISE_SIGNAL_AT
 
-TINY = ["--image-size", "16", "--model", "resnet8", "--samples-per-class", "20", "--batch-size", "32",
-        "--log-every", "4", "--epochs", "2"]  # 6 steps an epoch, 12 in all
+TINY = ["--image-size", "8", "--crop-padding", "1", "--model", "resnet8", "--samples-per-class", "20",
+        "--batch-size", "32", "--log-every", "4", "--epochs", "2"]  # 6 steps an epoch, 12 in all
 
 
 def refuse_constants(name):
