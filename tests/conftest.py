@@ -48,10 +48,14 @@ def seeded_random_streams():
     torch.manual_seed(0)
 
 
+# The training tests' digits at their own 8×8 pixels: a quarter of the convolution work of 16×16, with a one-pixel
+# crop shift (the 16×16 default's four scaled down). tiny_config's image_size and crop_padding are the same.
+DIGITS_8PX = ("--image-size", "8", "--crop-padding", "1")
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
-    """A TrainConfig for a few seconds of training on digits at their own 8×8 pixels with the smallest ResNet (a
-    quarter of the convolution work of 16×16, and a one-pixel crop shift, the 16×16 default's four scaled down)."""
+    """A TrainConfig for a few seconds of training on digits at 8×8 (DIGITS_8PX) with the smallest ResNet."""
     from train.config import TrainConfig
 
     def make(**overrides):
@@ -138,8 +142,8 @@ def quick_torchrun_verdicts(tmp_path_factory, worker_id) -> dict:
 
 
 # The two-rank run the torchrun fault tests interrupt (6 steps an epoch: 200 images, a global batch of 32).
-TWO_RANK_RUN = ("--image-size", "8", "--crop-padding", "1", "--model", "resnet8", "--samples-per-class", "20",
-                "--batch-size", "32", "--epochs", "3", "--log-every", "4")
+TWO_RANK_RUN = (*DIGITS_8PX, "--model", "resnet8", "--samples-per-class", "20", "--batch-size", "32", "--epochs", "3",
+                "--log-every", "4")
 
 
 @pytest.fixture(scope="session")

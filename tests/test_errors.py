@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_child
+from conftest import DIGITS_8PX, REPO, run_child
 from train.config import PRESETS
 from train.main import main
 
@@ -52,13 +52,11 @@ def test_resume_with_an_incompatible_config_is_refused(capsys, tiny_config, tmp_
     train(tiny_config(method="sla", epochs=1, samples_per_class=10, run_name="first"))
     checkpoint = tmp_path / "runs" / "first" / "last.pt"
     status, err = run_main(capsys, "--resume", str(checkpoint), "--method", "sla", "--model", "resnet20",
-                           "--image-size", "8", "--crop-padding", "1", "--samples-per-class", "10",
-                           "--batch-size", "64")
+                           *DIGITS_8PX, "--samples-per-class", "10", "--batch-size", "64")
     assert status == 2 and "was made with model='resnet8', but this run has model='resnet20'" in err
     # the optimizer's state brings back its own learning rate: another --lr would be ignored, so it is refused
     status, err = run_main(capsys, "--resume", str(checkpoint), "--method", "sla", "--model", "resnet8",
-                           "--image-size", "8", "--crop-padding", "1", "--samples-per-class", "10",
-                           "--batch-size", "64", "--lr", "0.2")
+                           *DIGITS_8PX, "--samples-per-class", "10", "--batch-size", "64", "--lr", "0.2")
     assert status == 2 and "was made with lr=0.1, but this run has lr=0.2" in err
 
 

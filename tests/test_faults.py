@@ -10,11 +10,10 @@ import psutil
 import pytest
 import torch
 
-from conftest import REPO, TWO_RANK_RUN, run_child, subprocess_env, torchrun_command
+from conftest import DIGITS_8PX, REPO, TWO_RANK_RUN, run_child, subprocess_env, torchrun_command
 from train.main import main
 
-TINY = ["--image-size", "8", "--crop-padding", "1", "--model", "resnet8", "--samples-per-class", "10",
-        "--batch-size", "32", "--log-every", "100"]
+TINY = [*DIGITS_8PX, "--model", "resnet8", "--samples-per-class", "10", "--batch-size", "32", "--log-every", "100"]
 
 
 def one_line(capsys) -> str:

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import kernels
-from conftest import REPO, made_once, run_child, subprocess_env, torchrun_command
+from conftest import DIGITS_8PX, REPO, made_once, run_child, subprocess_env, torchrun_command
 from pipeline.batch import Batch
 from train.main import main, train
 from train.methods import build_method
 from train.methods.run_checkpoints import file_sha256
 
-TINY = ["--dataset", "digits", "--image-size", "8", "--crop-padding", "1", "--batch-size", "64", "--log-every", "5"]
+TINY = ["--dataset", "digits", *DIGITS_8PX, "--batch-size", "64", "--log-every", "5"]
 
 
 def records(run_dir, kind):

@@ -338,12 +338,11 @@ def test_coarse_primary_labels_group_cifar100_classes_into_blocks():
 
 @pytest.mark.distributed
 def test_maxl_trains_under_torchrun_with_two_processes(tmp_path):
-    from conftest import REPO, run_child, torchrun_command
+    from conftest import DIGITS_8PX, REPO, run_child, torchrun_command
 
     command = torchrun_command(2, str(REPO / "train" / "main.py"), "--method", "maxl", "--dataset", "digits",
-                               "--image-size", "8", "--crop-padding", "1", "--model", "resnet8", "--epochs", "1",
-                               "--batch-size", "32", "--samples-per-class", "16", "--aux-per-class", "2",
-                               "--log-every", "2",
+                               *DIGITS_8PX, "--model", "resnet8", "--epochs", "1", "--batch-size", "32",
+                               "--samples-per-class", "16", "--aux-per-class", "2", "--log-every", "2",
                                "--out-dir", str(tmp_path), "--run-name", "ddp")
     run_child(command, timeout=300)
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]

@@ -9,13 +9,13 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TWO_RANK_RUN, made_once, run_child, torchrun_command
+from conftest import DIGITS_8PX, REPO, TWO_RANK_RUN, made_once, run_child, torchrun_command
 from train.config import SETTING_LIMITS, TrainConfig
 from train.main import main
 from train.stopping import EXIT_DIVERGED, EXIT_PREEMPTED, RAISE_SIGNAL_AT
 
-TINY = ["--image-size", "8", "--crop-padding", "1", "--model", "resnet8", "--samples-per-class", "20",
-        "--batch-size", "32", "--log-every", "4", "--epochs", "2"]  # 6 steps an epoch, 12 in all
+TINY = [*DIGITS_8PX, "--model", "resnet8", "--samples-per-class", "20", "--batch-size", "32", "--log-every", "4",
+        "--epochs", "2"]  # 6 steps an epoch, 12 in all
 
 
 def refuse_constants(name):
