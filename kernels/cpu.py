@@ -42,7 +42,11 @@ def follow_torch_threads() -> None:
     import numba
     import torch
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), config.NUMBA_NUM_THREADS)))
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, config.NUMBA_NUM_THREADS)))
+    # the first call starts Numba's OpenMP pool, which sets the runtime's count to the pool's size (NUMBA_NUM_THREADS,
+    # every core by default): torch then ran on every core under OMP_NUM_THREADS=1 (torchrun's setting for each rank)
+    torch.set_num_threads(threads)
 
 SUMS = {"reassoc", "contract"}
 EXACT = {"contract"}

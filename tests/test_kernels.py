@@ -5,6 +5,7 @@ Under NUMBA_ENABLE_CUDASIM=1 (tests/test_kernels_simulator.py runs this module t
 """
 import itertools
 import os
+import sys
 
 import pytest
 import torch
@@ -386,6 +387,20 @@ def test_a_numba_kernel_leaves_torchs_thread_count_as_it_found_it():
         torch.set_num_threads(threads)
         kernels.follow_torch_threads()
 
+
+
+def test_starting_numbas_pool_keeps_torchs_one_thread():
+    """torchrun gives each rank OMP_NUM_THREADS=1; Numba's OpenMP pool, started by the first follow_torch_threads,
+    set the shared runtime to its own size (every core), so each rank's convolutions ran on every core: two ranks
+    on two busy cores trained 18 steps in 9 s instead of 0.5 s. A fresh process, the pool larger than torch's."""
+    from conftest import run_child, subprocess_env
+
+    env = dict(subprocess_env(), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
+    env.pop("NUMBA_THREADING_LAYER", None)
+    child = run_child([sys.executable, "-c", "import torch, kernels; kernels.follow_torch_threads(); "
+                       "import numba; print(torch.get_num_threads(), numba.threading_layer())"], env=env, timeout=120)
+    threads, layer = child.stdout.split()
+    assert threads == "1", (threads, layer)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", ["rotation", "rot_color_perm6"] if SIMULATOR else sorted(kernels.FAMILIES))
