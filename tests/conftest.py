@@ -21,6 +21,27 @@ sys.path.insert(0, str(REPO))
 from pipeline.processes import descendants  # noqa: E402
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """A fresh clone: under pytest-xdist the controller, before it starts the workers, trains a few steps on digits
+    in this process to fill Numba's cache with the kernels a training run compiles. Otherwise both workers and the
+    first torchrun ranks and other children, all started at once, compiled the same kernels (about 6 s of CPU
+    each on a Zen 4) before any of them had written the cache."""
+    import contextlib
+    import io
+    import tempfile
+
+    if hasattr(config, "workerinput") or not config.pluginmanager.hasplugin("dsession"):
+        return  # a worker, or pytest without workers
+    if any((REPO / "kernels" / "__pycache__").glob("cpu.*.nbi")) or "NUMBA_CACHE_DIR" in os.environ:
+        return  # compiled before (or cached elsewhere)
+    from train.main import main
+
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
+        main([*DIGITS_8PX, "--model", "resnet8", "--samples-per-class", "2", "--batch-size", "8", "--epochs", "1",
+              "--val-split", "20", "--out-dir", out, "--run-name", "numba-cache"])
+
+
 def pytest_collection_modifyitems(config, items):
     """The longest tests (marked `distributed`: each launches torchrun) go first, so that pytest-xdist's workers
     do not end on one of them while the others idle; tests marked `gpu` are skipped where no CUDA device answers."""
@@ -66,6 +87,15 @@ def tiny_config(tmp_path):
         return TrainConfig(**values)
 
     return make
+
+
+@pytest.fixture
+def ffcv_interpreted(monkeypatch):
+    """FFCV loaders built in this test run their pipelines in Python (tests/ffcv_interpreted.py says when)."""
+    import pipeline.ffcv_loader as ffcv_loader
+    from ffcv_interpreted import interpreted
+
+    monkeypatch.setattr(ffcv_loader.FfcvLoader, "_build", interpreted(ffcv_loader.FfcvLoader._build))
 
 
 def pause_resume_and_compare(config, tmp_path, straight: dict, after_pause=None) -> tuple[dict, dict]:

@@ -17,6 +17,10 @@ import sinkhorn_check  # noqa: E402
 import streaming_shard_check  # noqa: E402
 
 if __name__ == "__main__":
+    from ffcv_interpreted import interpreted
+    from pipeline.ffcv_loader import FfcvLoader
+
+    FfcvLoader._build = interpreted(FfcvLoader._build)  # these checks are about rows and ranks, not FFCV's decoding
     work = Path(sys.argv[2])  # the work directory, after the verdict's path
     # the one-process references, before the group exists
     negatives = negatives_check.one_process_loss()

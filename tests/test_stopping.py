@@ -51,21 +51,33 @@ def straight_run(tmp_path_factory, worker_id):
         timeout=180)) / "straight"
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
-def test_a_preemption_signal_mid_epoch_checkpoints_that_step_and_resume_auto_continues_exactly(tmp_path, signal_name,
-                                                                                              straight_run):
-    argv = [sys.executable, str(REPO / "train" / "main.py"), *TINY, "--out-dir", str(tmp_path)]
-    stopped = run_child([*argv, "--run-name", "r"], expect=EXIT_PREEMPTED, timeout=180,
-                        env=signalled_env(f"0:7:{signal_name}"))  # step 7: the second epoch's first step
-    assert f"stopped by {signal_name} at epoch 2 step 7; continue with --resume auto" in stopped.stdout
+@pytest.mark.parametrize("signal_name,process", [("SIGTERM", "child"), ("SIGUSR1", "this")])
+def test_a_preemption_signal_mid_epoch_checkpoints_that_step_and_resume_auto_continues_exactly(
+        tmp_path, signal_name, process, straight_run, monkeypatch, capsys):
+    """SIGTERM in a child process of its own (the exit status the shell sees); SIGUSR1, which takes the same path
+    in train/stopping.py, in this process through main(), without two more interpreters' start."""
+    argv = [*TINY, "--out-dir", str(tmp_path), "--run-name", "r"]
+
+    def train(*extra, signal_at=None, expect=0) -> str:
+        if process == "child":
+            env = signalled_env(signal_at) if signal_at else None
+            return run_child([sys.executable, str(REPO / "train" / "main.py"), *argv, *extra], expect=expect,
+                             timeout=180, env=env).stdout
+        with monkeypatch.context() as patch:
+            if signal_at:
+                patch.setenv(RAISE_SIGNAL_AT, signal_at)
+            assert main([*argv, *extra]) == expect
+        return capsys.readouterr().out
+
+    stopped = train(signal_at=f"0:7:{signal_name}", expect=EXIT_PREEMPTED)  # step 7: the second epoch's first step
+    assert f"stopped by {signal_name} at epoch 2 step 7; continue with --resume auto" in stopped
     checkpoint = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["step"]) == (1, 7)
     stop = [r for r in records(tmp_path / "r") if r["kind"] == "stopped"]
     steps_per_epoch = json.loads((tmp_path / "r" / "config.json").read_text())["total_steps"] // 2
     assert steps_per_epoch == 6
     assert len(stop) == 1 and stop[0]["batches_done_in_epoch"] == 1 and stop[0]["exit_status"] == EXIT_PREEMPTED
-    resumed = run_child([*argv, "--run-name", "r", "--resume", "auto"], timeout=180)
-    assert "continuing from" in resumed.stdout
+    assert "continuing from" in train("--resume", "auto")
     same_weights(straight_run / "last.pt", tmp_path / "r" / "last.pt")
     summaries = [r for r in records(tmp_path / "r") if r["kind"] == "summary"]
     straight = [r for r in records(straight_run) if r["kind"] == "summary"]

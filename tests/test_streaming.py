@@ -142,7 +142,8 @@ def test_random_resized_crop_boxes_keep_their_area_and_aspect_ranges():
 
 # ---------------------------------------------------------------------------- loaders
 @pytest.mark.parametrize("name", STREAMING_LOADERS)
-def test_every_loader_serves_rotation_views_of_its_crops_and_skips_the_truncated_file(name, splits, cache_dir):
+def test_every_loader_serves_rotation_views_of_its_crops_and_skips_the_truncated_file(name, splits, cache_dir,
+                                                                                      ffcv_interpreted):
     settings = settings_for(splits, cache_dir, train=False, global_batch=14)
     loader = build_loader(name, splits.train, settings, split_name="jpegs-train")
     loader.set_epoch(0)
@@ -188,7 +189,7 @@ def test_torch_crops_depend_on_seed_epoch_and_image_only(splits, cache_dir):
 
 
 @pytest.mark.parametrize("name", STREAMING_LOADERS)
-def test_strict_images_fails_naming_the_file(name, splits, cache_dir):
+def test_strict_images_fails_naming_the_file(name, splits, cache_dir, ffcv_interpreted):
     settings = settings_for(splits, cache_dir, train=False, global_batch=16, strict_images=True, workers=1)
     loader = build_loader(name, splits.train, settings, split_name="jpegs-train")
     loader.set_epoch(0)
@@ -320,7 +321,7 @@ def test_imagenet_presets_carry_the_papers_recipes():
     assert [round(f, 6) for f in factors] == [1.0, 0.1, 0.1, 0.01] and sla.epochs == 90
 
 
-def test_ffcv_reads_a_beton_larger_than_memory_without_the_page_cache(splits, cache_dir, monkeypatch):
+def test_ffcv_reads_a_beton_larger_than_memory_without_the_page_cache(splits, cache_dir, monkeypatch, ffcv_interpreted):
     import pipeline.ffcv_loader as ffcv_loader
 
     monkeypatch.setattr(ffcv_loader, "available_memory_bytes", lambda: 1)  # the .beton "does not fit"
