@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from conftest import DIGITS_8PX
 from train.commands import reproduce
 from train.commands.reproduce_grids import Claim, Row, Table, build_table
 
@@ -88,8 +89,8 @@ def test_claim_rows_take_every_seed_and_exploratory_rows_fewer_and_jobs_wait_for
     teacher_seeds = [r["seed"] for r in reproduce.row_records(table, 3, finished, 2) if r["row"] == "teacher resnet20"]
     assert teacher_seeds == [0, 1, 2]  # exploratory, yet every seed's teacher finished for the distilled row
     order = []
-    common = ("--dataset", "digits", "--image-size", "16", "--model", "resnet8", "--samples-per-class", "4",
-              "--batch-size", "8", "--epochs", "1", "--log-every", "1000")
+    common = ("--dataset", "digits", *DIGITS_8PX, "--model", "resnet8", "--samples-per-class", "4", "--batch-size",
+              "8", "--epochs", "1", "--log-every", "1000")
     first = ("first", ("--method", "baseline"))
     tiny = Table("t", "T", "setting", "small", common, (
         Row("first", (first,), {"SI": ("first", "SI")}),
