@@ -45,10 +45,11 @@ def signalled_env(at: str) -> dict:
 
 @pytest.fixture(scope="session")
 def straight_run(tmp_path_factory, worker_id):
-    """TINY in one process, never interrupted: what each signalled copy of it must end equal to."""
-    return made_once(tmp_path_factory, worker_id, "straight-run", lambda out: run_child(
-        [sys.executable, str(REPO / "train" / "main.py"), *TINY, "--out-dir", str(out), "--run-name", "straight"],
-        timeout=180)) / "straight"
+    """TINY in one process (this one), never interrupted: what each signalled copy of it must end equal to."""
+    def make(out):
+        assert main([*TINY, "--out-dir", str(out), "--run-name", "straight"]) == 0
+
+    return made_once(tmp_path_factory, worker_id, "straight-run", make) / "straight"
 
 
 @pytest.mark.parametrize("signal_name,process", [("SIGTERM", "child"), ("SIGUSR1", "this")])
