@@ -33,12 +33,14 @@ def run_main_script(*argv, nproc=0):
 
 @pytest.fixture(scope="session")
 def teacher_run(tmp_path_factory, worker_id):
-    """Command one: a resnet8 teacher with a joint classifier after each of its three stages (trained once for
-    every pytest-xdist worker)."""
-    directory = made_once(tmp_path_factory, worker_id, "hsakd-teacher", lambda out: run_main_script(
-        "--method", "hsakd_teacher", "--model", "resnet8", "--epochs", "4", "--out-dir", str(out),
-        "--run-name", "teacher"))
-    return directory / "teacher"
+    """Command one: a resnet8 teacher with a joint classifier after each of its three stages, trained once for
+    every pytest-xdist worker by main() in the worker that asks first (command two, the student, is a process of
+    its own)."""
+    def make(out):
+        assert main([*TINY, "--method", "hsakd_teacher", "--model", "resnet8", "--epochs", "4", "--out-dir", str(out),
+                     "--run-name", "teacher"]) == 0
+
+    return made_once(tmp_path_factory, worker_id, "hsakd-teacher", make) / "teacher"
 
 
 def test_teacher_then_student_from_the_command_line(teacher_run, tmp_path):
