@@ -153,7 +153,7 @@ def test_dali_decodes_a_real_image_folder_with_a_corrupt_file_skipped(tmp_path):
     assert len(train) == 17 // 5 and all(len(b.labels) == 5 for b in train)
 
 
-def test_make_beton_writes_fingerprinted_files_and_a_mismatch_is_refused(digits, tmp_path):
+def test_make_beton_writes_fingerprinted_files_and_a_mismatch_is_refused(digits, tmp_path, ffcv_interpreted):
     out = tmp_path / "betons"
     run_child([sys.executable, "-m", "pipeline.make_beton", "--dataset", "digits", "--image-size", "16",
                "--out-dir", str(out)], cwd=REPO, timeout=300)
