@@ -389,6 +389,7 @@ def test_a_numba_kernel_leaves_torchs_thread_count_as_it_found_it():
 
 
 
+@pytest.mark.skipif(SIMULATOR, reason="a CPU process's threads")
 def test_starting_numbas_pool_keeps_torchs_one_thread():
     """torchrun gives each rank OMP_NUM_THREADS=1; Numba's OpenMP pool, started by the first follow_torch_threads,
     set the shared runtime to its own size (every core), so each rank's convolutions ran on every core: two ranks
