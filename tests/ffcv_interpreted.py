@@ -1,8 +1,8 @@
 """FFCV's pipelines run by Python instead of compiled by Numba (FFCV's own switch, ffcv.pipeline.compiler.Compiler).
 For the tests of what this project does around FFCV on a few hundred images (which rows each rank reads, rows
-skipped for unreadable files, reading past the page cache, which .beton a split may read): there, compiling each loader's pipeline took most of
-the test, 2–4 s a loader. The tests of FFCV's output itself (the batch contract, views equal to the resident
-loader's, crops against PIL, a training run) keep it compiled."""
+skipped for unreadable files, reading past the page cache, which .beton a split may read): there, compiling each
+loader's pipeline took most of the test, 2–4 s a loader. The tests of FFCV's output itself (the batch contract,
+views equal to the resident loader's, crops against PIL, a training run) keep it compiled."""
 import functools
 
 

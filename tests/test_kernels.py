@@ -388,7 +388,6 @@ def test_a_numba_kernel_leaves_torchs_thread_count_as_it_found_it():
         kernels.follow_torch_threads()
 
 
-
 @pytest.mark.skipif(SIMULATOR, reason="a CPU process's threads")
 def test_starting_numbas_pool_keeps_torchs_one_thread():
     """torchrun gives each rank OMP_NUM_THREADS=1; Numba's OpenMP pool, started by the first follow_torch_threads,
@@ -402,6 +401,7 @@ def test_starting_numbas_pool_keeps_torchs_one_thread():
                        "import numba; print(torch.get_num_threads(), numba.threading_layer())"], env=env, timeout=120)
     threads, layer = child.stdout.split()
     assert threads == "1", (threads, layer)
+
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("family", ["rotation", "rot_color_perm6"] if SIMULATOR else sorted(kernels.FAMILIES))
