@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.processes import descendants  # noqa: E402
+from two_rank_runs import DIGITS_8PX, TWO_RANK_RUN  # noqa: E402,F401  (tiny_config's image_size and crop_padding
+# are DIGITS_8PX's; the tests import both from here)
 
 
 @pytest.hookimpl(trylast=True)
@@ -69,9 +71,6 @@ def seeded_random_streams():
     torch.manual_seed(0)
 
 
-# The training tests' digits at their own 8×8 pixels: a quarter of the convolution work of 16×16, with a one-pixel
-# crop shift (the 16×16 default's four scaled down). tiny_config's image_size and crop_padding are the same.
-DIGITS_8PX = ("--image-size", "8", "--crop-padding", "1")
 
 
 @pytest.fixture
@@ -158,34 +157,37 @@ def made_once(tmp_path_factory, worker_id: str, name: str, make) -> Path:
 
 @pytest.fixture(scope="session")
 def quick_torchrun_verdicts(tmp_path_factory, worker_id) -> dict:
-    """tests/quick_checks.py's verdicts, {check: verdict}: one torchrun launch for every test that reads one."""
+    """tests/quick_checks.py's verdicts, {check: verdict, "runs": {run: [exit status on each rank]}}: one torchrun
+    launch for every test that reads one. The runs (tests/two_rank_runs.py) are in `two_rank_runs_directory`."""
     import json
 
+    return json.loads((two_rank_launch(tmp_path_factory, worker_id) / "quick_checks-verdict.json").read_text())
+
+
+def two_rank_launch(tmp_path_factory, worker_id) -> Path:
+    """The directory of tests/quick_checks.py's launch, made once for the test session."""
     from image_folders import make_odd_photo_folder
+    from two_rank_runs import save_untrained_teacher
 
     def make(directory):
         make_odd_photo_folder(directory / "jpegs")  # streaming_shard_check's folder
-        torchrun_verdict("quick_checks.py", directory, directory)
+        (directory / "runs").mkdir()
+        save_untrained_teacher(directory / "runs" / "teacher.pt")  # what the two-rank student reads
+        torchrun_verdict("quick_checks.py", directory, directory, timeout=600)
 
-    directory = made_once(tmp_path_factory, worker_id, "quick-checks", make)
-    return json.loads((directory / "quick_checks-verdict.json").read_text())
-
-
-# The two-rank run the torchrun fault tests interrupt (6 steps an epoch: 200 images, a global batch of 32).
-TWO_RANK_RUN = (*DIGITS_8PX, "--model", "resnet8", "--samples-per-class", "20", "--batch-size", "32", "--epochs", "3",
-                "--log-every", "4")
+    return made_once(tmp_path_factory, worker_id, "quick-checks", make)
 
 
 @pytest.fixture(scope="session")
-def straight_two_rank_run(tmp_path_factory, worker_id) -> Path:
-    """TWO_RANK_RUN under torchrun, never interrupted: what each interrupted copy of it must end equal to. Its
-    directory also holds what torchrun printed, stdout.txt."""
-    def make(out):
-        result = run_child(torchrun_command(2, str(REPO / "train" / "main.py"), *TWO_RANK_RUN, "--out-dir", str(out),
-                                            "--run-name", "straight"), timeout=300)
-        (out / "straight" / "stdout.txt").write_text(result.stdout)
+def two_rank_runs_directory(tmp_path_factory, worker_id) -> Path:
+    """Where the launch's trainings wrote their run directories and their output (tests/two_rank_runs.py)."""
+    return two_rank_launch(tmp_path_factory, worker_id) / "runs"
 
-    return made_once(tmp_path_factory, worker_id, "two-rank-run", make) / "straight"
+
+@pytest.fixture(scope="session")
+def straight_two_rank_run(two_rank_runs_directory) -> Path:
+    """TWO_RANK_RUN under torchrun, never interrupted: what each interrupted copy of it must end equal to."""
+    return two_rank_runs_directory / "straight"
 
 
 def subprocess_env() -> dict:

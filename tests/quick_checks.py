@@ -1,12 +1,13 @@
 """Run under `torchrun --nproc_per_node=2`: the two-rank checks of several test files in one launch (a launch
-costs seconds of imports on each rank, FFCV's Numba compilation more, both more than most of these checks take);
-rank 0 writes one JSON verdict, {check name: that check's verdict}. The tests read their part through conftest's
-`quick_torchrun_verdicts`, which makes the work directory (the argument after the verdict's path) and the JPEG
-folder in it first."""
+costs seconds of imports on each rank, FFCV's Numba compilation more, both more than most of these checks take),
+then the two-rank trainings of tests/two_rank_runs.py in the same group; rank 0 writes one JSON verdict, {check
+name: that check's verdict, "runs": {run name: [exit status on each rank]}}. The tests read their part through
+conftest's `quick_torchrun_verdicts`, which makes the work directory (the argument after the verdict's path), the
+JPEG folder in it and the runs' teacher file first."""
 import sys
 from pathlib import Path
 
-from torchrun_check import run_check  # also puts the repository on sys.path
+from torchrun_check import gather_objects, run_check  # also puts the repository on sys.path
 
 import distributed_check  # noqa: E402
 import negatives_check  # noqa: E402
@@ -15,11 +16,16 @@ import shard_check  # noqa: E402
 import shuffle_bn_check  # noqa: E402
 import sinkhorn_check  # noqa: E402
 import streaming_shard_check  # noqa: E402
+import two_rank_runs  # noqa: E402
 
 if __name__ == "__main__":
+    import kernels
     from ffcv_interpreted import interpreted
     from pipeline.ffcv_loader import FfcvLoader
 
+    # As a run does before its first kernel (train/run.py): the loaders' Numba kernels then leave torch on the one
+    # thread torchrun gives each rank, and the runs after the checks compute as they would in a launch of their own.
+    kernels.follow_torch_threads()
     FfcvLoader._build = interpreted(FfcvLoader._build)  # these checks are about rows and ranks, not FFCV's decoding
     work = Path(sys.argv[2])  # the work directory, after the verdict's path
     # the one-process references, before the group exists
@@ -33,4 +39,11 @@ if __name__ == "__main__":
               "shards": lambda context: shard_check.check(context, str(work / "betons")),
               "streaming_shards": lambda context: streaming_shard_check.check(context, str(work / "jpegs"),
                                                                               str(work / "cache"))}
-    run_check(lambda context, _work: {name: check(context) for name, check in checks.items()})
+
+    def checks_then_runs(context, _work) -> dict:
+        verdict = {name: check(context) for name, check in checks.items()}
+        statuses = gather_objects(two_rank_runs.train_every_run(context.rank, work / "runs"))
+        verdict["runs"] = {name: [status[name] for status in statuses] for name in statuses[0]}
+        return verdict
+
+    run_check(checks_then_runs)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import REPO, run_child, torchrun_command
+from two_rank_runs import output
 
 pytestmark = pytest.mark.distributed
 
@@ -16,22 +16,23 @@ def test_shards_and_gradient_averaging(quick_torchrun_verdicts):
     assert verdict["max_gradient_error"] < 1e-6
 
 
-def test_main_trains_under_torchrun_with_two_processes(straight_two_rank_run):
-    run_dir = straight_two_rank_run  # TWO_RANK_RUN: 200 images // 32 = 6 steps × 3 epochs, logged every 4
+def test_main_trains_under_torchrun_with_two_processes(quick_torchrun_verdicts, two_rank_runs_directory):
+    assert quick_torchrun_verdicts["runs"]["straight"] == [0, 0]
+    run_dir = two_rank_runs_directory / "straight"  # TWO_RANK_RUN: 200 images // 32 = 6 steps × 3 epochs, logged
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["kind"] == "step"]
     assert steps == sorted(set(steps)) and steps[-1] == 18
     assert len([r for r in records if r["kind"] == "summary"]) == 1
     assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
-    assert (run_dir / "stdout.txt").read_text().count("best val") == 1  # only rank 0 prints
+    printed = [output(two_rank_runs_directory, "straight", rank) for rank in (0, 1)]
+    assert printed[0].count("best val") == 1 and "best val" not in printed[1]  # only rank 0 prints
 
 
-def test_global_batch_must_split_across_ranks(tmp_path):
-    command = torchrun_command(2, str(REPO / "train" / "main.py"), "--image-size", "16", "--model", "resnet8",
-                               "--batch-size", "63", "--out-dir", str(tmp_path))
-    result = run_child(command, expect=None, timeout=300)
-    assert "error: global batch 63 is not divisible by the world size 2" in result.stderr
-    assert "Traceback" not in result.stderr.split("error: global batch")[0]
+def test_global_batch_must_split_across_ranks(quick_torchrun_verdicts, two_rank_runs_directory):
+    assert quick_torchrun_verdicts["runs"]["batch_63"] == [2, 2]
+    for rank in (0, 1):
+        assert output(two_rank_runs_directory, "batch_63", rank, "stderr").strip() == (
+            "error: global batch 63 is not divisible by the world size 2")
 
 
 def test_a_checkpoint_gives_each_rank_back_its_own_random_streams(quick_torchrun_verdicts):

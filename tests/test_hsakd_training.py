@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import kernels
-from conftest import DIGITS_8PX, REPO, made_once, run_child, subprocess_env, torchrun_command
+from conftest import DIGITS_8PX, REPO, made_once, run_child, subprocess_env
 from pipeline.batch import Batch
 from train.main import main, train
 from train.methods import build_method
 from train.methods.run_checkpoints import file_sha256
+from two_rank_runs import output, save_untrained_teacher
 
 TINY = ["--dataset", "digits", *DIGITS_8PX, "--batch-size", "64", "--log-every", "5"]
 
@@ -22,13 +23,10 @@ def records(run_dir, kind):
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
-def run_main_script(*argv, nproc=0):
-    script = [str(REPO / "train" / "main.py"), *TINY, *argv]
-    command = torchrun_command(nproc, *script) if nproc else [sys.executable, *script]
+def run_main_script(*argv):
     env = subprocess_env()
-    if not nproc:
-        env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads()))  # one process may use every core
-    return run_child(command, env=env, timeout=300)
+    env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads()))  # one process may use every core
+    return run_child([sys.executable, str(REPO / "train" / "main.py"), *TINY, *argv], env=env, timeout=300)
 
 
 @pytest.fixture(scope="session")
@@ -117,15 +115,14 @@ def test_plain_kd_distils_the_teachers_class_head_on_the_original_images(teacher
 
 
 @pytest.mark.distributed
-def test_two_process_student_run(teacher_run, tmp_path):
-    result = run_main_script("--method", "hsakd_student", "--model", "resnet8", "--teacher",
-                             str(teacher_run / "best.pt"), "--epochs", "1", "--samples-per-class", "40",
-                             "--out-dir", str(tmp_path), "--run-name", "ddp", nproc=2)
-    run_dir = tmp_path / "ddp"
+def test_two_process_student_run(quick_torchrun_verdicts, two_rank_runs_directory):
+    """tests/two_rank_runs.py's "hsakd_student": 400 images, a global batch of 64, one epoch, an untrained teacher."""
+    assert quick_torchrun_verdicts["runs"]["hsakd_student"] == [0, 0]
+    run_dir = two_rank_runs_directory / "hsakd_student"
     assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
     summary = records(run_dir, "summary")[0]
     assert summary["completed"] and summary["steps"] == 400 // 64
-    assert result.stdout.count("best val") == 1
+    assert output(two_rank_runs_directory, "hsakd_student").count("best val") == 1
 
 
 def test_a_changed_teacher_file_refuses_the_resume(teacher_run, tiny_config, tmp_path):
@@ -162,22 +159,13 @@ def test_online_mutual_distillation_trains_both_networks(tiny_config, tmp_path):
     assert summary["test"]["SI"] > 20.0 and summary["test"]["peer"] > 20.0
 
 
-def save_fake_teacher(path, num_classes, transforms="rotation", method="hsakd_teacher", model="resnet8"):
-    from models import build_backbone
-    from models.hsakd import HsakdNetwork
-
-    network = HsakdNetwork(build_backbone(model), num_classes, kernels.get_family(transforms).num_transforms)
-    torch.save({"model": network.state_dict(), "config": {"method": method, "model": model,
-                                                           "transforms": transforms}}, path)
-
-
 @pytest.mark.parametrize("make,extra,message", [
-    (lambda p: save_fake_teacher(p, 7), [], "trained for 7 classes, but this run's data has 10"),
-    (lambda p: save_fake_teacher(p, 10, transforms="rotation2"), [],
+    (lambda p: save_untrained_teacher(p, 7), [], "trained for 7 classes, but this run's data has 10"),
+    (lambda p: save_untrained_teacher(p, 10, transforms="rotation2"), [],
      "trained with --transforms rotation2, but this run uses rotation (M=4)"),
-    (lambda p: save_fake_teacher(p, 10, method="sla"), [], "was trained with --method sla"),
-    (lambda p: save_fake_teacher(p, 10), ["--teacher-model", "wrn40_2"], "is a resnet8, but --teacher-model is wrn40_2"),
-    (lambda p: save_fake_teacher(p, 10), ["--model", "vgg8"], "has 3 stages, the student vgg8 4"),
+    (lambda p: save_untrained_teacher(p, 10, method="sla"), [], "was trained with --method sla"),
+    (lambda p: save_untrained_teacher(p, 10), ["--teacher-model", "wrn40_2"], "is a resnet8, but --teacher-model is wrn40_2"),
+    (lambda p: save_untrained_teacher(p, 10), ["--model", "vgg8"], "has 3 stages, the student vgg8 4"),
     (lambda p: p.write_bytes(b"not a checkpoint"), [], "cannot be read"),
     (lambda p: None, [], "does not exist"),
 ])

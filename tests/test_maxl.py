@@ -337,20 +337,16 @@ def test_coarse_primary_labels_group_cifar100_classes_into_blocks():
 
 
 @pytest.mark.distributed
-def test_maxl_trains_under_torchrun_with_two_processes(tmp_path):
-    from conftest import DIGITS_8PX, REPO, run_child, torchrun_command
-
-    command = torchrun_command(2, str(REPO / "train" / "main.py"), "--method", "maxl", "--dataset", "digits",
-                               *DIGITS_8PX, "--model", "resnet8", "--epochs", "1", "--batch-size", "32",
-                               "--samples-per-class", "16", "--aux-per-class", "2", "--log-every", "2",
-                               "--out-dir", str(tmp_path), "--run-name", "ddp")
-    run_child(command, timeout=300)
-    records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+def test_maxl_trains_under_torchrun_with_two_processes(quick_torchrun_verdicts, two_rank_runs_directory):
+    assert quick_torchrun_verdicts["runs"]["maxl"] == [0, 0]  # tests/two_rank_runs.py's "maxl"
+    run_dir = two_rank_runs_directory / "maxl"
+    assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "step"]
     assert any("meta_primary" in r for r in steps) and any("primary" in r for r in steps)
     summary = next(r for r in records if r["kind"] == "summary")
     assert summary["completed"] and "aux_agreement" in summary["test"]
-    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["method_state"]
+    state = torch.load(run_dir / "last.pt", weights_only=True)["method_state"]
     assert all(torch.isfinite(t).all() for t in state["generator"].values() if t.is_floating_point())
 
 

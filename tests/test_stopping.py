@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from conftest import DIGITS_8PX, REPO, TWO_RANK_RUN, made_once, run_child, torchrun_command
+from conftest import DIGITS_8PX, REPO, made_once, run_child
+from two_rank_runs import output
 from train.config import SETTING_LIMITS, TrainConfig
 from train.main import main
 from train.stopping import EXIT_DIVERGED, EXIT_PREEMPTED, RAISE_SIGNAL_AT
@@ -86,19 +87,18 @@ def test_a_preemption_signal_mid_epoch_checkpoints_that_step_and_resume_auto_con
 
 
 @pytest.mark.distributed
-def test_under_torchrun_every_rank_stops_at_the_same_step_and_the_resumed_run_is_exact(tmp_path,
-                                                                                       straight_two_rank_run):
-    """Only rank 1 is signalled (at its step 3): both ranks stop after step 4, the step that reads the all-reduce
-    started after step 3, and resuming both gives the weights of the run that was never stopped."""
-    def command(name, *extra):
-        return torchrun_command(2, str(REPO / "train" / "main.py"), *TWO_RANK_RUN, "--out-dir", str(tmp_path),
-                                "--run-name", name, *extra)
-
-    stopped = run_child(command("r"), expect=None, timeout=300, env=signalled_env("1:3:SIGTERM"))
-    assert "stopped by SIGTERM at epoch 1 step 4; continue with --resume auto" in stopped.stdout, stopped.stderr[-3000:]
-    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["step"] == 4
-    run_child(command("r", "--resume", "auto"), timeout=300)
-    same_weights(straight_two_rank_run / "last.pt", tmp_path / "r" / "last.pt")
+def test_under_torchrun_every_rank_stops_at_the_same_step_and_the_resumed_run_is_exact(quick_torchrun_verdicts,
+                                                                                       two_rank_runs_directory):
+    """tests/two_rank_runs.py's "stopped": only rank 1 is signalled (at its step 3), and both ranks stop after step
+    4, the step that reads the all-reduce started after step 3; "resumed" continues both ranks from that checkpoint
+    to the weights of the run that was never stopped, "straight"."""
+    assert quick_torchrun_verdicts["runs"]["stopped"] == [EXIT_PREEMPTED, EXIT_PREEMPTED]
+    assert quick_torchrun_verdicts["runs"]["resumed"] == [0, 0]
+    assert "stopped by SIGTERM at epoch 1 step 4; continue with --resume auto" in output(two_rank_runs_directory,
+                                                                                         "stopped")
+    stop = [r for r in records(two_rank_runs_directory / "stopped") if r["kind"] == "stopped"]
+    assert len(stop) == 1 and stop[0]["batches_done_in_epoch"] == 4  # the first epoch's step 4
+    same_weights(two_rank_runs_directory / "straight" / "last.pt", two_rank_runs_directory / "stopped" / "last.pt")
 
 
 def test_a_second_signal_while_the_checkpoint_is_written_changes_nothing(tmp_path, monkeypatch, capsys):

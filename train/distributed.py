@@ -16,6 +16,7 @@ class DistributedContext:
     rank: int
     world_size: int
     device: torch.device
+    owns_group: bool = False  # init_distributed started the process group, so shutdown ends it
 
     @property
     def is_main(self) -> bool:
@@ -51,19 +52,21 @@ def restart_store(world_size: int, timeout: datetime.timedelta):
 
 def init_distributed(requested_device: str, timeout_s: int = 300) -> DistributedContext:
     """`timeout_s` bounds each collective: a rank that fails or hangs ends the others within it, not within
-    gloo's 30 minutes or NCCL's 10."""
+    gloo's 30 minutes or NCCL's 10. A group the caller started before (a script that trains several runs in one
+    launch) is used as it is and stays the caller's to end."""
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     device = pick_device(requested_device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if "RANK" in os.environ and not dist.is_initialized():
+    starts_group = "RANK" in os.environ and not dist.is_initialized()
+    if starts_group:
         timeout = datetime.timedelta(seconds=timeout_s)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=restart_store(world_size, timeout),
                                 rank=rank, world_size=world_size, timeout=timeout,
                                 device_id=device if device.type == "cuda" else None)
-    return DistributedContext(rank, world_size, device)
+    return DistributedContext(rank, world_size, device, owns_group=starts_group)
 
 
 def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
@@ -90,8 +93,9 @@ def shutdown(context: DistributedContext, failed: bool = False) -> None:
     """Destroy the process group while the interpreter is fully alive. Left to interpreter exit, gloo's
     worker threads still hold DDP's last all-reduce work (tensors with Python references); freeing
     them during finalisation aborts the process ("terminate called without an active exception").
-    The caller's DDP wrapper and step are gone by now; collect any cycle that still holds them."""
-    if not context.initialised:
+    The caller's DDP wrapper and step are gone by now; collect any cycle that still holds them. A group this
+    context did not start is left as it is."""
+    if not (context.initialised and context.owns_group):
         return
     gc.collect()
     if not failed:

@@ -26,7 +26,7 @@ from train.stopping import EXIT_DIVERGED, EXIT_PREEMPTED, PreemptionSignals
 
 
 def train(config: TrainConfig) -> dict:
-    """One run; the process group is torn down before returning, on success and on error alike."""
+    """One run; a process group it starts is torn down before returning, on success and on error alike."""
     check_settings(config)
     context = init_distributed(config.device, config.dist_timeout_s)
     signals = None
