@@ -23,6 +23,20 @@ from . import cpu as cpu_kernels
 _label_error_flags: dict[int, object] = {}  # CUDA device index → device int32 flag
 
 
+_pool_follows_torch = False  # kernels/cpu.py's Numba pool was set to torch's thread count in this process
+
+
+def _cpu_kernels():
+    """kernels/cpu.py, its Numba pool first set to torch's thread count, once per process (kernels/cpu.py
+    `follow_torch_threads` says why). A run does that itself; a script that iterates a loader or benchmarks a
+    kernel without one kept torch on Numba's pool size (every core) under OMP_NUM_THREADS=1."""
+    global _pool_follows_torch
+    if not _pool_follows_torch:
+        cpu_kernels.follow_torch_threads()
+        _pool_follows_torch = True
+    return cpu_kernels
+
+
 def simulator_enabled() -> bool:
     from numba import config
 
@@ -165,7 +179,8 @@ def joint_ce_forward(logits: Tensor, labels: Tensor, num_transforms: int, backen
     """Per-row loss and per-row (max, log-sum-exp-shifted), in the compute dtype."""
     values, labels, row_loss, row_lse = _joint_ce_inputs(logits, labels, num_transforms, backend)
     if backend == "cpu":
-        cpu_kernels.joint_ce_forward(_array(values), _array(labels), num_transforms, _array(row_loss), _array(row_lse))
+        _cpu_kernels().joint_ce_forward(_array(values), _array(labels), num_transforms, _array(row_loss),
+                                        _array(row_lse))
     else:
         kernels = _cuda_kernels()
         _launch(kernels.joint_ce_forward, values.shape[0], kernels.THREADS, values, _array(values), _array(labels),
@@ -187,7 +202,7 @@ def joint_ce_backward(logits: Tensor, labels: Tensor, num_transforms: int, row_l
     grad = torch.empty_like(values)
     row_grad = row_grad.to(values.dtype)
     if backend == "cpu":
-        cpu_kernels.joint_ce_backward(_array(values), _array(labels.contiguous()), num_transforms, _array(row_lse),
+        _cpu_kernels().joint_ce_backward(_array(values), _array(labels.contiguous()), num_transforms, _array(row_lse),
                                       _array(row_grad.contiguous()), _array(grad))
     else:  # a mean's gradient arrives as one scalar broadcast over the rows (stride 0): the kernel reads it so
         _launch(_cuda_kernels().joint_ce_backward, *_row_grid(*values.shape), values, _array(values),
@@ -260,7 +275,7 @@ class _JointCrossEntropyMean(torch.autograd.Function):
 def _joint_ce_cpu_with_grad(logits: Tensor, labels: Tensor, num_transforms: int, row_weight: float):
     values, labels, row_loss, row_lse = _joint_ce_inputs(logits, labels, num_transforms, "cpu")
     grad = torch.empty_like(values)
-    cpu_kernels.joint_ce_forward_and_grad(_array(values), _array(labels), num_transforms, float(row_weight),
+    _cpu_kernels().joint_ce_forward_and_grad(_array(values), _array(labels), num_transforms, float(row_weight),
                                           _array(row_loss), _array(row_lse), _array(grad))
     return row_loss, row_lse, grad
 
@@ -280,7 +295,7 @@ def aggregate_forward(logits: Tensor, num_transforms: int, backend: str) -> Tens
     rows, columns = values.shape
     scores = torch.empty(rows // num_transforms, columns // num_transforms, dtype=values.dtype, device=values.device)
     if backend == "cpu":
-        cpu_kernels.aggregate_forward(_array(values), num_transforms, _array(scores))
+        _cpu_kernels().aggregate_forward(_array(values), num_transforms, _array(scores))
     else:
         blocks = (math.ceil(scores.shape[0] / 16), math.ceil(scores.shape[1] / 16))
         _launch(_cuda_kernels().aggregate_forward, blocks, (16, 16), values, _array(values), num_transforms,
@@ -299,7 +314,7 @@ def aggregate_backward(logits: Tensor, grad_scores: Tensor, num_transforms: int,
     grad = torch.empty(logits.shape, dtype=_compute_dtype(logits), device=logits.device)
     grad_scores = grad_scores.to(grad.dtype).contiguous()
     if backend == "cpu":
-        cpu_kernels.aggregate_backward(_array(grad_scores), num_transforms, _array(grad))
+        _cpu_kernels().aggregate_backward(_array(grad_scores), num_transforms, _array(grad))
     else:
         _launch(_cuda_kernels().aggregate_backward, *_row_grid(*grad.shape), grad, _array(grad_scores),
                 num_transforms, _array(grad))
@@ -333,7 +348,7 @@ def kl_forward(student: Tensor, teacher: Tensor, temperature: float, backend: st
     row_kl = torch.empty(rows, dtype=s_values.dtype, device=s_values.device)
     lse_s, lse_t = (torch.empty(rows, 2, dtype=s_values.dtype, device=s_values.device) for _ in range(2))
     if backend == "cpu":
-        cpu_kernels.kl_forward(_array(s_values), _array(t_values), 1.0 / temperature, _array(row_kl), _array(lse_s),
+        _cpu_kernels().kl_forward(_array(s_values), _array(t_values), 1.0 / temperature, _array(row_kl), _array(lse_s),
                                _array(lse_t))
     else:
         kernels = _cuda_kernels()
@@ -356,7 +371,7 @@ def kl_backward(student: Tensor, teacher: Tensor, temperature: float, lse_s: Ten
     grad = torch.empty_like(s_values)
     row_grad = row_grad.to(s_values.dtype).contiguous()
     if backend == "cpu":
-        cpu_kernels.kl_backward(_array(s_values), _array(t_values), 1.0 / temperature, _array(lse_s), _array(lse_t),
+        _cpu_kernels().kl_backward(_array(s_values), _array(t_values), 1.0 / temperature, _array(lse_s), _array(lse_t),
                                 _array(row_grad), _array(grad))
     else:
         _launch(_cuda_kernels().kl_backward, *_row_grid(*s_values.shape), s_values, _array(s_values),
@@ -398,7 +413,7 @@ def expand_views(images: Tensor, quarter_turns: Tensor, channel_orders: Tensor, 
     out_hwc = out.permute(0, 2, 3, 1)  # the same storage indexed [row, h, w, c]
     args = [images.contiguous(), quarter_turns, channel_orders, scale, shift]
     if backend == "cpu":
-        cpu_kernels.expand_views(*map(_array, args), _array(out_hwc))
+        _cpu_kernels().expand_views(*map(_array, args), _array(out_hwc))
     else:
         kernels = _cuda_kernels()
         blocks = math.ceil(out.numel() / kernels.ELEMENT_THREADS)
@@ -426,7 +441,7 @@ def gather_views(dataset: Tensor, indices: Tensor, offsets: Tensor, flips: Tenso
             channel_orders, scale, shift]
     arrays = [arg if isinstance(arg, int) else _array(arg) for arg in args]
     if backend == "cpu":
-        cpu_kernels.gather_views(*arrays, _array(out_hwc))
+        _cpu_kernels().gather_views(*arrays, _array(out_hwc))
     else:
         kernels = _cuda_kernels()
         blocks = math.ceil(out.numel() / kernels.ELEMENT_THREADS)

@@ -19,13 +19,9 @@ import streaming_shard_check  # noqa: E402
 import two_rank_runs  # noqa: E402
 
 if __name__ == "__main__":
-    import kernels
     from ffcv_interpreted import interpreted
     from pipeline.ffcv_loader import FfcvLoader
 
-    # As a run does before its first kernel (train/run.py): the loaders' Numba kernels then leave torch on the one
-    # thread torchrun gives each rank, and the runs after the checks compute as they would in a launch of their own.
-    kernels.follow_torch_threads()
     FfcvLoader._build = interpreted(FfcvLoader._build)  # these checks are about rows and ranks, not FFCV's decoding
     work = Path(sys.argv[2])  # the work directory, after the verdict's path
     # the one-process references, before the group exists

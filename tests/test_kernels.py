@@ -389,15 +389,21 @@ def test_a_numba_kernel_leaves_torchs_thread_count_as_it_found_it():
 
 
 @pytest.mark.skipif(SIMULATOR, reason="a CPU process's threads")
-def test_starting_numbas_pool_keeps_torchs_one_thread():
+@pytest.mark.parametrize("start", ["follow_torch_threads", "a kernel"])
+def test_starting_numbas_pool_keeps_torchs_one_thread(start):
     """torchrun gives each rank OMP_NUM_THREADS=1; Numba's OpenMP pool, started by the first follow_torch_threads,
     set the shared runtime to its own size (every core), so each rank's convolutions ran on every core: two ranks
-    on two busy cores trained 18 steps in 9 s instead of 0.5 s. A fresh process, the pool larger than torch's."""
+    on two busy cores trained 18 steps in 9 s instead of 0.5 s. A run calls follow_torch_threads first; a script
+    whose first Numba work is a kernel (a loader's views, a benchmark) had torch on both cores after it. A fresh
+    process, the pool larger than torch's."""
     from conftest import run_child, subprocess_env
 
     env = dict(subprocess_env(), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
     env.pop("NUMBA_THREADING_LAYER", None)
-    child = run_child([sys.executable, "-c", "import torch, kernels; kernels.follow_torch_threads(); "
+    first = ("kernels.follow_torch_threads()" if start == "follow_torch_threads" else
+             "kernels.expand_views(torch.zeros(2, 8, 8, 3, dtype=torch.uint8), 'rotation', mean=(0.5,) * 3, "
+             "std=(0.25,) * 3, backend='cpu')")
+    child = run_child([sys.executable, "-c", f"import torch, kernels; {first}; "
                        "import numba; print(torch.get_num_threads(), numba.threading_layer())"], env=env, timeout=120)
     threads, layer = child.stdout.split()
     assert threads == "1", (threads, layer)
