@@ -203,7 +203,7 @@ def joint_ce_backward(logits: Tensor, labels: Tensor, num_transforms: int, row_l
     row_grad = row_grad.to(values.dtype)
     if backend == "cpu":
         _cpu_kernels().joint_ce_backward(_array(values), _array(labels.contiguous()), num_transforms, _array(row_lse),
-                                      _array(row_grad.contiguous()), _array(grad))
+                                         _array(row_grad.contiguous()), _array(grad))
     else:  # a mean's gradient arrives as one scalar broadcast over the rows (stride 0): the kernel reads it so
         _launch(_cuda_kernels().joint_ce_backward, *_row_grid(*values.shape), values, _array(values),
                 _array(labels.contiguous()), num_transforms, _array(row_lse), _array(row_grad), _array(grad))
@@ -276,7 +276,7 @@ def _joint_ce_cpu_with_grad(logits: Tensor, labels: Tensor, num_transforms: int,
     values, labels, row_loss, row_lse = _joint_ce_inputs(logits, labels, num_transforms, "cpu")
     grad = torch.empty_like(values)
     _cpu_kernels().joint_ce_forward_and_grad(_array(values), _array(labels), num_transforms, float(row_weight),
-                                          _array(row_loss), _array(row_lse), _array(grad))
+                                             _array(row_loss), _array(row_lse), _array(grad))
     return row_loss, row_lse, grad
 
 
@@ -349,7 +349,7 @@ def kl_forward(student: Tensor, teacher: Tensor, temperature: float, backend: st
     lse_s, lse_t = (torch.empty(rows, 2, dtype=s_values.dtype, device=s_values.device) for _ in range(2))
     if backend == "cpu":
         _cpu_kernels().kl_forward(_array(s_values), _array(t_values), 1.0 / temperature, _array(row_kl), _array(lse_s),
-                               _array(lse_t))
+                                  _array(lse_t))
     else:
         kernels = _cuda_kernels()
         _launch(kernels.kl_forward, rows, kernels.THREADS, s_values, _array(s_values), _array(t_values),
@@ -372,7 +372,7 @@ def kl_backward(student: Tensor, teacher: Tensor, temperature: float, lse_s: Ten
     row_grad = row_grad.to(s_values.dtype).contiguous()
     if backend == "cpu":
         _cpu_kernels().kl_backward(_array(s_values), _array(t_values), 1.0 / temperature, _array(lse_s), _array(lse_t),
-                                _array(row_grad), _array(grad))
+                                   _array(row_grad), _array(grad))
     else:
         _launch(_cuda_kernels().kl_backward, *_row_grid(*s_values.shape), s_values, _array(s_values),
                 _array(t_values), np.float32(1.0 / temperature), _array(lse_s), _array(lse_t), _array(row_grad),

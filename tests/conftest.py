@@ -71,8 +71,6 @@ def seeded_random_streams():
     torch.manual_seed(0)
 
 
-
-
 @pytest.fixture
 def tiny_config(tmp_path):
     """A TrainConfig for a few seconds of training on digits at 8×8 (DIGITS_8PX) with the smallest ResNet."""
